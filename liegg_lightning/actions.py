@@ -1,0 +1,339 @@
+"""Group actions: how a Lie-algebra element ``h`` moves an input.
+
+Every action turns the input gradients of a network into rows of the network polarization
+matrix, ``rows[b, k, i] = <dF_k/dx(x_b), A_{E_i}(x_b)>``, where ``A_h(x) = d/dt exp(t h) x`` at
+``t = 0`` and ``E_i`` is the ``i``-th basis matrix of the candidate algebra in row-major order.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from typing import Callable, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+from liegg_lightning import algebras
+
+__all__ = ["GroupAction", "VectorAction", "ImageAction", "TangentAction"]
+
+
+class GroupAction(ABC):
+    """How the candidate Lie algebra acts on a network's input.
+
+    Subclasses define :attr:`generator_shape`, :meth:`validate_input`, :meth:`tangents` and
+    :meth:`transform`; they override :meth:`rows` where a closed form avoids materialising one
+    tangent copy of the input per basis element.
+    """
+
+    #: Shape of one generator matrix; the algebra has ``prod(generator_shape)`` basis elements.
+    generator_shape: Tuple[int, ...]
+    #: True when generators are homogeneous (affine) matrices with a zero last row.
+    homogeneous: bool = False
+
+    @property
+    def num_generators(self) -> int:
+        """Dimension ``m`` of the candidate algebra (columns of the polarization matrix)."""
+        return math.prod(self.generator_shape)
+
+    @abstractmethod
+    def validate_input(self, x: Tensor) -> None:
+        """Raise :class:`ValueError` naming the expected shape when ``x`` does not fit."""
+
+    @abstractmethod
+    def tangents(self, x: Tensor) -> Tensor:
+        """Tangents ``A_{E_i}(x)`` of shape ``(B, m, *x.shape[1:])``, one per basis element."""
+
+    @abstractmethod
+    def transform(self, x: Tensor, generator: Tensor, t: float = 1.0) -> Tensor:
+        """Apply the finite transformation ``exp(t * generator)`` to a batch of inputs."""
+
+    def rows(self, x: Tensor, grads: Tensor) -> Tensor:
+        """Polarization rows ``(B, K, m)`` in float64 from inputs ``x`` and gradients ``(B, K, *x.shape[1:])``."""
+        tangents = self.tangents(x.to(torch.float64)).flatten(2)
+        return torch.einsum("bkd,bmd->bkm", grads.to(torch.float64).flatten(2), tangents)
+
+    def to_generator(self, vector: Tensor) -> Tensor:
+        """Reshape ``(..., m)`` coefficient vectors into generator matrices ``(..., *generator_shape)``."""
+        if vector.shape[-1] != self.num_generators:
+            raise ValueError(
+                f"Expected vectors with last dimension m={self.num_generators}, got shape {tuple(vector.shape)}."
+            )
+        return vector.reshape(*vector.shape[:-1], *self.generator_shape)
+
+    def to_vector(self, generator: Tensor) -> Tensor:
+        """Coefficients ``(..., m)`` of generator matrices ``(..., *generator_shape)``; inverse of :meth:`to_generator`."""
+        n = len(self.generator_shape)
+        if tuple(generator.shape[generator.ndim - n :]) != self.generator_shape:
+            raise ValueError(
+                f"Expected generators of shape (..., {', '.join(map(str, self.generator_shape))}), "
+                f"got shape {tuple(generator.shape)}."
+            )
+        return generator.reshape(*generator.shape[: generator.ndim - n], self.num_generators)
+
+    def reference_basis(self, name: str) -> Tensor:
+        """Orthonormal basis ``(k, *generator_shape)`` (float64) of a named reference algebra."""
+        return algebras.basis(name, self.generator_shape, homogeneous=self.homogeneous)
+
+    def known_generator(self, name: str) -> Tensor:
+        """A single named generator (``"rotation"``, ``"scaling"``, ...) for this action's shape."""
+        return algebras.generator(name, self.generator_shape, homogeneous=self.homogeneous)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(generator_shape={self.generator_shape})"
+
+
+def _check_floating(x: Tensor, expected: str) -> None:
+    if not isinstance(x, Tensor):
+        raise ValueError(f"Expected the input to be a torch.Tensor {expected}, got {type(x).__name__}.")
+    if not x.is_floating_point():
+        raise ValueError(f"Expected a floating-point input {expected}, got dtype {x.dtype}.")
+
+
+class VectorAction(GroupAction):
+    """``gl(dim)`` acting linearly on ``components`` vectors in ``R^dim`` at once.
+
+    The input is ``(B, components * dim)`` or ``(B, components, dim)``; each component is
+    transformed by the same matrix. The row of output ``k`` is ``vec(sum_c g_c x_c^T)``.
+
+    Args:
+        dim: Dimension of each vector; the candidate algebra is ``gl(dim)`` with ``m = dim**2``.
+        components: Number of vectors per sample. ``None`` infers it from the input.
+
+    Example:
+        >>> action = VectorAction(dim=5, components=2)
+        >>> action.num_generators
+        25
+    """
+
+    def __init__(self, dim: int, components: Optional[int] = None) -> None:
+        if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
+            raise ValueError(f"Expected `dim` to be a positive integer, got {dim!r}.")
+        if components is not None and (
+            not isinstance(components, int) or isinstance(components, bool) or components < 1
+        ):
+            raise ValueError(f"Expected `components` to be a positive integer or None, got {components!r}.")
+        self.dim = dim
+        self.components = components
+        self.generator_shape = (dim, dim)
+
+    def _expected(self) -> str:
+        if self.components is None:
+            return f"of shape (B, c*{self.dim}) or (B, c, {self.dim})"
+        c = self.components
+        return f"of shape (B, {c * self.dim}) or (B, {c}, {self.dim})"
+
+    def validate_input(self, x: Tensor) -> None:
+        _check_floating(x, self._expected())
+        c = self.components
+        ok = False
+        if x.ndim == 2:
+            ok = x.shape[1] % self.dim == 0 and (c is None or x.shape[1] == c * self.dim)
+        elif x.ndim == 3:
+            ok = x.shape[2] == self.dim and (c is None or x.shape[1] == c)
+        if not ok or x.shape[1] == 0:
+            raise ValueError(f"Expected an input {self._expected()} for {self!r}, got shape {tuple(x.shape)}.")
+
+    def _vectors(self, x: Tensor) -> Tensor:
+        return x.reshape(x.shape[0], -1, self.dim)
+
+    def rows(self, x: Tensor, grads: Tensor) -> Tensor:
+        xs = self._vectors(x.to(torch.float64))
+        gs = grads.to(torch.float64).reshape(grads.shape[0], grads.shape[1], -1, self.dim)
+        # sum over components of the outer product g_c x_c^T, flattened row-major
+        return torch.einsum("bkca,bcd->bkad", gs, xs).flatten(2)
+
+    def tangents(self, x: Tensor) -> Tensor:
+        xs = self._vectors(x)
+        b, c, d = xs.shape
+        eye = torch.eye(d, dtype=x.dtype, device=x.device)
+        # tangent of E_ab on component c is e_a * x_c[b]
+        t = torch.einsum("ae,bcd->badce", eye, xs)  # (B, a, b', c, e)
+        return t.reshape(b, d * d, *x.shape[1:])
+
+    def transform(self, x: Tensor, generator: Tensor, t: float = 1.0) -> Tensor:
+        g = torch.linalg.matrix_exp(t * generator.detach().to("cpu", torch.float64)).to(x.device, x.dtype)
+        return (self._vectors(x) @ g.T).reshape(x.shape)
+
+    def __repr__(self) -> str:
+        return f"VectorAction(dim={self.dim}, components={self.components})"
+
+
+def pixel_coordinates(height: int, width: int, dtype: torch.dtype, device: torch.device) -> Tuple[Tensor, Tensor, float]:
+    """Centred pixel coordinates ``(x along width, y along height)`` in half-larger-side units, and the step."""
+    half = max(height, width) / 2.0
+    px = (torch.arange(width, dtype=dtype, device=device) - (width - 1) / 2.0) / half
+    py = (torch.arange(height, dtype=dtype, device=device) - (height - 1) / 2.0) / half
+    return px, py, 1.0 / half
+
+
+class ImageAction(GroupAction):
+    """``gl(2)`` (or ``aff(2)``) acting on the pixel coordinates of images, ``(g I)(p) = I(g^-1 p)``.
+
+    The input is ``(B, C, H, W)`` or ``(B, H, W)``. Coordinates: ``x`` along the width, ``y`` along
+    the height, centred on the image, in units of half the larger side. Spatial derivatives are
+    central differences (one-sided at the border).
+
+    Args:
+        affine: ``False`` for ``gl(2)`` (``m = 4``); ``True`` for ``aff(2)`` as 3x3 homogeneous
+            generators with a zero last row (``m = 6``: the linear part, then the translations).
+        padding_mode: How :meth:`transform` fills pixels that come from outside the image
+            (``"zeros"``, ``"border"`` or ``"reflection"``).
+
+    Example:
+        >>> ImageAction().num_generators, ImageAction(affine=True).num_generators
+        (4, 6)
+    """
+
+    def __init__(self, affine: bool = False, padding_mode: str = "zeros") -> None:
+        if not isinstance(affine, bool):
+            raise ValueError(f"Expected `affine` to be a bool, got {affine!r}.")
+        if padding_mode not in ("zeros", "border", "reflection"):
+            raise ValueError(
+                f"Expected `padding_mode` to be one of 'zeros', 'border', 'reflection', got {padding_mode!r}."
+            )
+        self.affine = affine
+        self.padding_mode = padding_mode
+        self.homogeneous = affine
+        self.generator_shape = (3, 3) if affine else (2, 2)
+
+    @property
+    def num_generators(self) -> int:
+        return 6 if self.affine else 4
+
+    def validate_input(self, x: Tensor) -> None:
+        _check_floating(x, "of shape (B, C, H, W) or (B, H, W)")
+        if x.ndim not in (3, 4) or x.shape[-1] < 3 or x.shape[-2] < 3:
+            raise ValueError(
+                "Expected an image input of shape (B, C, H, W) or (B, H, W) with H, W >= 3 for "
+                f"{self!r}, got shape {tuple(x.shape)}."
+            )
+
+    def to_generator(self, vector: Tensor) -> Tensor:
+        if not self.affine:
+            return super().to_generator(vector)
+        if vector.shape[-1] != 6:
+            raise ValueError(f"Expected vectors with last dimension m=6, got shape {tuple(vector.shape)}.")
+        top = vector.reshape(*vector.shape[:-1], 2, 3)
+        # homogeneous 3x3 with a zero last row
+        return torch.cat([top, torch.zeros_like(top[..., :1, :])], dim=-2)
+
+    def to_vector(self, generator: Tensor) -> Tensor:
+        if not self.affine:
+            return super().to_vector(generator)
+        if tuple(generator.shape[-2:]) != (3, 3):
+            raise ValueError(f"Expected generators of shape (..., 3, 3), got shape {tuple(generator.shape)}.")
+        return generator[..., :2, :].reshape(*generator.shape[:-2], 6)
+
+    def _derivatives(self, x: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Image derivatives along x (width) and y (height), and the coordinates."""
+        px, py, step = pixel_coordinates(x.shape[-2], x.shape[-1], x.dtype, x.device)
+        dx = torch.gradient(x, spacing=step, dim=-1)[0]
+        dy = torch.gradient(x, spacing=step, dim=-2)[0]
+        return dx, dy, px, py
+
+    def rows(self, x: Tensor, grads: Tensor) -> Tensor:
+        x64 = x.to(torch.float64)
+        dx, dy, px, py = self._derivatives(x64)
+        g = grads.to(torch.float64)
+        if x.ndim == 3:  # add the channel axis
+            dx, dy, g = dx.unsqueeze(1), dy.unsqueeze(1), g.unsqueeze(2)
+        # (g I)(p) = I(g^-1 p): d/dt = -grad I(p) . (h p); entry (a, b) = -sum g * d_a I * p_b
+        da = torch.stack([(g * dx.unsqueeze(1)).sum(2), (g * dy.unsqueeze(1)).sum(2)], dim=2)  # (B,K,2,H,W)
+        ones = torch.ones_like(py)[:, None].expand(len(py), len(px))
+        coords = [px[None, :].expand(len(py), len(px)), py[:, None].expand(len(py), len(px))]
+        if self.affine:
+            coords.append(ones)
+        p = torch.stack(coords)  # (nb, H, W)
+        return -torch.einsum("bkahw,chw->bkac", da, p).flatten(2)
+
+    def tangents(self, x: Tensor) -> Tensor:
+        dx, dy, px, py = self._derivatives(x)
+        grid_x = px[None, :].expand(len(py), len(px))
+        grid_y = py[:, None].expand(len(py), len(px))
+        coords = [grid_x, grid_y] + ([torch.ones_like(grid_x)] if self.affine else [])
+        out = [-d * c for d in (dx, dy) for c in coords]
+        return torch.stack(out, dim=1)
+
+    def transform(self, x: Tensor, generator: Tensor, t: float = 1.0) -> Tensor:
+        gen = generator.detach().to("cpu", torch.float64)
+        if gen.shape == (3, 3):
+            gen = torch.cat([gen[:2], torch.zeros(1, 3, dtype=gen.dtype)], dim=0)
+        else:
+            gen = torch.block_diag(gen, torch.zeros(1, 1, dtype=gen.dtype))
+        inv = torch.linalg.matrix_exp(-t * gen)  # g^-1 in homogeneous form
+        h, w = x.shape[-2], x.shape[-1]
+        half = max(h, w) / 2.0
+        # grid_sample's normalised coordinates (align_corners=False) are p * half / (size / 2)
+        sx, sy = half / (w / 2.0), half / (h / 2.0)
+        to_norm = torch.diag(torch.tensor([sx, sy, 1.0], dtype=torch.float64))
+        from_norm = torch.diag(torch.tensor([1 / sx, 1 / sy, 1.0], dtype=torch.float64))
+        theta = (to_norm @ inv @ from_norm)[:2]
+        img = x if x.ndim == 4 else x.unsqueeze(1)
+        theta_b = theta.to(img.dtype).to(img.device).unsqueeze(0).expand(img.shape[0], 2, 3)
+        grid = torch.nn.functional.affine_grid(theta_b, list(img.shape), align_corners=False)
+        out = torch.nn.functional.grid_sample(
+            img, grid, mode="bilinear", padding_mode=self.padding_mode, align_corners=False
+        )
+        return out if x.ndim == 4 else out.squeeze(1)
+
+    def __repr__(self) -> str:
+        return f"ImageAction(affine={self.affine})"
+
+
+class TangentAction(GroupAction):
+    """Any action given by its tangents: ``fn(x)`` returns ``(B, m, *x.shape[1:])``.
+
+    Use it for point clouds, graphs, sequences: anything :class:`VectorAction` and
+    :class:`ImageAction` do not cover. The tangents are ordered like the row-major entries of a
+    generator matrix of shape ``generator_shape``.
+
+    Args:
+        fn: Maps a batch of inputs to their tangents, one per basis element.
+        generator_shape: Shape of one generator, e.g. ``(3, 3)``.
+        transform_fn: Optional ``transform_fn(x, generator, t)`` applying ``exp(t * generator)``;
+            needed only for pictures of orbits.
+
+    Example:
+        >>> import torch
+        >>> act = TangentAction(lambda x: torch.stack([x.flip(-1) * 0 + 1], 1), generator_shape=(1,))
+        >>> act.num_generators
+        1
+    """
+
+    def __init__(
+        self,
+        fn: Callable[[Tensor], Tensor],
+        generator_shape: Sequence[int],
+        transform_fn: Optional[Callable[[Tensor, Tensor, float], Tensor]] = None,
+    ) -> None:
+        if not callable(fn):
+            raise ValueError(f"Expected `fn` to be callable returning (B, m, *x.shape[1:]), got {fn!r}.")
+        shape = tuple(int(s) for s in generator_shape)
+        if not shape or any(s < 1 for s in shape):
+            raise ValueError(f"Expected `generator_shape` to be a non-empty tuple of positive ints, got {generator_shape!r}.")
+        self.fn = fn
+        self.transform_fn = transform_fn
+        self.generator_shape = shape
+
+    def validate_input(self, x: Tensor) -> None:
+        _check_floating(x, "of shape (B, ...)")
+        if x.ndim < 1 or x.shape[0] == 0:
+            raise ValueError(f"Expected a batched input of shape (B, ...) with B >= 1, got shape {tuple(x.shape)}.")
+
+    def tangents(self, x: Tensor) -> Tensor:
+        t = self.fn(x)
+        expected = (x.shape[0], self.num_generators, *x.shape[1:])
+        if not isinstance(t, Tensor) or tuple(t.shape) != expected:
+            got = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
+            raise ValueError(f"Expected `fn(x)` to return tangents of shape {expected}, got {got}.")
+        return t
+
+    def transform(self, x: Tensor, generator: Tensor, t: float = 1.0) -> Tensor:
+        if self.transform_fn is None:
+            raise NotImplementedError("This TangentAction was built without `transform_fn`.")
+        return self.transform_fn(x, generator, t)
+
+    def __repr__(self) -> str:
+        return f"TangentAction(generator_shape={self.generator_shape})"

@@ -1,0 +1,163 @@
+"""From polarization rows to a spectrum: the Gram matrix, its eigendecomposition and the measures.
+
+Pure float64 tensor functions. ``G = E^T E`` is accumulated instead of ``E`` itself, so memory is
+``O(m^2)`` whatever the number of rows, and ``eigh(G)`` gives ``sigma_i^2`` and the right singular
+vectors of ``E``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Dict, Mapping, NamedTuple, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "GRAM_BYTES_PER_ENTRY",
+    "check_memory_budget",
+    "gram_update",
+    "solve_spectrum",
+    "estimate_nullity",
+    "reference_biases",
+    "subspace_bias",
+    "closure_error",
+    "known_variances",
+    "canonical_signs",
+]
+
+#: float64 Gram matrix, the eigenvectors and eigh's workspace: about three m x m float64 arrays.
+GRAM_BYTES_PER_ENTRY = 3 * 8
+
+
+def check_memory_budget(num_generators: int, memory_budget: Optional[int]) -> int:
+    """Bytes the accumulator and solve need for ``m`` generators; :class:`ValueError` above the budget."""
+    estimate = GRAM_BYTES_PER_ENTRY * num_generators * num_generators
+    if memory_budget is not None and estimate > memory_budget:
+        raise ValueError(
+            f"The algebra has m={num_generators} generators: its float64 Gram matrix and solve need about "
+            f"{estimate / 2**20:.1f} MiB, over the memory budget of {memory_budget / 2**20:.1f} MiB. "
+            "Use a smaller algebra or raise `memory_budget`."
+        )
+    return estimate
+
+
+def gram_update(rows: Tensor) -> Tuple[Tensor, Tensor, int, int]:
+    """Gram contribution of a batch of rows ``(B, K, m)``, dropping samples with non-finite rows.
+
+    Returns:
+        ``(gram, finite, num_samples, num_rows)`` with ``gram = sum r^T r`` in float64 over the
+        kept samples and ``finite`` the ``(B,)`` mask of kept samples.
+    """
+    if rows.ndim != 3:
+        raise ValueError(f"Expected rows of shape (B, K, m), got shape {tuple(rows.shape)}.")
+    r = rows.to(torch.float64)
+    finite = torch.isfinite(r).flatten(1).all(1)
+    if not bool(finite.all()):
+        r = r[finite]
+    flat = r.reshape(-1, r.shape[-1])
+    return flat.T @ flat, finite, int(r.shape[0]), int(flat.shape[0])
+
+
+def canonical_signs(vectors: Tensor) -> Tensor:
+    """Flip each column so its largest-magnitude entry is positive: eigenvectors are defined up to sign."""
+    idx = vectors.abs().argmax(0)
+    signs = torch.sign(vectors.gather(0, idx[None]).squeeze(0))
+    signs[signs == 0] = 1.0
+    return vectors * signs
+
+
+class Spectrum(NamedTuple):
+    eigenvalues: Tensor  # (m,) ascending, clamped at 0
+    eigenvectors: Tensor  # (m, m) columns, unit norm, same order
+
+
+def solve_spectrum(gram: Tensor) -> Spectrum:
+    """Eigendecomposition of the symmetric Gram matrix, ascending, eigenvalues clamped at zero."""
+    g = gram.to(torch.float64)
+    g = 0.5 * (g + g.T)
+    if not bool(torch.isfinite(g).all()):
+        raise ValueError("The Gram matrix has non-finite entries; cannot solve.")
+    evals, evecs = torch.linalg.eigh(g)
+    return Spectrum(evals.clamp_min(0.0), canonical_signs(evecs))
+
+
+def estimate_nullity(eigenvalues: Tensor, tolerance: float = 1e-2, min_gap: float = 10.0) -> int:
+    """Number of learned symmetries: the position of the spectrum's largest gap below a tolerance.
+
+    Only positions ``k`` whose ``k``-th smallest eigenvalue is below ``tolerance * mean(eigenvalues)``
+    are candidates, and the gap ``lambda_k / lambda_{k-1}`` must be at least ``min_gap``; the
+    largest such gap wins. Eigenvalues at the float64 floor count as that floor.
+    """
+    lam = eigenvalues.to(torch.float64).clamp_min(0.0)
+    m = lam.numel()
+    mean = float(lam.mean()) if m else 0.0
+    if m == 0:
+        return 0
+    if mean <= 0.0:
+        return m
+    floor = float(lam.max()) * 1e-15
+    lam = lam.clamp_min(floor)
+    best_k, best_gap = 0, math.log(min_gap)
+    for k in range(1, m):
+        if float(lam[k - 1]) > tolerance * mean:
+            break
+        gap = math.log(float(lam[k]) / float(lam[k - 1]))
+        if gap >= best_gap:
+            best_k, best_gap = k, gap
+    return best_k
+
+
+def reference_biases(vectors: Tensor, reference: Tensor) -> Tensor:
+    """``B_i = ||v_i - P v_i||`` for unit columns ``vectors`` ``(m, n)`` and an orthonormal ``reference`` ``(k, m)``."""
+    v = vectors.to(torch.float64)
+    q = reference.to(torch.float64)
+    residual = v - q.T @ (q @ v)
+    return residual.norm(dim=0)
+
+
+def subspace_bias(vectors: Tensor, reference: Tensor) -> float:
+    """Sine of the largest principal angle between the span of the first ``k`` columns and the reference.
+
+    ``vectors`` holds the ``k`` most invariant unit generators as columns ``(m, k)``, ``reference``
+    an orthonormal ``(k, m)`` basis of the same dimension. With orthonormal bases of equal
+    dimension the sine is the spectral norm of the part of ``vectors`` outside the reference.
+    """
+    v = vectors.to(torch.float64)
+    q = reference.to(torch.float64)
+    residual = v - q.T @ (q @ v)
+    return float(torch.linalg.matrix_norm(residual, ord=2))
+
+
+def closure_error(generators: Tensor) -> Optional[float]:
+    """How far unit generators ``(n, d, d)`` are from closing under the commutator.
+
+    The largest Frobenius norm of the part of ``[h_i, h_j]`` outside their span; 0 for a Lie
+    subalgebra. ``None`` when generators are not square matrices.
+    """
+    if generators.ndim != 3 or generators.shape[-1] != generators.shape[-2]:
+        return None
+    n = generators.shape[0]
+    if n < 2:
+        return 0.0
+    h = generators.to(torch.float64)
+    q = torch.linalg.qr(h.reshape(n, -1).T).Q  # (d*d, n) orthonormal span
+    i, j = torch.triu_indices(n, n, offset=1)
+    comm = (h[i] @ h[j] - h[j] @ h[i]).reshape(len(i), -1).T  # (d*d, pairs)
+    residual = comm - q @ (q.T @ comm)
+    return float(residual.norm(dim=0).max())
+
+
+def known_variances(
+    gram: Tensor, num_samples: int, named: Mapping[str, Tensor]
+) -> Dict[str, float]:
+    """``vec(h)^T G vec(h) / (N ||h||^2)`` for each named coefficient vector ``h`` ``(m,)``."""
+    out: Dict[str, float] = {}
+    g = gram.to(torch.float64)
+    for name, vec in named.items():
+        v = vec.to(g.device, torch.float64).reshape(-1)
+        norm2 = float(v @ v)
+        if norm2 == 0.0:
+            raise ValueError(f"The known generator {name!r} is zero.")
+        out[name] = float(v @ g @ v) / (max(num_samples, 1) * norm2)
+    return out

@@ -1,0 +1,213 @@
+"""``SymmetryReport``: what a network has learned to be invariant to, and how much."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from liegg_lightning.functional import spectrum as F
+
+__all__ = ["SymmetryReport", "build_report"]
+
+_TENSOR_FIELDS = ("singular_values", "variances", "normalized_variances", "generators", "biases")
+
+
+@dataclass
+class SymmetryReport:
+    """The spectrum of a network polarization matrix and the measures read from it.
+
+    All tensors are float64 on the CPU, most invariant generator first.
+
+    Attributes:
+        singular_values: ``(m,)`` ascending singular values ``sigma_i`` of ``E``.
+        variances: ``(m,)`` symmetry variances ``sigma_i**2 / N``; ``variances[0]`` is the paper's.
+        normalized_variances: ``(m,)`` ``lambda_i / mean(lambda)``, scale-free.
+        generators: ``(m, *generator_shape)`` generators of unit Frobenius norm.
+        symmetry_variance: ``variances[0]``.
+        nullity: Estimated number of learned symmetries.
+        biases: ``(m,)`` distance of each generator to the reference algebra, or ``None``.
+        symmetry_bias: ``biases[0]`` or ``None``.
+        subspace_bias: Sine of the largest principal angle between the ``k`` most invariant
+            generators and the ``k``-dimensional reference algebra, or ``None``.
+        closure_error: How far the ``nullity`` leading generators are from closing under the
+            commutator (0 for a Lie subalgebra); ``None`` for non-square generators.
+        known_variances: ``name -> vec(h)^T G vec(h) / (N ||h||^2)``.
+        num_samples: Input samples behind the spectrum (after dropping non-finite ones).
+        num_rows: Rows of ``E``.
+        num_skipped: Samples dropped because their rows were not finite.
+
+    Example:
+        >>> import torch
+        >>> from liegg_lightning import VectorAction
+        >>> from liegg_lightning.report import build_report
+        >>> report = build_report(torch.eye(4, dtype=torch.float64), 4, 4, 0, VectorAction(dim=2))
+        >>> report.nullity, round(report.symmetry_variance, 3)
+        (0, 0.25)
+    """
+
+    singular_values: Tensor
+    variances: Tensor
+    normalized_variances: Tensor
+    generators: Tensor
+    symmetry_variance: float
+    nullity: int
+    biases: Optional[Tensor] = None
+    symmetry_bias: Optional[float] = None
+    subspace_bias: Optional[float] = None
+    closure_error: Optional[float] = None
+    known_variances: Dict[str, float] = field(default_factory=dict)
+    num_samples: int = 0
+    num_rows: int = 0
+    num_skipped: int = 0
+
+    @property
+    def generator_shape(self) -> Tuple[int, ...]:
+        return tuple(self.generators.shape[1:])
+
+    def leading(self, k: int) -> Tensor:
+        """The ``k`` most invariant generators."""
+        return self.generators[:k]
+
+    def to_dict(self) -> Dict[str, Any]:
+        """A JSON-safe dict: tensors become nested lists of floats."""
+        out: Dict[str, Any] = {}
+        for name in self.__dataclass_fields__:
+            value = getattr(self, name)
+            if isinstance(value, Tensor):
+                value = value.tolist()
+            elif isinstance(value, dict):
+                value = {str(k): float(v) for k, v in value.items()}
+            out[name] = value
+        out["generator_shape"] = list(self.generator_shape)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SymmetryReport:
+        """Inverse of :meth:`to_dict`."""
+        kwargs: Dict[str, Any] = {}
+        shape = tuple(data.get("generator_shape", ()))
+        for name in cls.__dataclass_fields__:
+            if name not in data:
+                continue
+            value = data[name]
+            if name in _TENSOR_FIELDS and value is not None:
+                value = torch.tensor(value, dtype=torch.float64)
+                if name == "generators" and value.numel() == 0:
+                    value = value.reshape(0, *shape)
+            kwargs[name] = value
+        kwargs["known_variances"] = dict(kwargs.get("known_variances") or {})
+        return cls(**kwargs)
+
+    def save(self, path: Union[str, os.PathLike]) -> None:
+        """Write the report as JSON, atomically: a reader never sees a half-written file."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as fh:
+                json.dump(self.to_dict(), fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    @classmethod
+    def load(cls, path: Union[str, os.PathLike]) -> SymmetryReport:
+        """Read a report written by :meth:`save`."""
+        with open(path) as fh:
+            return cls.from_dict(json.load(fh))
+
+    def summary(self) -> Dict[str, float]:
+        """The scalar measures as a flat dict (what the callback logs)."""
+        out: Dict[str, float] = {
+            "symmetry_variance": float(self.symmetry_variance),
+            "normalized_variance": float(self.normalized_variances[0]) if len(self.normalized_variances) else 0.0,
+            "nullity": float(self.nullity),
+        }
+        if self.closure_error is not None:
+            out["closure_error"] = float(self.closure_error)
+        if self.symmetry_bias is not None:
+            out["symmetry_bias"] = float(self.symmetry_bias)
+        if self.subspace_bias is not None:
+            out["subspace_bias"] = float(self.subspace_bias)
+        for name, value in self.known_variances.items():
+            out[f"variance/{name}"] = float(value)
+        return out
+
+    def __repr__(self) -> str:
+        parts = [f"m={len(self.variances)}", f"nullity={self.nullity}",
+                 f"symmetry_variance={self.symmetry_variance:.3e}"]
+        if self.symmetry_bias is not None:
+            parts.append(f"symmetry_bias={self.symmetry_bias:.3e}")
+        if self.subspace_bias is not None:
+            parts.append(f"subspace_bias={self.subspace_bias:.3e}")
+        parts.append(f"num_samples={self.num_samples}")
+        return f"SymmetryReport({', '.join(parts)})"
+
+
+def build_report(
+    gram: Tensor,
+    num_samples: int,
+    num_rows: int,
+    num_skipped: int,
+    action: Any,
+    *,
+    reference: Optional[Tensor] = None,
+    known: Optional[Mapping[str, Tensor]] = None,
+    nullity_tolerance: float = 1e-2,
+    nullity_min_gap: float = 10.0,
+) -> SymmetryReport:
+    """Solve the accumulated Gram matrix and read every measure off its spectrum.
+
+    Args:
+        gram: ``(m, m)`` ``sum r^T r`` over all rows.
+        num_samples: Input samples (``N``) behind ``gram``.
+        num_rows: Rows behind ``gram``.
+        num_skipped: Samples dropped as non-finite.
+        action: The group action, to shape generators.
+        reference: Orthonormal ``(k, m)`` coefficient vectors of the reference algebra.
+        known: ``name -> (m,)`` coefficient vectors for ``known_variances``.
+        nullity_tolerance: See :func:`~liegg_lightning.functional.spectrum.estimate_nullity`.
+        nullity_min_gap: See :func:`~liegg_lightning.functional.spectrum.estimate_nullity`.
+    """
+    gram = gram.detach().to("cpu", torch.float64)
+    evals, evecs = F.solve_spectrum(gram)
+    n = max(int(num_samples), 1)
+    variances = evals / n
+    mean = evals.mean()
+    normalized = evals / mean if float(mean) > 0 else torch.zeros_like(evals)
+    generators = action.to_generator(evecs.T.contiguous())
+    nullity = F.estimate_nullity(evals, nullity_tolerance, nullity_min_gap)
+    biases = symmetry_bias = sub_bias = None
+    if reference is not None:
+        ref = reference.to(torch.float64)
+        biases = F.reference_biases(evecs, ref)
+        symmetry_bias = float(biases[0])
+        sub_bias = F.subspace_bias(evecs[:, : ref.shape[0]], ref)
+    known_var = F.known_variances(gram, n, known) if known else {}
+    return SymmetryReport(
+        singular_values=evals.sqrt(),
+        variances=variances,
+        normalized_variances=normalized,
+        generators=generators,
+        symmetry_variance=float(variances[0]),
+        nullity=nullity,
+        biases=biases,
+        symmetry_bias=symmetry_bias,
+        subspace_bias=sub_bias,
+        closure_error=F.closure_error(generators[:nullity]),
+        known_variances=known_var,
+        num_samples=int(num_samples),
+        num_rows=int(num_rows),
+        num_skipped=int(num_skipped),
+    )
