@@ -7,6 +7,7 @@ post-hoc ``analyze`` function.
 from liegg_lightning import algebras
 from liegg_lightning.actions import GroupAction, ImageAction, TangentAction, VectorAction
 from liegg_lightning.analyze import analyze
+from liegg_lightning.callback import LieGGCallback
 from liegg_lightning.metric import LieGGMetric
 from liegg_lightning.report import SymmetryReport
 
@@ -15,6 +16,7 @@ __version__ = "0.1.0"
 __all__ = [
     "GroupAction",
     "ImageAction",
+    "LieGGCallback",
     "LieGGMetric",
     "SymmetryReport",
     "TangentAction",
