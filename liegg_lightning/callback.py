@@ -209,15 +209,15 @@ class LieGGCallback(Callback):
         self._failed = False
 
     @override
-    def on_validation_batch_end(
+    def on_validation_batch_start(
         self,
         trainer: pl.Trainer,
         pl_module: pl.LightningModule,
-        outputs: Any,
         batch: Any,
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
+        # at the batch's start, so a misconfiguration fails before the model's own step runs
         if not self._active or self._failed:
             return
         if self.dataloader_idx is not None and dataloader_idx not in self.dataloader_idx:
