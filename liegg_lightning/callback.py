@@ -80,7 +80,7 @@ class LieGGCallback(Callback):
         nullity_tolerance: Relative level below which eigenvalues count as symmetries.
         memory_budget: Bytes the Gram matrix and its solve may take; ``None`` disables the check.
         seed: Seed of the callback's own generator for random projections.
-        save_reports: Write each report as JSON into ``<log_dir>/liegg/``.
+        save_reports: Write each report as JSON into ``<log_dir>/liegg/`` (when the trainer has a logger).
 
     Example::
 
@@ -259,7 +259,8 @@ class LieGGCallback(Callback):
             pl_module.log(self.prefix + name, value, on_step=False, on_epoch=True, sync_dist=False)
         self.history.append({"epoch": trainer.current_epoch, "step": trainer.global_step, **values})
         self.spectra.append(report.variances.clone())
-        log_dir = trainer.log_dir if self.save_reports else None  # collective: all ranks call it
+        # trainer.log_dir is a collective call: every rank makes it. Without a logger nothing is written.
+        log_dir = trainer.log_dir if self.save_reports and trainer.loggers else None
         if not trainer.is_global_zero:
             return
         if log_dir is not None:

@@ -115,6 +115,7 @@ class SymmetryReport:
                 json.dump(self.to_dict(), fh)
                 fh.flush()
                 os.fsync(fh.fileno())
+            os.chmod(tmp, 0o644)  # mkstemp creates 0600; a report is meant to be read
             os.replace(tmp, path)
         except BaseException:
             if os.path.exists(tmp):
