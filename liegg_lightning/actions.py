@@ -63,7 +63,7 @@ class GroupAction(ABC):
         return vector.reshape(*vector.shape[:-1], *self.generator_shape)
 
     def to_vector(self, generator: Tensor) -> Tensor:
-        """Coefficients ``(..., m)`` of generator matrices ``(..., *generator_shape)``; inverse of :meth:`to_generator`."""
+        """Coefficients ``(..., m)`` of generator matrices ``(..., *generator_shape)``; inverts :meth:`to_generator`."""
         n = len(self.generator_shape)
         if tuple(generator.shape[generator.ndim - n :]) != self.generator_shape:
             raise ValueError(
@@ -160,7 +160,9 @@ class VectorAction(GroupAction):
         return f"VectorAction(dim={self.dim}, components={self.components})"
 
 
-def pixel_coordinates(height: int, width: int, dtype: torch.dtype, device: torch.device) -> Tuple[Tensor, Tensor, float]:
+def pixel_coordinates(
+    height: int, width: int, dtype: torch.dtype, device: torch.device
+) -> Tuple[Tensor, Tensor, float]:
     """Centred pixel coordinates ``(x along width, y along height)`` in half-larger-side units, and the step."""
     half = max(height, width) / 2.0
     px = (torch.arange(width, dtype=dtype, device=device) - (width - 1) / 2.0) / half
@@ -312,7 +314,9 @@ class TangentAction(GroupAction):
             raise ValueError(f"Expected `fn` to be callable returning (B, m, *x.shape[1:]), got {fn!r}.")
         shape = tuple(int(s) for s in generator_shape)
         if not shape or any(s < 1 for s in shape):
-            raise ValueError(f"Expected `generator_shape` to be a non-empty tuple of positive ints, got {generator_shape!r}.")
+            raise ValueError(
+                f"Expected `generator_shape` to be a non-empty tuple of positive ints, got {generator_shape!r}."
+            )
         self.fn = fn
         self.transform_fn = transform_fn
         self.generator_shape = shape

@@ -164,7 +164,7 @@ def generator(name: str, generator_shape: Sequence[int], *, homogeneous: bool = 
     return _embed([lin / lin.norm()], n, homogeneous)[0]
 
 
-def reference_vectors(reference: "str | Tensor", action: Any) -> Tensor:
+def reference_vectors(reference: str | Tensor, action: Any) -> Tensor:
     """Orthonormal coefficient vectors ``(k, m)`` of a reference algebra for ``action``.
 
     Args:
@@ -190,16 +190,13 @@ def reference_vectors(reference: "str | Tensor", action: Any) -> Tensor:
     return orthonormalize(action.to_vector(mats.to(torch.float64)))
 
 
-def known_vectors(known: "Sequence[str] | Mapping[str, Tensor] | None", action: Any) -> Dict[str, Tensor]:
+def known_vectors(known: Sequence[str] | Mapping[str, Tensor] | None, action: Any) -> Dict[str, Tensor]:
     """Coefficient vectors ``name -> (m,)`` of the named or given generators, for ``known_variances``."""
     if known is None:
         return {}
     if isinstance(known, str):
         known = [known]
-    if isinstance(known, Mapping):
-        items = list(known.items())
-    else:
-        items = [(name, name) for name in known]
+    items = list(known.items()) if isinstance(known, Mapping) else [(name, name) for name in known]
     out: Dict[str, Tensor] = {}
     shape = tuple(action.generator_shape)
     for name, value in items:
@@ -207,7 +204,9 @@ def known_vectors(known: "Sequence[str] | Mapping[str, Tensor] | None", action: 
             mat = action.known_generator(value)
         elif isinstance(value, Tensor):
             if tuple(value.shape) != shape:
-                raise ValueError(f"Expected the known generator {name!r} to have shape {shape}, got {tuple(value.shape)}.")
+                raise ValueError(
+                    f"Expected the known generator {name!r} to have shape {shape}, got {tuple(value.shape)}."
+                )
             mat = value.detach().to("cpu", torch.float64)
         else:
             raise ValueError(

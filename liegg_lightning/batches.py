@@ -40,7 +40,9 @@ def extract_input(batch: Any, input_key: InputKey = 0) -> Tensor:
             f"Expected a batch that is a Tensor, a tuple/list or a dict, got {type(batch).__name__}."
         )
     if not isinstance(value, Tensor):
-        raise ValueError(f"Expected the batch element at `input_key={input_key!r}` to be a Tensor, got {type(value).__name__}.")
+        raise ValueError(
+            f"Expected the batch element at `input_key={input_key!r}` to be a Tensor, got {type(value).__name__}."
+        )
     return value
 
 

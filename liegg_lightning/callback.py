@@ -117,7 +117,9 @@ class LieGGCallback(Callback):
     ) -> None:
         super().__init__()
         if not isinstance(every_n_epochs, int) or isinstance(every_n_epochs, bool) or every_n_epochs < 0:
-            raise ValueError(f"Expected `every_n_epochs` to be a non-negative int (0 disables), got {every_n_epochs!r}.")
+            raise ValueError(
+                f"Expected `every_n_epochs` to be a non-negative int (0 disables), got {every_n_epochs!r}."
+            )
         if max_samples is not None and (not isinstance(max_samples, int) or max_samples < 1):
             raise ValueError(f"Expected `max_samples` to be a positive int or None, got {max_samples!r}.")
         if not isinstance(input_key, (int, str)):
@@ -130,7 +132,8 @@ class LieGGCallback(Callback):
             idx = [dataloader_idx] if isinstance(dataloader_idx, int) else list(dataloader_idx)
             if not idx or not all(isinstance(i, int) and i >= 0 for i in idx):
                 raise ValueError(
-                    f"Expected `dataloader_idx` to be None, a non-negative int or a list of them, got {dataloader_idx!r}."
+                    "Expected `dataloader_idx` to be None, a non-negative int or a list of them, "
+                    f"got {dataloader_idx!r}."
                 )
             dataloader_idx = idx
         # validates the action, output mode, reference and known generators, and the memory budget

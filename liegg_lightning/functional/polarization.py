@@ -61,7 +61,11 @@ def _flat_output(model: Callable[[Tensor], Tensor], x: Tensor, output_transform:
     return out.reshape(out.shape[0], -1)
 
 
-def _projection_matrix(num_outputs: int, num_projections: int, generator: Optional[torch.Generator]) -> Tensor:
+def _projection_matrix(
+    num_outputs: int, num_projections: Optional[int], generator: Optional[torch.Generator]
+) -> Tensor:
+    if num_projections is None or num_projections < 1:
+        raise ValueError(f"Expected a positive `num_projections` for output_mode='random', got {num_projections!r}.")
     # z / sqrt(r): E[z^T z] / r = I, so sum_j (z_j J)^T (z_j J) / r estimates J^T J without bias
     z = torch.randn(num_projections, num_outputs, generator=generator, dtype=torch.float64)
     return z / math.sqrt(num_projections)
@@ -98,8 +102,6 @@ def input_gradients(
         if output_mode == "sum":
             projections = torch.ones(1, out.shape[1], dtype=out.dtype, device=out.device)
         elif output_mode == "random":
-            if num_projections is None or num_projections < 1:
-                raise ValueError(f"Expected a positive `num_projections` for output_mode='random', got {num_projections!r}.")
             projections = _projection_matrix(out.shape[1], num_projections, generator).to(out.device, out.dtype)
         elif output_mode == "jacobian":
             projections = None
@@ -161,8 +163,6 @@ def forward_rows(
         if output_mode == "sum":
             return rows.sum(1, keepdim=True)
         if output_mode == "random":
-            if num_projections is None or num_projections < 1:
-                raise ValueError(f"Expected a positive `num_projections` for output_mode='random', got {num_projections!r}.")
             z = _projection_matrix(rows.shape[1], num_projections, generator).to(rows.device)
             return torch.einsum("rk,bkm->brm", z, rows)
         raise ValueError(f"Expected `output_mode` to be one of {', '.join(OUTPUT_MODES)}, got {output_mode!r}.")
