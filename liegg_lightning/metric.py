@@ -160,8 +160,9 @@ class LieGGMetric(Metric):
             raise ValueError(
                 f"Expected rows of shape (B, K, {self.gram.shape[0]}), got shape {tuple(rows.shape)}."
             )
-        gram, finite, num_samples, num_rows = gram_update(rows.to(self.gram.device))
-        self.gram += gram.to(self.gram.dtype)
+        gram, finite, num_samples, num_rows = gram_update(rows)
+        # dtype first: a float64 tensor cannot move to a device without float64 (MPS, float32 states)
+        self.gram += gram.to(self.gram.dtype).to(self.gram.device)
         self.num_samples += num_samples
         self.num_rows += num_rows
         self.num_skipped += int(finite.numel() - num_samples)

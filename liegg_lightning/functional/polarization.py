@@ -33,6 +33,11 @@ OUTPUT_MODES = ("jacobian", "sum", "random")
 DERIVATIVE_MODES = ("auto", "reverse", "forward")
 
 
+def float64_device(device: torch.device) -> torch.device:
+    """Where float64 rows can be formed: the device itself, or the CPU where it has no float64 (MPS)."""
+    return torch.device("cpu") if device.type == "mps" else device
+
+
 @contextlib.contextmanager
 def derivative_context(device: torch.device) -> Iterator[None]:
     """Gradients on, inference mode off, autocast off: what a derivative pass inside a hook needs."""
@@ -157,7 +162,7 @@ def forward_rows(
             jvps = torch.func.vmap(jvp_one, in_dims=1)(tangents)  # (m, B, K)
         except (RuntimeError, NotImplementedError, ValueError):
             jvps = torch.stack([jvp_one(tangents[:, i]) for i in range(tangents.shape[1])])
-        rows = jvps.permute(1, 2, 0).to(torch.float64)  # (B, K, m)
+        rows = jvps.permute(1, 2, 0).to(float64_device(jvps.device)).to(torch.float64)  # (B, K, m)
         if output_mode == "jacobian":
             return rows
         if output_mode == "sum":
@@ -223,4 +228,5 @@ def polarization_rows(
         return forward_rows(model, x, action, **kwargs)  # type: ignore[arg-type]
     grads = input_gradients(model, x, **kwargs)  # type: ignore[arg-type]
     with torch.inference_mode(False):
-        return action.rows(x.detach().clone(), grads.detach())
+        dev = float64_device(x.device)
+        return action.rows(x.detach().to(dev).clone(), grads.detach().to(dev))
