@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, Dict, List, Literal, Optional, Union
 
 import lightning.pytorch as pl
@@ -81,6 +83,8 @@ class LieGGCallback(Callback):
         memory_budget: Bytes the Gram matrix and its solve may take; ``None`` disables the check.
         seed: Seed of the callback's own generator for random projections.
         save_reports: Write each report as JSON into ``<log_dir>/liegg/`` (when the trainer has a logger).
+        background_drawing: Draw the pictures in a background thread (rank zero), so the training
+            loop does not wait for matplotlib; they are all sent before ``fit``/``validate`` returns.
 
     Example::
 
@@ -114,6 +118,7 @@ class LieGGCallback(Callback):
         memory_budget: Optional[int] = DEFAULT_MEMORY_BUDGET,
         seed: int = 0,
         save_reports: bool = True,
+        background_drawing: bool = True,
     ) -> None:
         super().__init__()
         if not isinstance(every_n_epochs, int) or isinstance(every_n_epochs, bool) or every_n_epochs < 0:
@@ -159,6 +164,7 @@ class LieGGCallback(Callback):
         self.log_images = log_images
         self.prefix = prefix
         self.save_reports = save_reports
+        self.background_drawing = background_drawing
 
         self.history: List[Dict[str, float]] = []
         self.spectra: List[Tensor] = []
@@ -168,6 +174,8 @@ class LieGGCallback(Callback):
         self._example_input: Optional[Tensor] = None
         self._forward: Optional[Callable[[Tensor], Tensor]] = None
         self._failed = False
+        self._drawer: Optional[ThreadPoolExecutor] = None
+        self._pending: List[Future] = []
 
     @property
     @override
@@ -271,17 +279,50 @@ class LieGGCallback(Callback):
                 report.save(os.path.join(log_dir, "liegg", f"report_epoch{trainer.current_epoch:04d}.json"))
             except OSError as err:
                 rank_zero_warn(f"LieGGCallback: could not write the report ({err}).")
-        if self.log_images:
-            log_pictures(
-                trainer,
+        if self.log_images and trainer.loggers:
+            job = functools.partial(
+                log_pictures,
+                list(trainer.loggers),
+                trainer.global_step,
                 report,
                 self.action,
-                spectra=self.spectra,
+                spectra=list(self.spectra),
                 labels=[f"epoch {h['epoch']}" for h in self.history],
                 example_input=self._example_input,
                 num_generators=self.log_generators,
                 prefix=self.prefix,
             )
+            if self.background_drawing:
+                # drawing takes a fraction of a second: keep it off the training loop's path
+                if self._drawer is None:
+                    self._drawer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="liegg-draw")
+                self._pending.append(self._drawer.submit(job))
+            else:
+                job()
+
+    def wait_for_pictures(self) -> None:
+        """Block until every picture drawn in the background has been sent to the loggers."""
+        pending, self._pending = self._pending, []
+        for future in pending:
+            future.result()  # log_pictures turns its own failures into warnings
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        # before Lightning finalises the loggers
+        self.wait_for_pictures()
+        if self._drawer is not None:
+            self._drawer.shutdown(wait=True)
+            self._drawer = None
+
+    @override
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self.wait_for_pictures()
+
+    def __getstate__(self) -> Dict[str, Any]:
+        # a thread pool cannot be pickled (ddp_spawn pickles callbacks); a fresh one is made on demand
+        state = self.__dict__.copy()
+        state["_drawer"], state["_pending"] = None, []
+        return state
 
     @override
     def state_dict(self) -> Dict[str, Any]:

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Sequence
 
-import lightning.pytorch as pl
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
@@ -57,7 +56,8 @@ def render_pictures(
 
 
 def log_pictures(
-    trainer: pl.Trainer,
+    loggers: Sequence[Logger],
+    step: int,
     report: SymmetryReport,
     action: GroupAction,
     *,
@@ -67,9 +67,9 @@ def log_pictures(
     num_generators: int = 4,
     prefix: str = "liegg/",
 ) -> None:
-    """Draw the report and send it to every logger of ``trainer`` that can take pictures."""
+    """Draw the report and send it, at ``step``, to every logger that can take pictures."""
     capable = []
-    for logger in trainer.loggers:
+    for logger in loggers:
         if isinstance(logger, TensorBoardLogger) or callable(getattr(logger, "log_image", None)):
             capable.append(logger)
         else:
@@ -90,7 +90,6 @@ def log_pictures(
     except Exception as err:  # drawing must never end the training it watches
         rank_zero_warn(f"LieGGCallback: drawing the report failed ({err!r}); pictures skipped.")
         return
-    step = trainer.global_step
     for logger in capable:
         try:
             if isinstance(logger, TensorBoardLogger):
