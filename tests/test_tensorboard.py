@@ -141,7 +141,7 @@ class _ImageLogger(Logger):
 
 def test_loggers_with_log_image_get_the_pictures(tmp_path: Path) -> None:
     logger = _ImageLogger()
-    callback = LieGGCallback(ImageAction(), save_reports=False)
+    callback = LieGGCallback(ImageAction(), save_reports=False, background_drawing=False)
     trainer = quiet_trainer(max_epochs=1, logger=logger, callbacks=[callback], default_root_dir=tmp_path)
     trainer.fit(TinyCNN(), _image_loader(), _image_loader())
     assert {"liegg/generators", "liegg/spectrum", "liegg/spectrum_history", "liegg/orbit"} <= set(logger.images)
