@@ -7,6 +7,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Union
 import torch
 from torch import Tensor
 from torchmetrics import Metric
+from torchmetrics.utilities import rank_zero_warn
 
 from liegg_lightning import algebras
 from liegg_lightning.actions import GroupAction
@@ -171,6 +172,12 @@ class LieGGMetric(Metric):
         """Solve the accumulated Gram matrix; raises ``ValueError`` when no sample was accumulated."""
         if float(self.num_samples) <= 0:
             raise ValueError("LieGGMetric has no samples to solve: call `update` with at least one finite sample.")
+        m = self.gram.shape[0]
+        if float(self.num_rows) < m:
+            rank_zero_warn(
+                f"LieGGMetric: {int(self.num_rows)} rows for m={m} generators; at least {m - int(self.num_rows)} "
+                "zero eigenvalues come from too little data, not from learned symmetries."
+            )
         return build_report(
             self.gram,
             int(self.num_samples),

@@ -186,6 +186,30 @@ def test_closure_error_analytic() -> None:
     assert S.closure_error(torch.zeros(2, 6, dtype=torch.float64)) is None
 
 
+def test_closure_error_stays_bounded_for_large_algebras() -> None:
+    # so(32): 496 generators, 122,760 pairs; a Lie algebra, so every sampled commutator closes
+    big = R.so_basis(32)
+    assert S.closure_error(big) == pytest.approx(0.0, abs=1e-12)
+    # chunking changes nothing: tiny chunks give the all-at-once answer of an explicit double loop
+    g = torch.randn(6, 3, 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    q = torch.linalg.qr(g.reshape(6, 9).T).Q
+    worst = 0.0
+    for a in range(6):
+        for b in range(a + 1, 6):
+            c = (g[a] @ g[b] - g[b] @ g[a]).reshape(9)
+            worst = max(worst, float((c - q @ (q.T @ c)).norm()))
+    assert S.closure_error(g, chunk_bytes=1) == pytest.approx(worst, rel=1e-12)
+    # sampled pairs never exceed the exact maximum
+    assert S.closure_error(g, max_pairs=5) <= worst + 1e-12
+
+
+def test_fewer_rows_than_generators_warns() -> None:
+    metric = LieGGMetric(VectorAction(dim=4))
+    metric.update(lambda x: (x * x).sum(1, keepdim=True), torch.randn(5, 4))
+    with pytest.warns(UserWarning, match="5 rows for m=16 generators"):
+        metric.compute()
+
+
 def test_gram_update_drops_and_counts_non_finite_samples() -> None:
     rows = torch.randn(5, 3, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     bad = rows.clone()

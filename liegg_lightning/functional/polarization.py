@@ -127,7 +127,13 @@ def input_gradients(
 
 
 def _batched_vjp(out: Tensor, xg: Tensor, cotangents: Tensor) -> Tensor:
-    """``(K, B, *in)`` gradients of ``<cotangents[k], out>``: one batched backward, a loop if vmap fails."""
+    """``(K, B, *in)`` gradients of ``<cotangents[k], out>``: one batched backward, or a loop.
+
+    On the CPU a loop of backward passes measured faster than the vmap-batched one
+    (benchmarks/README.md); elsewhere the batched pass is tried first.
+    """
+    if out.device.type == "cpu":
+        return torch.stack([torch.autograd.grad(out, xg, grad_outputs=c, retain_graph=True)[0] for c in cotangents])
     try:
         (grads,) = torch.autograd.grad(out, xg, grad_outputs=cotangents, is_grads_batched=True, retain_graph=True)
         return grads
@@ -148,7 +154,8 @@ def forward_rows(
     output_transform: Optional[Callable[[Tensor], Tensor]] = None,
 ) -> Tensor:
     """Rows ``(B, K, m)`` by forward mode: one Jacobian-vector product per basis tangent."""
-    with derivative_context(x.device):
+    # forward mode needs no backward graph: no_grad (inside inference_mode(False)) skips building one
+    with derivative_context(x.device), torch.no_grad():
         xd = x.detach().clone()
         tangents = action.tangents(xd).to(xd.dtype)
 

@@ -129,23 +129,34 @@ def subspace_bias(vectors: Tensor, reference: Tensor) -> float:
     return float(torch.linalg.matrix_norm(residual, ord=2))
 
 
-def closure_error(generators: Tensor) -> Optional[float]:
+def closure_error(generators: Tensor, max_pairs: int = 4096, chunk_bytes: int = 32 * 2**20) -> Optional[float]:
     """How far unit generators ``(n, d, d)`` are from closing under the commutator.
 
     The largest Frobenius norm of the part of ``[h_i, h_j]`` outside their span; 0 for a Lie
-    subalgebra. ``None`` when generators are not square matrices.
+    subalgebra. ``None`` when generators are not square matrices. With more than ``max_pairs``
+    pairs, the maximum is taken over a fixed-seed random sample of ``max_pairs`` of them, and pairs
+    are processed in chunks of about ``chunk_bytes``, so time and memory stay bounded for large
+    algebras.
     """
     if generators.ndim != 3 or generators.shape[-1] != generators.shape[-2]:
         return None
-    n = generators.shape[0]
+    n, d = generators.shape[0], generators.shape[-1]
     if n < 2:
         return 0.0
     h = generators.to(torch.float64)
     q = torch.linalg.qr(h.reshape(n, -1).T).Q  # (d*d, n) orthonormal span
     i, j = torch.triu_indices(n, n, offset=1)
-    comm = (h[i] @ h[j] - h[j] @ h[i]).reshape(len(i), -1).T  # (d*d, pairs)
-    residual = comm - q @ (q.T @ comm)
-    return float(residual.norm(dim=0).max())
+    if len(i) > max_pairs:
+        pick = torch.randperm(len(i), generator=torch.Generator().manual_seed(0))[:max_pairs]
+        i, j = i[pick], j[pick]
+    chunk = max(1, chunk_bytes // (3 * 8 * d * d + 8 * n))
+    worst = 0.0
+    for start in range(0, len(i), chunk):
+        a, b = h[i[start : start + chunk]], h[j[start : start + chunk]]
+        comm = (a @ b - b @ a).reshape(a.shape[0], -1).T  # (d*d, pairs)
+        residual = comm - q @ (q.T @ comm)
+        worst = max(worst, float(residual.norm(dim=0).max()))
+    return worst
 
 
 def known_variances(
