@@ -205,12 +205,16 @@ def _measure_case(spec: Dict[str, Any], device: torch.device, quick: bool, repea
         loader = DataLoader(TensorDataset(x_all, y_all), batch_size=batch_size, shuffle=False)
         plain = make_trainer(device, root)
         watched = make_trainer(device, root, callbacks=[callback_cls(action)])
-        variants["validate_without"] = lambda: plain.validate(module, loader, verbose=False)
-        variants["validate_with"] = lambda: watched.validate(module, loader, verbose=False)
+        def validate(trainer: Any, data: DataLoader) -> None:
+            trainer.validate(module, data, verbose=False)
+            module.to(device)  # Lightning hands an accelerator's model back on the CPU at teardown
+
+        variants["validate_without"] = lambda: validate(plain, loader)
+        variants["validate_with"] = lambda: validate(watched, loader)
         # the callback's fixed cost per epoch (solve, logging, history), seen on a one-sample epoch
         tiny = DataLoader(TensorDataset(x_all[:1], y_all[:1]), batch_size=1)
-        variants["validate_without_1_sample"] = lambda: plain.validate(module, tiny, verbose=False)
-        variants["validate_with_1_sample"] = lambda: watched.validate(module, tiny, verbose=False)
+        variants["validate_without_1_sample"] = lambda: validate(plain, tiny)
+        variants["validate_with_1_sample"] = lambda: validate(watched, tiny)
     res = interleaved_medians(variants, device, repeats)
     floors = {name: res[name]["median"] for name in kept}
     floor_name = min(floors, key=floors.__getitem__)

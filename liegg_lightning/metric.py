@@ -164,9 +164,9 @@ class LieGGMetric(Metric):
         gram, finite, num_samples, num_rows = gram_update(rows)
         # dtype first: a float64 tensor cannot move to a device without float64 (MPS, float32 states)
         self.gram += gram.to(self.gram.dtype).to(self.gram.device)
-        self.num_samples += num_samples
-        self.num_rows += num_rows
-        self.num_skipped += int(finite.numel() - num_samples)
+        self.num_samples += num_samples.to(self.num_samples.device)
+        self.num_rows += num_rows.to(self.num_rows.device)
+        self.num_skipped += (finite.numel() - num_samples).to(self.num_skipped.device)
 
     def compute(self) -> SymmetryReport:
         """Solve the accumulated Gram matrix; raises ``ValueError`` when no sample was accumulated."""

@@ -219,7 +219,7 @@ def test_gram_update_drops_and_counts_non_finite_samples() -> None:
     keep = rows[[0, 2, 4]].reshape(-1, 4)
     torch.testing.assert_close(gram, keep.T @ keep)
     assert finite.tolist() == [True, False, True, False, True]
-    assert (num_samples, num_rows) == (3, 9)
+    assert (int(num_samples), int(num_rows)) == (3, 9)
 
 
 def test_solve_spectrum_is_ascending_and_clamped() -> None:

@@ -42,21 +42,23 @@ def check_memory_budget(num_generators: int, memory_budget: Optional[int]) -> in
     return estimate
 
 
-def gram_update(rows: Tensor) -> Tuple[Tensor, Tensor, int, int]:
+def gram_update(rows: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """Gram contribution of a batch of rows ``(B, K, m)``, dropping samples with non-finite rows.
 
     Returns:
-        ``(gram, finite, num_samples, num_rows)`` with ``gram = sum r^T r`` in float64 over the
-        kept samples and ``finite`` the ``(B,)`` mask of kept samples.
+        ``(gram, finite, num_samples, num_rows)``: ``gram = sum r^T r`` in float64 over the kept
+        samples, ``finite`` the ``(B,)`` mask of kept samples, and the counts as 0-d tensors on
+        the rows' device (no host synchronisation, which would stall a GPU every batch).
     """
     if rows.ndim != 3:
         raise ValueError(f"Expected rows of shape (B, K, m), got shape {tuple(rows.shape)}.")
     r = rows.to(torch.float64)
     finite = torch.isfinite(r).flatten(1).all(1)
-    if not bool(finite.all()):
-        r = r[finite]
+    # masking instead of indexing: a non-finite sample contributes exact zeros
+    r = torch.where(finite[:, None, None], r, 0.0)
     flat = r.reshape(-1, r.shape[-1])
-    return flat.T @ flat, finite, int(r.shape[0]), int(flat.shape[0])
+    num_samples = finite.sum()
+    return flat.T @ flat, finite, num_samples, num_samples * r.shape[1]
 
 
 def canonical_signs(vectors: Tensor) -> Tensor:
