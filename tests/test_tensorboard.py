@@ -19,7 +19,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from liegg_lightning import ImageAction, LieGGCallback, SymmetryReport, VectorAction
+from liegg_lightning import ImageAction, LieGGCallback, SymmetryReport, VectorAction, analyze
 
 
 def _blob_images(n: int, size: int = 16, seed: int = 0) -> torch.Tensor:
@@ -33,10 +33,10 @@ def _blob_images(n: int, size: int = 16, seed: int = 0) -> torch.Tensor:
 
 
 class TinyCNN(L.LightningModule):
-    def __init__(self) -> None:
+    def __init__(self, outputs: int = 2) -> None:
         super().__init__()
         self.net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.Tanh(), nn.AdaptiveAvgPool2d(4), nn.Flatten(),
-                                 nn.Linear(64, 2))
+                                 nn.Linear(64, outputs))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -47,7 +47,7 @@ class TinyCNN(L.LightningModule):
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         x, y = batch
-        self.log("val_loss", nn.functional.mse_loss(self(x), y))
+        self.log("val_loss", nn.functional.mse_loss(self(x)[:, : y.shape[1]], y))
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.parameters(), lr=1e-2)
@@ -168,3 +168,14 @@ def test_report_save_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
         report.save(target)
     assert target.read_text() == before
     assert [p.name for p in tmp_path.iterdir()] == ["report.json"]
+
+
+def test_forward_mode_inside_validate_matches_reverse_mode_analyze() -> None:
+    # 10 outputs and m = 4: "auto" picks forward mode, here under Lightning's inference_mode
+    L.seed_everything(0, verbose=False)
+    model = TinyCNN(outputs=10)
+    callback = LieGGCallback(ImageAction(), log_images=False)
+    quiet_trainer(callbacks=[callback]).validate(model, _image_loader(), verbose=False)
+    assert callback.metric._resolved_derivative == "forward"
+    expected = analyze(model, _image_loader(), ImageAction(), derivative="reverse")
+    torch.testing.assert_close(callback.last_report.variances, expected.variances, rtol=1e-4, atol=1e-10)
