@@ -241,7 +241,7 @@ class LieGGCallback(Callback):
         # misconfiguration (an input that does not fit the action) fails fast, before the model runs
         self.action.validate_input(inputs)
         inputs = inputs.to(pl_module.device)
-        if self._example_input is None:
+        if self.log_images and self._example_input is None:  # the orbit picture's input
             self._example_input = inputs[0].detach().to("cpu", torch.float32).clone()
         forward = self._forward if self._forward is not None else pl_module
         try:
