@@ -133,8 +133,8 @@ def method_ours(ctx: Dict[str, Any], x: Tensor, warmup: bool = False) -> Dict[st
 
     The phases are timed apart: the updates, ``eigh`` of the Gram alone, and the whole
     ``compute()`` (eigh plus every measure of the report). The warm-up stops before ``compute()``:
-    on fewer samples than m the spectrum has a large null space, and the report's closure error
-    grows with its square (see the README).
+    on fewer samples than m the spectrum has a spurious null space of at least m - N directions
+    (``compute()`` warns), which is not the case being measured.
     """
     from liegg_lightning import LieGGMetric
     from liegg_lightning.functional.spectrum import solve_spectrum

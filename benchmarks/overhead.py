@@ -113,7 +113,12 @@ def _targets(n: int, out: int, task: str, gen: torch.Generator) -> Tensor:
 
 
 def _forward_rows_no_grad(model: Callable[[Tensor], Tensor], x: Tensor, action: Any) -> Tensor:
-    """``forward_rows`` ("jacobian" mode) as the engine does it, but without recording a backward graph."""
+    """``forward_rows`` ("jacobian" mode) re-done here under ``no_grad``, without a backward graph.
+
+    It was the proposal for the engine's forward mode; the engine now runs its JVPs under
+    ``no_grad`` too, so this stage and the engine's derivative stage should time alike. The stage
+    keeps its name ("proposal: ...") so that older result files stay comparable.
+    """
     with torch.inference_mode(False), torch.no_grad():
         xd = x.detach().clone()
         tangents = action.tangents(xd).to(xd.dtype)
