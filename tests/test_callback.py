@@ -219,3 +219,27 @@ def test_callback_never_touches_a_model_without_validation_inputs() -> None:
     assert not isinstance(model, L.LightningModule)
     with pytest.raises(ValueError, match="floating-point"):
         LieGGCallback(ACTION).action.validate_input(torch.ones(4, 10, dtype=torch.long))
+
+
+def test_early_stopping_can_monitor_the_logged_variance() -> None:
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    L.seed_everything(0, verbose=False)
+    liegg = LieGGCallback(ACTION, log_images=False)
+    # patience 0 on a quantity that need not fall every epoch: it must at least be found and read
+    stopper = EarlyStopping(monitor="liegg/symmetry_variance", mode="min", patience=0, strict=True)
+    trainer = quiet_trainer(max_epochs=5, callbacks=[liegg, stopper])
+    trainer.fit(TinyRegressor(), datamodule=O5DataModule(n=64))
+    assert float(stopper.best_score) == pytest.approx(min(h["symmetry_variance"] for h in liegg.history), rel=1e-6)
+
+
+def test_callback_pickles_for_ddp_spawn() -> None:
+    import pickle
+    from concurrent.futures import ThreadPoolExecutor
+
+    callback = LieGGCallback(ACTION, reference_algebra="so", output_mode="random", num_projections=2)
+    callback._drawer = ThreadPoolExecutor(max_workers=1)  # as after a first analysis with pictures
+    clone = pickle.loads(pickle.dumps(callback))
+    callback._drawer.shutdown()
+    assert clone._drawer is None and clone._pending == []
+    assert clone.metric.reference is not None and clone.metric.output_mode == "random"
