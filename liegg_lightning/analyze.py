@@ -99,7 +99,7 @@ def analyze(
     )
     target = torch.device(device) if device is not None else _model_device(model)
     if target is not None:
-        metric = metric.to(target)
+        metric.place_on(target)
     was_training = model.training if isinstance(model, nn.Module) else None
     if isinstance(model, nn.Module):
         model.eval()

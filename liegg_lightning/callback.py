@@ -195,10 +195,7 @@ class LieGGCallback(Callback):
             self._forward = _layer_output_fn(pl_module, modules[self.layer])
         else:
             self._forward = pl_module
-        if pl_module.device.type == "mps":
-            rank_zero_warn("MPS has no float64: LieGGCallback accumulates in float32, which limits accuracy.")
-            self.metric.set_dtype(torch.float32)
-        self.metric.to(pl_module.device)
+        self.metric.place_on(pl_module.device)
 
     def _should_skip(self, trainer: pl.Trainer) -> bool:
         if trainer.sanity_checking or self.every_n_epochs == 0:
@@ -214,7 +211,7 @@ class LieGGCallback(Callback):
             return
         # a fresh accumulator every epoch: ddp_spawn shares state tensors created in the parent
         self.metric.reset()
-        self.metric.to(pl_module.device)
+        self.metric.place_on(pl_module.device)
         self._seen = 0
         self._example_input = None
         self._failed = False

@@ -125,6 +125,14 @@ class LieGGMetric(Metric):
         self.add_state("num_rows", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("num_skipped", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
 
+    def place_on(self, device: Union[str, torch.device]) -> LieGGMetric:
+        """Move the states to ``device``; where it has no float64 (MPS), keep them in float32 with a warning."""
+        device = torch.device(device)
+        if device.type == "mps" and self.gram.dtype == torch.float64:
+            rank_zero_warn("MPS has no float64: LieGGMetric accumulates in float32, which limits accuracy.")
+            self.set_dtype(torch.float32)
+        return self.to(device)
+
     def _derivative_for(self, model: Callable[[Tensor], Tensor], inputs: Tensor) -> str:
         if self._resolved_derivative is None:
             if self.derivative == "auto":
