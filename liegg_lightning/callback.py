@@ -235,21 +235,20 @@ class LieGGCallback(Callback):
         inputs = extract_input(batch, self.input_key)
         if self.max_samples is not None:
             inputs = inputs[: self.max_samples - self._seen]
-        # misconfiguration (an input that does not fit the action) fails fast, before the model runs
-        self.action.validate_input(inputs)
         inputs = inputs.to(pl_module.device)
-        if self.log_images and self._example_input is None:  # the orbit picture's input
-            self._example_input = inputs[0].detach().to("cpu", torch.float32).clone()
         forward = self._forward if self._forward is not None else pl_module
         try:
             self.metric.update(forward, inputs)
         except ValueError:
+            # misconfiguration (an input that does not fit the action, checked before the model runs) fails fast
             raise
         except Exception as err:  # a numerical or autograd failure must not end the training
             self._failed = True
             rank_zero_warn(f"LieGGCallback: the derivative pass failed ({err!r}); this epoch's analysis stops here.")
             return
         self._seen += inputs.shape[0]
+        if self.log_images and self._example_input is None:  # the orbit picture's input
+            self._example_input = inputs[0].detach().to("cpu", torch.float32).clone()
 
     @override
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
