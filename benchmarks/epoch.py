@@ -76,7 +76,7 @@ def run(device: torch.device, quick: bool, repeats: int, log: Callable[[str], No
     from torch.utils.data import DataLoader, TensorDataset
 
     try:
-        from liegg_lightning import LieGGCallback
+        from liegg_lightning import LieGGCallback, LieGGMetric
     except ImportError:
         return {"skipped": "LieGGCallback not importable", "rows": []}
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
@@ -101,8 +101,8 @@ def run(device: torch.device, quick: bool, repeats: int, log: Callable[[str], No
                 module = make_module(spec["net"](), spec["task"]).to(device)
                 callbacks = []
                 if cfg["callback"]:
-                    callbacks.append(LieGGCallback(spec["action"](), reference_algebra=spec["reference"],
-                                                   every_n_epochs=cfg["every_n_epochs"],
+                    metric = LieGGMetric(spec["action"](), reference_algebra=spec["reference"])
+                    callbacks.append(LieGGCallback(metric, every_n_epochs=cfg["every_n_epochs"],
                                                    max_samples=cfg["max_samples"], log_images=cfg["log_images"]))
                 logger = TensorBoardLogger(root, name=f"cfg{i}")
                 trainer = make_trainer(device, root, callbacks=callbacks, logger=logger, max_epochs=epochs,

@@ -131,7 +131,7 @@ def _stages(metric: Any, model: Callable[[Tensor], Tensor], batches: List[Tensor
     from liegg_lightning.functional.polarization import forward_rows, input_gradients
 
     action = metric.action
-    mode = metric._derivative_for(model, batches[0])
+    mode = metric._resolved_derivative or "reverse"
     stages: Dict[str, Callable[[], Any]] = {}
     if mode == "forward":
         rows = [forward_rows(model, x, action) for x in batches]
@@ -154,7 +154,7 @@ def _stages(metric: Any, model: Callable[[Tensor], Tensor], batches: List[Tensor
 
 def _solve(metric: Any) -> Any:
     """What ``metric.compute()`` does, without TorchMetrics' cache of the last result."""
-    from liegg_lightning.report import build_report
+    from liegg_lightning.functional.symmetry import _symmetry_compute as build_report
 
     return build_report(metric.gram, int(metric.num_samples), int(metric.num_rows), int(metric.num_skipped),
                         metric.action, reference=metric.reference, known=metric.known)

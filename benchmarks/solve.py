@@ -67,16 +67,17 @@ def closure_bytes(nullity: int, m: int, chunk_bytes: float = 32 * 2**20) -> floa
 def run(device: torch.device, quick: bool, repeats: int, log: Callable[[str], None]) -> Dict[str, Any]:
     """Solve times against m, then the guard; returns the JSON section."""
     from liegg_lightning import LieGGMetric, VectorAction, algebras
-    from liegg_lightning.functional.spectrum import check_memory_budget, solve_spectrum
+    from liegg_lightning.functional.spectrum import solve_spectrum
+    from liegg_lightning.functional.symmetry import _check_memory_budget as check_memory_budget
     from liegg_lightning.metric import DEFAULT_MEMORY_BUDGET
-    from liegg_lightning.report import build_report
+    from liegg_lightning.functional.symmetry import _symmetry_compute as build_report
 
     dims = [5, 10, 20] if quick else [5, 10, 20, 32, 64]
     rows: List[Dict[str, Any]] = []
     for dim in dims:
         m = dim * dim
         action = VectorAction(dim)
-        reference = algebras.reference_vectors("so", action)
+        reference = action.reference_vectors("so")
         nullity = dim * (dim - 1) // 2
         g_sym = so_gram(dim, 1e-10).to(device)
         g_plain = plain_gram(dim).to(device)

@@ -37,7 +37,7 @@ from o5_common import (
     width_for_budget,
 )
 
-from liegg_lightning import LieGGCallback, VectorAction
+from liegg_lightning import LieGGCallback, LieGGMetric, VectorAction
 
 MEASURES = ("symmetry_variance", "normalized_variance", "symmetry_bias", "subspace_bias", "test_mse")
 
@@ -48,7 +48,7 @@ def train_one(depth: int, width: int, seed: int, args: argparse.Namespace, sizes
     data = O5DataModule(batch_size=args.batch_size, seed=seed, **sizes)
     model = O5Regressor(width=width, depth=depth, lr=args.lr, weight_decay=args.weight_decay)
     # analyse once, at the last epoch: the study compares trained networks
-    liegg = LieGGCallback(VectorAction(dim=5, components=2), reference_algebra="so",
+    liegg = LieGGCallback(LieGGMetric(VectorAction(dim=5, components=2), reference_algebra="so"),
                           every_n_epochs=args.epochs, log_images=False)
     logger = TensorBoardLogger(args.log_dir, name="depth_vs_width", version=f"depth{depth}_width{width}_seed{seed}")
     trainer = L.Trainer(

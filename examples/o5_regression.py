@@ -27,7 +27,7 @@ import lightning.pytorch as L
 from lightning.pytorch.loggers import TensorBoardLogger
 from o5_common import O5DataModule, O5Regressor, count_parameters, quiet_lightning, set_threads
 
-from liegg_lightning import LieGGCallback, VectorAction
+from liegg_lightning import LieGGCallback, LieGGMetric, VectorAction
 
 
 class PrintProgress(L.Callback):
@@ -86,7 +86,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     data = O5DataModule(batch_size=args.batch_size, seed=args.seed, **sizes)
     model = O5Regressor(width=args.width, depth=args.depth, activation=args.activation, lr=args.lr,
                         weight_decay=args.weight_decay)
-    liegg = LieGGCallback(VectorAction(dim=5, components=2), reference_algebra="so",
+    liegg = LieGGCallback(LieGGMetric(VectorAction(dim=5, components=2), reference_algebra="so"),
                           every_n_epochs=args.liegg_every, log_generators=4)
     logger = TensorBoardLogger(args.log_dir, name="o5_regression")
     trainer = L.Trainer(

@@ -36,7 +36,7 @@ from o5_common import quiet_lightning, set_threads
 from torch import Tensor, nn
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, TensorDataset
 
-from liegg_lightning import ImageAction, LieGGCallback
+from liegg_lightning import ImageAction, LieGGCallback, LieGGMetric
 
 OUTPUT_TRANSFORMS = ("log_softmax", "logits", "softmax", "normalized_logits")
 
@@ -238,13 +238,9 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
 
     data = RotatedDigits(blur_sigma=args.blur, rotate=not args.no_rotate, seed=args.seed)
     model = DigitMLP(lr=args.lr)
-    liegg = LieGGCallback(
-        ImageAction(),
-        reference_algebra="rotation",
-        known_generators=["rotation", "scaling"],
-        output_transform=output_transform(args.output_transform),
-        every_n_epochs=args.liegg_every,
-    )
+    metric = LieGGMetric(ImageAction(), reference_algebra="rotation", known_generators=["rotation", "scaling"],
+                         output_transform=output_transform(args.output_transform))
+    liegg = LieGGCallback(metric, every_n_epochs=args.liegg_every)
     name = "rotated_digits" + ("_upright" if args.no_rotate else "")
     logger = TensorBoardLogger(args.log_dir, name=name)
     trainer = L.Trainer(

@@ -1,17 +1,24 @@
 """liegg_lightning: which symmetries has a network learned, and how invariant is it to them?
 
 LieGG (Moskalev et al., NeurIPS 2022) as a PyTorch Lightning callback, a TorchMetrics metric and a
-post-hoc ``analyze`` function.
+post-hoc ``analyze`` function. ``LieGGCallback`` is imported on first use, so ``analyze`` and
+``LieGGMetric`` users do not pay for importing Lightning.
 """
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from liegg_lightning import algebras
 from liegg_lightning.actions import GroupAction, ImageAction, TangentAction, VectorAction
 from liegg_lightning.analyze import analyze
-from liegg_lightning.callback import LieGGCallback
 from liegg_lightning.metric import LieGGMetric
 from liegg_lightning.report import SymmetryReport
 
-__version__ = "0.1.0"
+if TYPE_CHECKING:  # pragma: no cover
+    from liegg_lightning.callback import LieGGCallback
+
+__version__ = "0.2.0"
 
 __all__ = [
     "GroupAction",
@@ -24,3 +31,11 @@ __all__ = [
     "algebras",
     "analyze",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "LieGGCallback":
+        from liegg_lightning.callback import LieGGCallback
+
+        return LieGGCallback
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from typing import Callable, Optional, Sequence, Tuple
+from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
 
 from liegg_lightning import algebras
+from liegg_lightning._errors import InputError
 
 __all__ = ["GroupAction", "VectorAction", "ImageAction", "TangentAction"]
 
@@ -40,6 +41,13 @@ class GroupAction(ABC):
     @abstractmethod
     def validate_input(self, x: Tensor) -> None:
         """Raise :class:`ValueError` naming the expected shape when ``x`` does not fit."""
+
+    def draws_input_as(self, x: Tensor) -> str:
+        """How pictures show one input ``x`` (no batch axis): ``"image"`` or ``"vector"``."""
+        return "image" if x.ndim in (2, 3) else "vector"
+
+    #: Width of the blocks a vector input is drawn in (one block per component vector), or None.
+    vector_block: Optional[int] = None
 
     @abstractmethod
     def tangents(self, x: Tensor) -> Tensor:
@@ -80,15 +88,72 @@ class GroupAction(ABC):
         """A single named generator (``"rotation"``, ``"scaling"``, ...) for this action's shape."""
         return algebras.generator(name, self.generator_shape, homogeneous=self.homogeneous)
 
+    def reference_vectors(self, reference: Union[str, Tensor]) -> Tensor:
+        """Orthonormal coefficient vectors ``(k, m)`` of a reference algebra.
+
+        Args:
+            reference: A name from :data:`~liegg_lightning.algebras.ALGEBRA_NAMES`, or a basis tensor
+                ``(k, *generator_shape)`` (it need not be orthonormal; it is orthonormalised here).
+        """
+        if isinstance(reference, str):
+            mats = self.reference_basis(reference)
+        elif isinstance(reference, Tensor):
+            shape = tuple(self.generator_shape)
+            if reference.ndim != len(shape) + 1 or tuple(reference.shape[1:]) != shape:
+                raise ValueError(
+                    f"Expected a reference basis of shape (k, {', '.join(map(str, shape))}), "
+                    f"got shape {tuple(reference.shape)}."
+                )
+            if not bool(torch.isfinite(reference).all()):
+                raise ValueError("Expected a finite reference basis, got NaN or infinite entries.")
+            mats = reference
+        else:
+            raise ValueError(
+                f"Expected `reference_algebra` to be a name ({', '.join(algebras.ALGEBRA_NAMES)}) or a basis "
+                f"tensor, got {type(reference).__name__}."
+            )
+        return algebras.orthonormalize(self.to_vector(mats.to(torch.float64)))
+
+    def known_vectors(self, known: Union[Sequence[str], Mapping[str, Tensor], None]) -> Dict[str, Tensor]:
+        """Coefficient vectors ``name -> (m,)`` of named or given generators, for ``known_variances``."""
+        if known is None:
+            return {}
+        if isinstance(known, str):
+            known = [known]
+        items = list(known.items()) if isinstance(known, Mapping) else [(name, name) for name in known]
+        out: Dict[str, Tensor] = {}
+        shape = tuple(self.generator_shape)
+        for name, value in items:
+            if isinstance(value, str):
+                mat = self.known_generator(value)
+            elif isinstance(value, Tensor):
+                if tuple(value.shape) != shape:
+                    raise ValueError(
+                        f"Expected the known generator {name!r} to have shape {shape}, got {tuple(value.shape)}."
+                    )
+                mat = value.detach().to("cpu", torch.float64)
+                if not bool(torch.isfinite(mat).all()):
+                    raise ValueError(f"Expected the known generator {name!r} to be finite, got NaN or inf entries.")
+            else:
+                raise ValueError(
+                    f"Expected known generators as names ({', '.join(algebras.GENERATOR_NAMES)}) or tensors of "
+                    f"shape {shape}, got {type(value).__name__} for {name!r}."
+                )
+            vec = self.to_vector(mat)
+            if float(vec.norm()) == 0.0:
+                raise ValueError(f"The known generator {name!r} is zero.")
+            out[str(name)] = vec
+        return out
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(generator_shape={self.generator_shape})"
 
 
 def _check_floating(x: Tensor, expected: str) -> None:
     if not isinstance(x, Tensor):
-        raise ValueError(f"Expected the input to be a torch.Tensor {expected}, got {type(x).__name__}.")
+        raise InputError(f"Expected the input to be a torch.Tensor {expected}, got {type(x).__name__}.")
     if not x.is_floating_point():
-        raise ValueError(f"Expected a floating-point input {expected}, got dtype {x.dtype}.")
+        raise InputError(f"Expected a floating-point input {expected}, got dtype {x.dtype}.")
 
 
 class VectorAction(GroupAction):
@@ -117,6 +182,11 @@ class VectorAction(GroupAction):
         self.dim = dim
         self.components = components
         self.generator_shape = (dim, dim)
+        self.vector_block = dim
+
+    def draws_input_as(self, x: Tensor) -> str:
+        """Vector inputs are drawn as vectors, one block per component."""
+        return "vector"
 
     def _expected(self) -> str:
         if self.components is None:
@@ -133,7 +203,7 @@ class VectorAction(GroupAction):
         elif x.ndim == 3:
             ok = x.shape[2] == self.dim and (c is None or x.shape[1] == c)
         if not ok or x.shape[1] == 0:
-            raise ValueError(f"Expected an input {self._expected()} for {self!r}, got shape {tuple(x.shape)}.")
+            raise InputError(f"Expected an input {self._expected()} for {self!r}, got shape {tuple(x.shape)}.")
 
     def _vectors(self, x: Tensor) -> Tensor:
         return x.reshape(x.shape[0], -1, self.dim)
@@ -202,12 +272,17 @@ class ImageAction(GroupAction):
 
     @property
     def num_generators(self) -> int:
+        """6 for ``aff(2)``, 4 for ``gl(2)``."""
         return 6 if self.affine else 4
+
+    def draws_input_as(self, x: Tensor) -> str:
+        """Images are drawn as images."""
+        return "image"
 
     def validate_input(self, x: Tensor) -> None:
         _check_floating(x, "of shape (B, C, H, W) or (B, H, W)")
         if x.ndim not in (3, 4) or x.shape[-1] < 3 or x.shape[-2] < 3:
-            raise ValueError(
+            raise InputError(
                 "Expected an image input of shape (B, C, H, W) or (B, H, W) with H, W >= 3 for "
                 f"{self!r}, got shape {tuple(x.shape)}."
             )
@@ -281,7 +356,7 @@ class ImageAction(GroupAction):
         return out if x.ndim == 4 else out.squeeze(1)
 
     def __repr__(self) -> str:
-        return f"ImageAction(affine={self.affine})"
+        return f"ImageAction(affine={self.affine}, padding_mode={self.padding_mode!r})"
 
 
 class TangentAction(GroupAction):
@@ -324,15 +399,15 @@ class TangentAction(GroupAction):
     def validate_input(self, x: Tensor) -> None:
         _check_floating(x, "of shape (B, ...)")
         if x.ndim < 1 or x.shape[0] == 0:
-            raise ValueError(f"Expected a batched input of shape (B, ...) with B >= 1, got shape {tuple(x.shape)}.")
+            raise InputError(f"Expected a batched input of shape (B, ...) with B >= 1, got shape {tuple(x.shape)}.")
 
     def tangents(self, x: Tensor) -> Tensor:
         t = self.fn(x)
         expected = (x.shape[0], self.num_generators, *x.shape[1:])
         if not isinstance(t, Tensor) or tuple(t.shape) != expected:
             got = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
-            raise ValueError(f"Expected `fn(x)` to return tangents of shape {expected}, got {got}.")
-        return t
+            raise InputError(f"Expected `fn(x)` to return tangents of shape {expected}, got {got}.")
+        return t.to(x.dtype)  # a float32 fn on float64 inputs: the rows are formed in the input's dtype
 
     def transform(self, x: Tensor, generator: Tensor, t: float = 1.0) -> Tensor:
         if self.transform_fn is None:
@@ -340,4 +415,5 @@ class TangentAction(GroupAction):
         return self.transform_fn(x, generator, t)
 
     def __repr__(self) -> str:
-        return f"TangentAction(generator_shape={self.generator_shape})"
+        name = getattr(self.fn, "__qualname__", type(self.fn).__name__)
+        return f"TangentAction(fn={name}, generator_shape={self.generator_shape})"

@@ -16,13 +16,13 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Mapping, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
 __all__ = [
-    "ALGEBRA_NAMES", "GENERATOR_NAMES", "basis", "generator", "orthonormalize", "reference_vectors", "known_vectors",
+    "ALGEBRA_NAMES", "GENERATOR_NAMES", "basis", "generator", "orthonormalize",
 ]
 
 #: Names accepted by :func:`basis`.
@@ -162,59 +162,3 @@ def generator(name: str, generator_shape: Sequence[int], *, homogeneous: bool = 
     }
     lin = torch.tensor(mats[key], dtype=torch.float64)
     return _embed([lin / lin.norm()], n, homogeneous)[0]
-
-
-def reference_vectors(reference: str | Tensor, action: Any) -> Tensor:
-    """Orthonormal coefficient vectors ``(k, m)`` of a reference algebra for ``action``.
-
-    Args:
-        reference: A name from :data:`ALGEBRA_NAMES`, or a basis tensor ``(k, *generator_shape)``
-            (it need not be orthonormal; it is orthonormalised here).
-        action: The :class:`~liegg_lightning.GroupAction` the generators belong to.
-    """
-    if isinstance(reference, str):
-        mats = action.reference_basis(reference)
-    elif isinstance(reference, Tensor):
-        shape = tuple(action.generator_shape)
-        if reference.ndim != len(shape) + 1 or tuple(reference.shape[1:]) != shape:
-            raise ValueError(
-                f"Expected a reference basis of shape (k, {', '.join(map(str, shape))}), "
-                f"got shape {tuple(reference.shape)}."
-            )
-        mats = reference
-    else:
-        raise ValueError(
-            f"Expected `reference_algebra` to be a name ({', '.join(ALGEBRA_NAMES)}) or a basis tensor, "
-            f"got {type(reference).__name__}."
-        )
-    return orthonormalize(action.to_vector(mats.to(torch.float64)))
-
-
-def known_vectors(known: Sequence[str] | Mapping[str, Tensor] | None, action: Any) -> Dict[str, Tensor]:
-    """Coefficient vectors ``name -> (m,)`` of the named or given generators, for ``known_variances``."""
-    if known is None:
-        return {}
-    if isinstance(known, str):
-        known = [known]
-    items = list(known.items()) if isinstance(known, Mapping) else [(name, name) for name in known]
-    out: Dict[str, Tensor] = {}
-    shape = tuple(action.generator_shape)
-    for name, value in items:
-        if isinstance(value, str):
-            mat = action.known_generator(value)
-        elif isinstance(value, Tensor):
-            if tuple(value.shape) != shape:
-                raise ValueError(
-                    f"Expected the known generator {name!r} to have shape {shape}, got {tuple(value.shape)}."
-                )
-            mat = value.detach().to("cpu", torch.float64)
-        else:
-            raise ValueError(
-                f"Expected known generators as names ({', '.join(GENERATOR_NAMES)}) or tensors of shape {shape}, "
-                f"got {type(value).__name__} for {name!r}."
-            )
-        vec = action.to_vector(mat)
-        if float(vec.norm()) == 0.0:
-            raise ValueError(f"The known generator {name!r} is zero.")
-        out[str(name)] = vec
-    return out

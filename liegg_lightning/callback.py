@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable, Dict, List, Literal, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Union
 
 import lightning.pytorch as pl
 import torch
@@ -14,11 +14,11 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from typing_extensions import override
 
+from liegg_lightning._batches import extract_input
+from liegg_lightning._loggers import log_pictures
 from liegg_lightning.actions import GroupAction
-from liegg_lightning.batches import extract_input
-from liegg_lightning.metric import DEFAULT_MEMORY_BUDGET, LieGGMetric
+from liegg_lightning.metric import LieGGMetric
 from liegg_lightning.report import SymmetryReport
-from liegg_lightning.visual_logging import log_pictures
 
 __all__ = ["LieGGCallback"]
 
@@ -40,6 +40,11 @@ def _layer_output_fn(module: nn.Module, layer: nn.Module) -> Callable[[Tensor], 
     return forward
 
 
+def _not_int(value: Any) -> bool:
+    """True unless ``value`` is an int; a bool is not an int here."""
+    return isinstance(value, bool) or not isinstance(value, int)
+
+
 class LieGGCallback(Callback):
     r"""Find the symmetries a network has learned, and how invariant it is to them, at validation time.
 
@@ -58,18 +63,12 @@ class LieGGCallback(Callback):
     solve becomes a warning and a skipped analysis.
 
     Args:
-        action: How the candidate algebra acts on the input (``VectorAction``, ``ImageAction``,
-            ``TangentAction``).
-        reference_algebra: The expected symmetry, by name (``"so"``, ``"sl"``, ``"rotation"``, ...)
-            or as a basis tensor ``(k, *generator_shape)``; enables the biases.
-        known_generators: Names (``["rotation", "scaling"]``) or ``name -> generator`` whose
-            variances are logged as ``variance/<name>``.
+        metric: What to measure: a :class:`~liegg_lightning.LieGGMetric` (the action, reference
+            algebra, known generators, output mode, ... are its options, documented there), or a
+            bare :class:`~liegg_lightning.GroupAction` for a metric with default options. The
+            callback keeps its own copy and resets it at every analysis.
         input_key: Which element of a batch is the input: an index for tuple/list batches, a key
             for dict batches; a bare tensor batch is the input itself.
-        output_mode: ``"jacobian"`` (one row per output component), ``"sum"`` (the original
-            LieGG's summed output) or ``"random"`` (``num_projections`` Gaussian projections).
-        num_projections: Number of projections for ``output_mode="random"``.
-        output_transform: Applied to the output before differentiating, e.g. a log-softmax.
         layer: Name of a submodule (as in ``named_modules()``) whose output is analysed instead
             of the model's.
         every_n_epochs: Analyse every this many validation epochs during ``fit``; ``0`` disables.
@@ -77,35 +76,22 @@ class LieGGCallback(Callback):
         dataloader_idx: Which validation dataloader(s) to use; ``None`` uses all.
         log_generators: How many leading generators to draw and print.
         log_images: Draw pictures to the loggers.
-        prefix: Prefix of the logged names.
-        derivative: ``"auto"``, ``"reverse"`` or ``"forward"`` derivative strategy.
-        nullity_tolerance: Relative level below which eigenvalues count as symmetries.
-        memory_budget: Bytes the Gram matrix and its solve may take; ``None`` disables the check.
-        seed: Seed of the callback's own generator for random projections.
+        prefix: Prefix of the logged names; also names the callback's checkpoint state.
         save_reports: Write each report as JSON into ``<log_dir>/liegg/`` (when the trainer has a logger).
         background_drawing: Draw the pictures in a background thread (rank zero), so the training
             loop does not wait for matplotlib; they are all sent before ``fit``/``validate`` returns.
 
-    Example::
-
-        import lightning as L
-        from liegg_lightning import LieGGCallback, VectorAction
-
-        trainer = L.Trainer(callbacks=[LieGGCallback(VectorAction(dim=5, components=2),
-                                                     reference_algebra="so")])
-        trainer.fit(model, datamodule)
-        trainer.callback_metrics["liegg/symmetry_variance"]
+    Example:
+        >>> from liegg_lightning import LieGGCallback, LieGGMetric, VectorAction
+        >>> callback = LieGGCallback(LieGGMetric(VectorAction(dim=5, components=2), reference_algebra="so"))
+        >>> callback.state_key
+        "LieGGCallback{'prefix': 'liegg/'}"
     """
 
     def __init__(
         self,
-        action: GroupAction,
-        reference_algebra: Optional[Union[str, Tensor]] = None,
-        known_generators: Optional[Union[List[str], Dict[str, Tensor]]] = None,
+        metric: Union[LieGGMetric, GroupAction],
         input_key: Union[int, str] = 0,
-        output_mode: Literal["jacobian", "sum", "random"] = "jacobian",
-        num_projections: Optional[int] = None,
-        output_transform: Optional[Callable[[Tensor], Tensor]] = None,
         layer: Optional[str] = None,
         every_n_epochs: int = 1,
         max_samples: Optional[int] = None,
@@ -113,10 +99,6 @@ class LieGGCallback(Callback):
         log_generators: int = 4,
         log_images: bool = True,
         prefix: str = "liegg/",
-        derivative: Literal["auto", "reverse", "forward"] = "auto",
-        nullity_tolerance: float = 1e-2,
-        memory_budget: Optional[int] = DEFAULT_MEMORY_BUDGET,
-        seed: int = 0,
         save_reports: bool = True,
         background_drawing: bool = True,
     ) -> None:
@@ -125,36 +107,39 @@ class LieGGCallback(Callback):
             raise ValueError(
                 f"Expected `every_n_epochs` to be a non-negative int (0 disables), got {every_n_epochs!r}."
             )
-        if max_samples is not None and (not isinstance(max_samples, int) or max_samples < 1):
+        if max_samples is not None and (_not_int(max_samples) or max_samples < 1):
             raise ValueError(f"Expected `max_samples` to be a positive int or None, got {max_samples!r}.")
-        if not isinstance(input_key, (int, str)):
+        if isinstance(input_key, bool) or not isinstance(input_key, (int, str)):
             raise ValueError(f"Expected `input_key` to be an int index or a str key, got {input_key!r}.")
-        if not isinstance(log_generators, int) or log_generators < 0:
+        if _not_int(log_generators) or log_generators < 0:
             raise ValueError(f"Expected `log_generators` to be a non-negative int, got {log_generators!r}.")
         if layer is not None and not isinstance(layer, str):
             raise ValueError(f"Expected `layer` to be the name of a submodule or None, got {layer!r}.")
         if dataloader_idx is not None:
             idx = [dataloader_idx] if isinstance(dataloader_idx, int) else list(dataloader_idx)
-            if not idx or not all(isinstance(i, int) and i >= 0 for i in idx):
+            if not idx or not all(not _not_int(i) and i >= 0 for i in idx):
                 raise ValueError(
                     "Expected `dataloader_idx` to be None, a non-negative int or a list of them, "
                     f"got {dataloader_idx!r}."
                 )
             dataloader_idx = idx
-        # validates the action, output mode, reference and known generators, and the memory budget
-        self.metric = LieGGMetric(
-            action,
-            reference_algebra=reference_algebra,
-            known_generators=known_generators,
-            output_mode=output_mode,
-            num_projections=num_projections,
-            output_transform=output_transform,
-            derivative=derivative,
-            nullity_tolerance=nullity_tolerance,
-            memory_budget=memory_budget,
-            seed=seed,
-        )
-        self.action = action
+        if not isinstance(prefix, str):
+            raise ValueError(f"Expected `prefix` to be a str (e.g. 'liegg/'), got {prefix!r}.")
+        for name, flag in (("log_images", log_images), ("save_reports", save_reports),
+                           ("background_drawing", background_drawing)):
+            if not isinstance(flag, bool):
+                raise ValueError(f"Expected `{name}` to be a bool, got {flag!r}.")
+        if isinstance(metric, GroupAction):
+            metric = LieGGMetric(metric)
+        elif isinstance(metric, LieGGMetric):
+            metric = metric.clone()  # the user's metric is left as it was
+            metric.reset()
+        else:
+            raise ValueError(
+                f"Expected `metric` to be a LieGGMetric or a GroupAction, got {type(metric).__name__}."
+            )
+        self.metric = metric
+        self.action = metric.action
         self.input_key = input_key
         self.layer = layer
         self.every_n_epochs = every_n_epochs
@@ -180,7 +165,8 @@ class LieGGCallback(Callback):
     @property
     @override
     def state_key(self) -> str:
-        return self._generate_state_key(prefix=self.prefix, action=repr(self.action))
+        # plain values only: a repr of the action would change with the code and orphan checkpoints
+        return self._generate_state_key(prefix=self.prefix)
 
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:

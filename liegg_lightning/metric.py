@@ -2,24 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Literal, Mapping, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities import rank_zero_warn
 
-from liegg_lightning import algebras
 from liegg_lightning.actions import GroupAction
 from liegg_lightning.functional.polarization import (
-    DERIVATIVE_MODES,
-    OUTPUT_MODES,
-    _flat_output,
+    DerivativeMode,
+    OutputMode,
+    _check_options,
+    _resolve_derivative,
     polarization_rows,
-    resolve_derivative,
 )
-from liegg_lightning.functional.spectrum import check_memory_budget, gram_update
-from liegg_lightning.report import SymmetryReport, build_report
+from liegg_lightning.functional.symmetry import _check_memory_budget, _symmetry_compute, _symmetry_update
+from liegg_lightning.report import SymmetryReport
 
 __all__ = ["LieGGMetric", "DEFAULT_MEMORY_BUDGET"]
 
@@ -77,47 +76,46 @@ class LieGGMetric(Metric):
         action: GroupAction,
         reference_algebra: Optional[Union[str, Tensor]] = None,
         known_generators: Optional[KnownGenerators] = None,
-        output_mode: str = "jacobian",
+        output_mode: Literal["jacobian", "sum", "random"] = "jacobian",
         num_projections: Optional[int] = None,
         output_transform: Optional[Callable[[Tensor], Tensor]] = None,
-        derivative: str = "auto",
+        derivative: Literal["auto", "reverse", "forward"] = "auto",
         nullity_tolerance: float = 1e-2,
         memory_budget: Optional[int] = DEFAULT_MEMORY_BUDGET,
         seed: int = 0,
         **kwargs: Any,
     ) -> None:
-        if not isinstance(action, GroupAction):
-            raise ValueError(
-                "Expected `action` to be a GroupAction (VectorAction, ImageAction or TangentAction), "
-                f"got {type(action).__name__}."
-            )
-        if output_mode not in OUTPUT_MODES:
-            raise ValueError(f"Expected `output_mode` to be one of {', '.join(OUTPUT_MODES)}, got {output_mode!r}.")
-        if output_mode == "random" and (not isinstance(num_projections, int) or num_projections < 1):
-            raise ValueError(
-                f"Expected a positive int `num_projections` with output_mode='random', got {num_projections!r}."
-            )
-        if derivative not in DERIVATIVE_MODES:
-            raise ValueError(f"Expected `derivative` to be one of {', '.join(DERIVATIVE_MODES)}, got {derivative!r}.")
-        if not nullity_tolerance > 0:
-            raise ValueError(f"Expected a positive `nullity_tolerance`, got {nullity_tolerance!r}.")
-        if output_transform is not None and not callable(output_transform):
-            raise ValueError(f"Expected `output_transform` to be callable or None, got {output_transform!r}.")
+        _check_options(action, output_mode, num_projections, derivative, output_transform)
+        if isinstance(nullity_tolerance, bool) or not isinstance(nullity_tolerance, (int, float)) or not (
+            nullity_tolerance > 0
+        ):
+            raise ValueError(f"Expected a positive number `nullity_tolerance`, got {nullity_tolerance!r}.")
+        if memory_budget is not None and (
+            isinstance(memory_budget, bool) or not isinstance(memory_budget, int) or memory_budget < 1
+        ):
+            raise ValueError(f"Expected `memory_budget` to be a positive int (bytes) or None, got {memory_budget!r}.")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f"Expected `seed` to be an int, got {seed!r}.")
         m = action.num_generators
-        check_memory_budget(m, memory_budget)
+        _check_memory_budget(m, memory_budget)
         # resolve names now: a bad name fails here, not after an epoch of work
-        reference = None if reference_algebra is None else algebras.reference_vectors(reference_algebra, action)
-        known = algebras.known_vectors(known_generators, action)
+        reference = None if reference_algebra is None else action.reference_vectors(reference_algebra)
+        known = action.known_vectors(known_generators)
         super().__init__(**kwargs)
         self.action = action
+        self.reference_algebra = reference_algebra
+        self.known_generators = known_generators
         self.reference = reference
         self.known = known
-        self.output_mode = output_mode
+        self.output_mode: OutputMode = output_mode
         self.num_projections = num_projections
         self.output_transform = output_transform
-        self.derivative = derivative
-        self.nullity_tolerance = nullity_tolerance
-        self.generator = torch.Generator().manual_seed(int(seed))
+        self.derivative: DerivativeMode = derivative
+        self.nullity_tolerance = float(nullity_tolerance)
+        self.memory_budget = memory_budget
+        self.seed = seed
+        # made on first use: a torch.Generator cannot be pickled to ddp_spawn workers
+        self._generator: Optional[torch.Generator] = None
         self._resolved_derivative: Optional[str] = None
 
         self.add_state("gram", torch.zeros(m, m, dtype=torch.float64), dist_reduce_fx="sum")
@@ -133,35 +131,60 @@ class LieGGMetric(Metric):
             self.set_dtype(torch.float32)
         return self.to(device)
 
-    def _derivative_for(self, model: Callable[[Tensor], Tensor], inputs: Tensor) -> str:
-        if self._resolved_derivative is None:
-            if self.derivative == "auto":
-                with torch.no_grad():
-                    k = _flat_output(model, inputs[:1], self.output_transform).shape[1]
-                self._resolved_derivative = resolve_derivative(
-                    "auto", self.action, k, self.output_mode, self.num_projections
-                )
-            else:
-                self._resolved_derivative = self.derivative
-        return self._resolved_derivative
+    @property
+    def generator(self) -> torch.Generator:
+        """The metric's own random generator for output projections (the global RNG is never drawn from)."""
+        if self._generator is None:
+            self._generator = torch.Generator().manual_seed(self.seed)
+        return self._generator
+
+    def __getstate__(self) -> Dict[str, Any]:
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__.copy()
+        state = dict(state)
+        state["_generator"] = None
+        return state
+
+    def extra_repr(self) -> str:
+        """The configuration, for ``repr``."""
+        parts = [f"action={self.action!r}", f"output_mode={self.output_mode!r}"]
+        if self.output_mode == "random":
+            parts.append(f"num_projections={self.num_projections}")
+        if self.reference_algebra is not None:
+            ref = self.reference_algebra if isinstance(self.reference_algebra, str) else "<basis>"
+            parts.append(f"reference_algebra={ref!r}")
+        if self.known:
+            parts.append(f"known_generators={sorted(self.known)}")
+        parts.append(f"derivative={self.derivative!r}")
+        return ", ".join(parts)
 
     def rows(self, model: Callable[[Tensor], Tensor], inputs: Tensor) -> Tensor:
-        """Polarization rows ``(B, K, m)`` (float64) of ``model`` at ``inputs``, as :meth:`update` uses them."""
-        self.action.validate_input(inputs)
-        return polarization_rows(
+        """Polarization rows ``(B, K, m)`` (float64) of ``model`` at ``inputs``, as :meth:`update` uses them.
+
+        With ``derivative="auto"`` the first batch runs in reverse mode, which tells the number of
+        rows per sample; later batches use forward mode when the algebra is the smaller of the two.
+        """
+        mode = self._resolved_derivative or ("reverse" if self.derivative == "auto" else self.derivative)
+        rows = polarization_rows(
             model,
             inputs,
             self.action,
-            output_mode=self.output_mode,  # type: ignore[arg-type]
+            output_mode=self.output_mode,
             num_projections=self.num_projections,
             generator=self.generator,
             output_transform=self.output_transform,
-            derivative=self._derivative_for(model, inputs),  # type: ignore[arg-type]
+            derivative=mode,  # type: ignore[arg-type]
         )
+        if self._resolved_derivative is None:
+            self._resolved_derivative = _resolve_derivative(self.derivative, self.action, rows.shape[1])
+        return rows
 
     def update(self, model: Callable[[Tensor], Tensor], inputs: Tensor) -> None:  # type: ignore[override]
         """Add the rows of ``model`` at a batch of ``inputs``."""
         self.update_rows(self.rows(model, inputs))
+
+    def forward(self, model: Callable[[Tensor], Tensor], inputs: Tensor) -> None:  # type: ignore[override]
+        """``metric(model, inputs)`` is :meth:`update`: a per-batch solve would cost an eigendecomposition each."""
+        self.update(model, inputs)
 
     def update_rows(self, rows: Tensor) -> None:
         """Add precomputed rows ``(B, K, m)``; samples with non-finite rows are dropped and counted."""
@@ -169,12 +192,12 @@ class LieGGMetric(Metric):
             raise ValueError(
                 f"Expected rows of shape (B, K, {self.gram.shape[0]}), got shape {tuple(rows.shape)}."
             )
-        gram, finite, num_samples, num_rows = gram_update(rows)
+        gram, num_samples, num_rows, num_skipped = _symmetry_update(rows)
         # dtype first: a float64 tensor cannot move to a device without float64 (MPS, float32 states)
         self.gram += gram.to(self.gram.dtype).to(self.gram.device)
-        self.num_samples += num_samples.to(self.num_samples.device)
-        self.num_rows += num_rows.to(self.num_rows.device)
-        self.num_skipped += (finite.numel() - num_samples).to(self.num_skipped.device)
+        self.num_samples += num_samples.to(self.num_samples.dtype).to(self.num_samples.device)
+        self.num_rows += num_rows.to(self.num_rows.dtype).to(self.num_rows.device)
+        self.num_skipped += num_skipped.to(self.num_skipped.dtype).to(self.num_skipped.device)
 
     def compute(self) -> SymmetryReport:
         """Solve the accumulated Gram matrix; raises ``ValueError`` when no sample was accumulated."""
@@ -186,7 +209,7 @@ class LieGGMetric(Metric):
                 f"LieGGMetric: {int(self.num_rows)} rows for m={m} generators; at least {m - int(self.num_rows)} "
                 "zero eigenvalues come from too little data, not from learned symmetries."
             )
-        return build_report(
+        return _symmetry_compute(
             self.gram,
             int(self.num_samples),
             int(self.num_rows),
@@ -197,13 +220,23 @@ class LieGGMetric(Metric):
             nullity_tolerance=self.nullity_tolerance,
         )
 
-    def plot(self, val: Optional[SymmetryReport] = None, ax: Optional[Any] = None) -> Any:
-        """Plot the symmetry-variance spectrum (computing the report when ``val`` is not given).
+    def plot(
+        self, val: Optional[Union[SymmetryReport, Sequence[SymmetryReport]]] = None, ax: Optional[Any] = None
+    ) -> Any:
+        """Plot the symmetry-variance spectrum: of ``val``, of each report in a list, or of :meth:`compute`.
+
+        Args:
+            val: A report, a list of reports (one line each, e.g. from successive epochs), or
+                ``None`` to compute one.
+            ax: Axes to draw into; ``None`` makes a new figure.
 
         Returns:
             ``(figure, axes)`` as TorchMetrics' ``plot`` methods do.
         """
-        from liegg_lightning.rendering import plot_spectrum
+        from liegg_lightning.rendering import plot_spectra, plot_spectrum
 
-        report = self.compute() if val is None else val
-        return plot_spectrum(report, ax=ax)
+        if val is None:
+            return plot_spectrum(self.compute(), ax=ax)
+        if isinstance(val, SymmetryReport):
+            return plot_spectrum(val, ax=ax)
+        return plot_spectra(list(val), ax=ax)

@@ -13,8 +13,9 @@ epoch leaks nothing, even if it never closes them. :func:`figure_to_array` and
 Example:
     >>> import torch
     >>> from liegg_lightning import VectorAction
-    >>> from liegg_lightning.report import build_report
-    >>> report = build_report(torch.diag(torch.arange(4.0, dtype=torch.float64)), 4, 4, 0, VectorAction(dim=2))
+    >>> from liegg_lightning.functional.symmetry import _symmetry_compute
+    >>> gram = torch.diag(torch.arange(4.0, dtype=torch.float64))
+    >>> report = _symmetry_compute(gram, 4, 4, 0, VectorAction(dim=2))
     >>> figure_to_array(generators_figure(report, k=2)).dtype
     dtype('uint8')
 """
@@ -23,13 +24,13 @@ from __future__ import annotations
 
 import io
 import math
-from typing import TYPE_CHECKING, Any, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from liegg_lightning.actions import GroupAction, ImageAction, VectorAction
+from liegg_lightning.actions import GroupAction
 from liegg_lightning.report import SymmetryReport
 
 if TYPE_CHECKING:  # pragma: no cover - only for annotations
@@ -42,7 +43,9 @@ __all__ = [
     "generators_figure",
     "generators_text",
     "orbit_figure",
+    "plot_spectra",
     "plot_spectrum",
+    "render_pictures",
     "spectrum_figure",
     "spectrum_history_figure",
 ]
@@ -163,6 +166,37 @@ def plot_spectrum(report: SymmetryReport, ax: Optional[Axes] = None) -> Tuple[Fi
         bax.set_ylim(-0.05, max(1.05, float(np.nanmax(biases)) * 1.05 if biases.size else 1.05))
     ax.legend(handles=handles, loc="lower right", fontsize="small", framealpha=0.8)
     return fig, ax
+
+
+def plot_spectra(reports: Sequence[SymmetryReport], ax: Optional[Axes] = None) -> Tuple[Figure, Axes]:
+    """Several reports' variance spectra on one log axis, one line each (e.g. successive epochs).
+
+    Args:
+        reports: The reports, oldest first.
+        ax: Axes to draw into; ``None`` makes a new pyplot figure.
+
+    Returns:
+        ``(figure, axes)``.
+    """
+    if not reports:
+        raise ValueError("Expected at least one report to plot, got none.")
+    if ax is None:
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(2 * _PANEL_INCHES, 1.2 * _PANEL_INCHES), dpi=_DPI, layout="constrained")
+    else:
+        fig = ax.figure
+    floor = min(_log_floor(_as_numpy(r.variances).reshape(-1)) for r in reports)
+    for i, report in enumerate(reports):
+        variances = _as_numpy(report.variances).reshape(-1)
+        ax.plot(np.arange(variances.size), np.where(variances > floor, variances, floor), marker="o", markersize=3,
+                lw=1.0, label=f"report {i} (nullity {report.nullity})")
+    ax.set_yscale("log")
+    ax.set_xlabel("eigen-index i (most invariant first)")
+    ax.set_ylabel(r"variance $\sigma_i^2 / N$")
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize="small")
+    return fig, ax  # type: ignore[return-value]
 
 
 def spectrum_figure(report: SymmetryReport) -> Figure:
@@ -314,11 +348,9 @@ def orbit_figure(
     # transform first: an action without transform raises before any figure exists
     moved = [[_as_numpy(action.transform(batch, g, t)[0]) for t in ts] for _, g in gens]
 
-    as_image = isinstance(action, ImageAction) or (not isinstance(action, VectorAction) and x.ndim in (2, 3))
-    if as_image:
+    if action.draws_input_as(x) == "image":
         return _orbit_images(moved, ts, [name for name, _ in gens])
-    dim = action.dim if isinstance(action, VectorAction) else None
-    return _orbit_vectors(moved, ts, [name for name, _ in gens], dim)
+    return _orbit_vectors(moved, ts, [name for name, _ in gens], action.vector_block)
 
 
 def _orbit_images(moved: List[List[np.ndarray]], ts: List[float], names: List[str]) -> Figure:
@@ -394,6 +426,41 @@ def generators_text(report: SymmetryReport, k: int = 4, decimals: int = 3) -> st
                   "|" + "---:|" * cols]
         lines += ["| " + " | ".join(_fmt(v, decimals) for v in row) + " |" for row in mat]
     return "\n".join(lines) + "\n"
+
+
+def render_pictures(
+    report: SymmetryReport,
+    action: GroupAction,
+    *,
+    spectra: Sequence[Tensor],
+    labels: Optional[Sequence[str]] = None,
+    example_input: Optional[Tensor] = None,
+    num_generators: int = 4,
+) -> Dict[str, np.ndarray]:
+    """All of a report's pictures as ``tag -> (H, W, 3) uint8`` arrays (tags without the logger prefix).
+
+    Args:
+        report: The report to draw.
+        action: Its action, to move ``example_input`` along the generators.
+        spectra: Variance spectra of the analyses so far, for the history.
+        labels: One label per spectrum.
+        example_input: One input (no batch axis) for the orbit picture, or ``None``.
+        num_generators: How many leading generators to draw.
+    """
+    images: Dict[str, np.ndarray] = {}
+    if num_generators > 0:
+        images["generators"] = figure_to_array(generators_figure(report, k=num_generators))
+    images["spectrum"] = figure_to_array(spectrum_figure(report))
+    if spectra:
+        images["spectrum_history"] = figure_to_array(spectrum_history_figure(list(spectra), labels))
+    if example_input is not None and len(report.generators) > 1:
+        try:
+            fig = orbit_figure(action, example_input, report.generators[0], report.generators[-1])
+        except NotImplementedError:
+            pass  # the action cannot apply finite transformations
+        else:
+            images["orbit"] = figure_to_array(fig)
+    return images
 
 
 def figure_to_array(fig: Figure) -> np.ndarray:

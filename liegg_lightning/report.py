@@ -12,9 +12,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Union
 import torch
 from torch import Tensor
 
-from liegg_lightning.functional import spectrum as F
-
-__all__ = ["SymmetryReport", "build_report"]
+__all__ = ["SymmetryReport"]
 
 _TENSOR_FIELDS = ("singular_values", "variances", "normalized_variances", "generators", "biases")
 
@@ -45,11 +43,10 @@ class SymmetryReport:
 
     Example:
         >>> import torch
-        >>> from liegg_lightning import VectorAction
-        >>> from liegg_lightning.report import build_report
-        >>> report = build_report(torch.eye(4, dtype=torch.float64), 4, 4, 0, VectorAction(dim=2))
-        >>> report.nullity, round(report.symmetry_variance, 3)
-        (0, 0.25)
+        >>> from liegg_lightning import VectorAction, analyze
+        >>> report = analyze(lambda x: (x ** 2).sum(1, keepdim=True), torch.randn(64, 3), VectorAction(dim=3))
+        >>> report.nullity, report.generator_shape
+        (3, (3, 3))
     """
 
     singular_values: Tensor
@@ -69,6 +66,7 @@ class SymmetryReport:
 
     @property
     def generator_shape(self) -> Tuple[int, ...]:
+        """Shape of one generator."""
         return tuple(self.generators.shape[1:])
 
     def leading(self, k: int) -> Tensor:
@@ -154,61 +152,3 @@ class SymmetryReport:
             parts.append(f"subspace_bias={self.subspace_bias:.3e}")
         parts.append(f"num_samples={self.num_samples}")
         return f"SymmetryReport({', '.join(parts)})"
-
-
-def build_report(
-    gram: Tensor,
-    num_samples: int,
-    num_rows: int,
-    num_skipped: int,
-    action: Any,
-    *,
-    reference: Optional[Tensor] = None,
-    known: Optional[Mapping[str, Tensor]] = None,
-    nullity_tolerance: float = 1e-2,
-    nullity_min_gap: float = 10.0,
-) -> SymmetryReport:
-    """Solve the accumulated Gram matrix and read every measure off its spectrum.
-
-    Args:
-        gram: ``(m, m)`` ``sum r^T r`` over all rows.
-        num_samples: Input samples (``N``) behind ``gram``.
-        num_rows: Rows behind ``gram``.
-        num_skipped: Samples dropped as non-finite.
-        action: The group action, to shape generators.
-        reference: Orthonormal ``(k, m)`` coefficient vectors of the reference algebra.
-        known: ``name -> (m,)`` coefficient vectors for ``known_variances``.
-        nullity_tolerance: See :func:`~liegg_lightning.functional.spectrum.estimate_nullity`.
-        nullity_min_gap: See :func:`~liegg_lightning.functional.spectrum.estimate_nullity`.
-    """
-    gram = gram.detach().to("cpu", torch.float64)
-    evals, evecs = F.solve_spectrum(gram)
-    n = max(int(num_samples), 1)
-    variances = evals / n
-    mean = evals.mean()
-    normalized = evals / mean if float(mean) > 0 else torch.zeros_like(evals)
-    generators = action.to_generator(evecs.T.contiguous())
-    nullity = F.estimate_nullity(evals, nullity_tolerance, nullity_min_gap)
-    biases = symmetry_bias = sub_bias = None
-    if reference is not None:
-        ref = reference.to(torch.float64)
-        biases = F.reference_biases(evecs, ref)
-        symmetry_bias = float(biases[0])
-        sub_bias = F.subspace_bias(evecs[:, : ref.shape[0]], ref)
-    known_var = F.known_variances(gram, n, known) if known else {}
-    return SymmetryReport(
-        singular_values=evals.sqrt(),
-        variances=variances,
-        normalized_variances=normalized,
-        generators=generators,
-        symmetry_variance=float(variances[0]),
-        nullity=nullity,
-        biases=biases,
-        symmetry_bias=symmetry_bias,
-        subspace_bias=sub_bias,
-        closure_error=F.closure_error(generators[:nullity]),
-        known_variances=known_var,
-        num_samples=int(num_samples),
-        num_rows=int(num_rows),
-        num_skipped=int(num_skipped),
-    )

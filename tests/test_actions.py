@@ -303,18 +303,18 @@ def test_unknown_names_list_allowed_values() -> None:
     with pytest.raises(ValueError, match="square"):
         algebras.basis("so", (2, 3))
     with pytest.raises(ValueError, match=r"\(k, 2, 2\)"):
-        algebras.reference_vectors(torch.zeros(3, 3, 3), ImageAction())
+        ImageAction().reference_vectors(torch.zeros(3, 3, 3))
     with pytest.raises(ValueError, match="shape"):
-        algebras.known_vectors({"h": torch.zeros(3, 3)}, ImageAction())
+        ImageAction().known_vectors({"h": torch.zeros(3, 3)})
     with pytest.raises(ValueError, match="zero"):
-        algebras.known_vectors({"h": torch.zeros(2, 2)}, ImageAction())
+        ImageAction().known_vectors({"h": torch.zeros(2, 2)})
 
 
 def test_reference_vectors_orthonormalise_a_given_basis() -> None:
     # a non-orthonormal, redundant basis of so(4) on coordinates 1..3 of R^4
     so3 = R.so_basis(4, [1, 2, 3])
     redundant = torch.cat([so3 * 3.0, so3[:1] + so3[1:2]])
-    q = algebras.reference_vectors(redundant, VectorAction(dim=4))
+    q = VectorAction(dim=4).reference_vectors(redundant)
     assert q.shape == (3, 16)
     torch.testing.assert_close(q @ q.T, torch.eye(3, dtype=torch.float64), rtol=0, atol=1e-12)
     torch.testing.assert_close(q.T @ q, R.span_projector(so3), rtol=0, atol=1e-12)

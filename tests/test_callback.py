@@ -16,7 +16,7 @@ from _lightning_models import O5DataModule, TinyRegressor, o5_data, quiet_traine
 from torch import nn
 from torch.utils.data import DataLoader
 
-from liegg_lightning import LieGGCallback, VectorAction, analyze
+from liegg_lightning import LieGGCallback, LieGGMetric, VectorAction, analyze
 
 ACTION = VectorAction(dim=5, components=2)
 TESTS = Path(__file__).parent
@@ -29,8 +29,8 @@ def _val_loader(n: int = 256, batch_size: int = 64) -> DataLoader:
 def test_fit_logs_the_values_analyze_gives(tmp_path: Path) -> None:
     L.seed_everything(0, verbose=False)
     model = TinyRegressor(outputs=3)
-    callback = LieGGCallback(ACTION, reference_algebra="so", known_generators={"identity": torch.eye(5)},
-                             log_images=False)
+    metric = LieGGMetric(ACTION, reference_algebra="so", known_generators={"identity": torch.eye(5)})
+    callback = LieGGCallback(metric, log_images=False)
     trainer = quiet_trainer(max_epochs=2, callbacks=[callback], default_root_dir=tmp_path)
     trainer.fit(model, datamodule=O5DataModule(n=256))
 
@@ -53,8 +53,8 @@ def test_validate_under_inference_mode_logs_and_leaves_the_model_alone() -> None
         # fires whenever anything accumulates into p.grad (.backward() would)
         p.register_post_accumulate_grad_hook(lambda param: accumulated.append(param))
     params = [p.detach().clone() for p in model.parameters()]
-    callback = LieGGCallback(ACTION, reference_algebra="so", output_mode="random", num_projections=4,
-                             log_images=False)
+    metric = LieGGMetric(ACTION, reference_algebra="so", output_mode="random", num_projections=4)
+    callback = LieGGCallback(metric, log_images=False)
 
     torch.manual_seed(123)
     quiet_trainer().validate(model, _val_loader(), verbose=False)
@@ -101,7 +101,7 @@ def test_every_n_epochs_zero_disables() -> None:
 
 def test_bf16_mixed_multi_output_logs_finite_values() -> None:
     L.seed_everything(0, verbose=False)
-    callback = LieGGCallback(ACTION, reference_algebra="so", log_images=False)
+    callback = LieGGCallback(LieGGMetric(ACTION, reference_algebra="so"), log_images=False)
     trainer = quiet_trainer(max_epochs=1, precision="bf16-mixed", callbacks=[callback])
     trainer.fit(TinyRegressor(outputs=3), datamodule=O5DataModule(n=128))
     values = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("liegg/")}
@@ -143,7 +143,7 @@ def test_misconfiguration_fails_fast_with_a_clear_message() -> None:
         quiet_trainer(callbacks=[LieGGCallback(ACTION, layer="encoder")]).validate(
             model, _val_loader(), verbose=False)
     with pytest.raises(ValueError, match="jacobian, sum, random"):
-        LieGGCallback(ACTION, output_mode="mean")  # type: ignore[arg-type]
+        LieGGCallback(LieGGMetric(ACTION, output_mode="mean"))  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="every_n_epochs"):
         LieGGCallback(ACTION, every_n_epochs=-1)
 
@@ -174,14 +174,17 @@ def test_lightning_cli_builds_the_callback_from_yaml(tmp_path: Path) -> None:
         "  callbacks:\n"
         "    - class_path: liegg_lightning.LieGGCallback\n"
         "      init_args:\n"
-        "        action:\n"
-        "          class_path: liegg_lightning.VectorAction\n"
-        "          init_args: {dim: 5, components: 2}\n"
-        "        reference_algebra: so\n"
-        "        known_generators: [scaling]\n"
+        "        metric:\n"
+        "          class_path: liegg_lightning.LieGGMetric\n"
+        "          init_args:\n"
+        "            action:\n"
+        "              class_path: liegg_lightning.VectorAction\n"
+        "              init_args: {dim: 5, components: 2}\n"
+        "            reference_algebra: so\n"
+        "            known_generators: [scaling]\n"
+        "            output_mode: random\n"
+        "            num_projections: 2\n"
         "        every_n_epochs: 3\n"
-        "        output_mode: random\n"
-        "        num_projections: 2\n"
     )
     cli = LightningCLI(TinyRegressor, O5DataModule, run=False, args=["--config", str(config)],
                        save_config_callback=None)
@@ -237,7 +240,7 @@ def test_callback_pickles_for_ddp_spawn() -> None:
     import pickle
     from concurrent.futures import ThreadPoolExecutor
 
-    callback = LieGGCallback(ACTION, reference_algebra="so", output_mode="random", num_projections=2)
+    callback = LieGGCallback(LieGGMetric(ACTION, reference_algebra="so", output_mode="random", num_projections=2))
     callback._drawer = ThreadPoolExecutor(max_workers=1)  # as after a first analysis with pictures
     clone = pickle.loads(pickle.dumps(callback))
     callback._drawer.shutdown()

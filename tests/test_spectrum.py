@@ -12,6 +12,7 @@ from conftest import O5Model, gaussian_blobs
 
 from liegg_lightning import ImageAction, LieGGMetric, VectorAction, analyze
 from liegg_lightning.functional import spectrum as S
+from liegg_lightning.functional.symmetry import _check_memory_budget, _symmetry_update
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -215,11 +216,10 @@ def test_gram_update_drops_and_counts_non_finite_samples() -> None:
     bad = rows.clone()
     bad[1, 2, 0] = float("nan")
     bad[3, 0, 3] = float("inf")
-    gram, finite, num_samples, num_rows = S.gram_update(bad)
+    gram, num_samples, num_rows, num_skipped = _symmetry_update(bad)
     keep = rows[[0, 2, 4]].reshape(-1, 4)
     torch.testing.assert_close(gram, keep.T @ keep)
-    assert finite.tolist() == [True, False, True, False, True]
-    assert (int(num_samples), int(num_rows)) == (3, 9)
+    assert (int(num_samples), int(num_rows), int(num_skipped)) == (3, 9, 2)
 
 
 def test_solve_spectrum_is_ascending_and_clamped() -> None:
@@ -236,12 +236,15 @@ def test_solve_spectrum_is_ascending_and_clamped() -> None:
 
 
 def test_memory_budget_message_states_the_estimate() -> None:
-    m = 200 * 200
     with pytest.raises(ValueError, match="MiB") as info:
-        S.check_memory_budget(m, 1 << 20)
+        _check_memory_budget(400, 1 << 20)
     stated = float(re.search(r"([0-9.]+) MiB", str(info.value)).group(1))
-    assert stated >= 8 * m * m / 2**20  # at least the float64 Gram matrix itself
-    assert S.check_memory_budget(10, None) > 0
+    assert stated >= 8 * 400 * 400 / 2**20  # at least the float64 Gram matrix itself
+    assert _check_memory_budget(10, None) > 0
+    # a tiny budget is stated in a unit that shows it, never "0.0 MiB"
+    with pytest.raises(ValueError, match=r"over the memory budget of 10 bytes") as info:
+        _check_memory_budget(4, 10)
+    assert "0.0 MiB" not in str(info.value)
     # the metric refuses before allocating: an m whose Gram matrix needs ~100 TiB fails cleanly
-    with pytest.raises(ValueError, match="MiB"):
+    with pytest.raises(ValueError, match="GiB"):
         LieGGMetric(VectorAction(dim=2000))

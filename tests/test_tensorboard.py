@@ -19,7 +19,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from liegg_lightning import ImageAction, LieGGCallback, SymmetryReport, VectorAction, analyze
+from liegg_lightning import ImageAction, LieGGCallback, LieGGMetric, SymmetryReport, VectorAction, analyze
 
 
 def _blob_images(n: int, size: int = 16, seed: int = 0) -> torch.Tensor:
@@ -66,7 +66,8 @@ def _decoded(event: Any) -> np.ndarray:
 def test_tensorboard_gets_every_picture_and_the_reports(tmp_path: Path) -> None:
     L.seed_everything(0, verbose=False)
     logger = TensorBoardLogger(tmp_path, name="tb")
-    callback = LieGGCallback(ImageAction(), reference_algebra="rotation", known_generators=["rotation", "scaling"])
+    metric = LieGGMetric(ImageAction(), reference_algebra="rotation", known_generators=["rotation", "scaling"])
+    callback = LieGGCallback(metric)
     trainer = quiet_trainer(max_epochs=2, logger=logger, callbacks=[callback], log_every_n_steps=1)
     trainer.fit(TinyCNN(), _image_loader(), _image_loader())
 
@@ -97,7 +98,7 @@ def test_tensorboard_gets_every_picture_and_the_reports(tmp_path: Path) -> None:
 
 def test_csv_logger_only_logs_the_scalars(tmp_path: Path) -> None:
     logger = CSVLogger(tmp_path, name="csv")
-    callback = LieGGCallback(VectorAction(dim=5, components=2), reference_algebra="so")
+    callback = LieGGCallback(LieGGMetric(VectorAction(dim=5, components=2), reference_algebra="so"))
     trainer = quiet_trainer(max_epochs=1, logger=logger, callbacks=[callback])
     trainer.fit(TinyRegressor(), datamodule=O5DataModule(n=64))
     header = (Path(logger.log_dir) / "metrics.csv").read_text().splitlines()[0].split(",")

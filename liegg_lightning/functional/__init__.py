@@ -1,35 +1,34 @@
-"""The functional core: pure tensor functions under :class:`~liegg_lightning.LieGGMetric` and the callback."""
+"""The functional core: pure tensor functions under :class:`~liegg_lightning.LieGGMetric` and the callback.
 
-from liegg_lightning.functional.polarization import (
-    forward_rows,
-    input_gradients,
-    polarization_rows,
-    resolve_derivative,
-    rows_per_sample,
-)
+One call, :func:`symmetry_report`, goes from a model and a batch to a report. The building blocks,
+for those who assemble their own pipeline:
+
+* rows: :func:`polarization_rows` (and its two strategies :func:`input_gradients` with an action's
+  ``rows``, and :func:`forward_rows`);
+* the spectrum's measures: :func:`solve_spectrum`, :func:`estimate_nullity`, :func:`reference_biases`,
+  :func:`subspace_bias`, :func:`closure_error`, :func:`known_variances`.
+"""
+
+from liegg_lightning.functional.polarization import forward_rows, input_gradients, polarization_rows
 from liegg_lightning.functional.spectrum import (
-    check_memory_budget,
     closure_error,
     estimate_nullity,
-    gram_update,
     known_variances,
     reference_biases,
     solve_spectrum,
     subspace_bias,
 )
+from liegg_lightning.functional.symmetry import symmetry_report
 
 __all__ = [
-    "check_memory_budget",
     "closure_error",
     "estimate_nullity",
     "forward_rows",
-    "gram_update",
     "input_gradients",
     "known_variances",
     "polarization_rows",
     "reference_biases",
-    "resolve_derivative",
-    "rows_per_sample",
     "solve_spectrum",
     "subspace_bias",
+    "symmetry_report",
 ]

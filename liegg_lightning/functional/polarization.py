@@ -15,22 +15,42 @@ from typing import Callable, Iterator, Literal, Optional
 import torch
 from torch import Tensor
 
+from liegg_lightning._errors import InputError
 from liegg_lightning.actions import GroupAction
 
-__all__ = [
-    "OUTPUT_MODES",
-    "DERIVATIVE_MODES",
-    "input_gradients",
-    "forward_rows",
-    "polarization_rows",
-    "resolve_derivative",
-    "rows_per_sample",
-]
+__all__ = ["input_gradients", "forward_rows", "polarization_rows"]
 
 OutputMode = Literal["jacobian", "sum", "random"]
 DerivativeMode = Literal["auto", "reverse", "forward"]
 OUTPUT_MODES = ("jacobian", "sum", "random")
 DERIVATIVE_MODES = ("auto", "reverse", "forward")
+
+
+def _check_options(
+    action: GroupAction,
+    output_mode: str,
+    num_projections: Optional[int],
+    derivative: str,
+    output_transform: Optional[Callable[[Tensor], Tensor]],
+) -> None:
+    """The one check of the derivative options, shared by the metric, ``analyze`` and the functions here."""
+    if not isinstance(action, GroupAction):
+        raise ValueError(
+            "Expected `action` to be a GroupAction (VectorAction, ImageAction or TangentAction), "
+            f"got {type(action).__name__}."
+        )
+    if output_mode not in OUTPUT_MODES:
+        raise ValueError(f"Expected `output_mode` to be one of {', '.join(OUTPUT_MODES)}, got {output_mode!r}.")
+    if output_mode == "random" and (
+        not isinstance(num_projections, int) or isinstance(num_projections, bool) or num_projections < 1
+    ):
+        raise ValueError(
+            f"Expected a positive int `num_projections` with output_mode='random', got {num_projections!r}."
+        )
+    if derivative not in DERIVATIVE_MODES:
+        raise ValueError(f"Expected `derivative` to be one of {', '.join(DERIVATIVE_MODES)}, got {derivative!r}.")
+    if output_transform is not None and not callable(output_transform):
+        raise ValueError(f"Expected `output_transform` to be callable or None, got {output_transform!r}.")
 
 
 def float64_device(device: torch.device) -> torch.device:
@@ -55,15 +75,17 @@ def _flat_output(model: Callable[[Tensor], Tensor], x: Tensor, output_transform:
     if output_transform is not None:
         out = output_transform(out)
     if not isinstance(out, Tensor):
-        raise ValueError(
+        raise InputError(
             f"Expected the model (after `output_transform`) to return a Tensor, got {type(out).__name__}; "
             "pass `output_transform` to pick the tensor to analyse."
         )
+    if out.ndim == 0 and x.shape[0] == 1:
+        return out.reshape(1, 1)  # a `(B,)` output squeezed at batch size 1
     if out.ndim == 0 or out.shape[0] != x.shape[0]:
-        raise ValueError(
+        raise InputError(
             f"Expected the model output to be batch first with batch size {x.shape[0]}, got shape {tuple(out.shape)}."
         )
-    return out.reshape(out.shape[0], -1)
+    return out.reshape(out.shape[0], -1)  # (B,) is one output
 
 
 def _projection_matrix(
@@ -76,7 +98,7 @@ def _projection_matrix(
     return z / math.sqrt(num_projections)
 
 
-def rows_per_sample(output_mode: str, num_outputs: int, num_projections: Optional[int]) -> int:
+def _rows_per_sample(output_mode: str, num_outputs: int, num_projections: Optional[int]) -> int:
     """How many polarization rows one sample contributes."""
     if output_mode == "jacobian":
         return num_outputs
@@ -139,8 +161,7 @@ def _batched_vjp(out: Tensor, xg: Tensor, cotangents: Tensor) -> Tensor:
         return grads
     except (RuntimeError, NotImplementedError):
         # some ops have no batching rule: fall back to one backward pass per projection
-        grads = [torch.autograd.grad(out, xg, grad_outputs=c, retain_graph=True)[0] for c in cotangents]
-        return torch.stack(grads)
+        return torch.stack([torch.autograd.grad(out, xg, grad_outputs=c, retain_graph=True)[0] for c in cotangents])
 
 
 def forward_rows(
@@ -180,13 +201,14 @@ def forward_rows(
         raise ValueError(f"Expected `output_mode` to be one of {', '.join(OUTPUT_MODES)}, got {output_mode!r}.")
 
 
-def resolve_derivative(derivative: str, action: GroupAction, num_outputs: int, output_mode: str,
-                       num_projections: Optional[int]) -> str:
-    """``"forward"`` when fewer basis tangents than reverse passes are needed, else ``"reverse"``."""
+def _resolve_derivative(derivative: str, action: GroupAction, rows_per_sample: int) -> str:
+    """``"forward"`` when fewer basis tangents than reverse passes are needed, else ``"reverse"``.
+
+    ``rows_per_sample`` is the number of reverse passes (``K``): the second axis of the rows.
+    """
     if derivative != "auto":
         return derivative
-    k = rows_per_sample(output_mode, num_outputs, num_projections)
-    return "forward" if action.num_generators < k else "reverse"
+    return "forward" if action.num_generators < rows_per_sample else "reverse"
 
 
 def polarization_rows(
@@ -212,8 +234,9 @@ def polarization_rows(
         generator: Random generator for ``"random"`` (the global RNG is never consumed when given).
         output_transform: Applied to the model output before differentiating.
         derivative: ``"reverse"`` (gradients, then the action's closed form), ``"forward"``
-            (one JVP per basis tangent), or ``"auto"``, which needs the output size and so costs one
-            extra forward pass to decide; callers that know it use :func:`resolve_derivative`.
+            (one JVP per basis tangent), or ``"auto"``: reverse for a single call, since the output
+            size is known only after a pass (:class:`~liegg_lightning.LieGGMetric` picks the
+            cheaper mode for its later batches from the first one's rows).
 
     Example:
         >>> import torch
@@ -222,13 +245,8 @@ def polarization_rows(
         >>> polarization_rows(f, torch.randn(4, 3), VectorAction(dim=3)).shape
         torch.Size([4, 1, 9])
     """
+    _check_options(action, output_mode, num_projections, derivative, output_transform)
     action.validate_input(x)
-    if derivative not in DERIVATIVE_MODES:
-        raise ValueError(f"Expected `derivative` to be one of {', '.join(DERIVATIVE_MODES)}, got {derivative!r}.")
-    if derivative == "auto":
-        with torch.no_grad():
-            k = _flat_output(model, x[:1], output_transform).shape[1]
-        derivative = resolve_derivative("auto", action, k, output_mode, num_projections)  # type: ignore[assignment]
     kwargs = {"output_mode": output_mode, "num_projections": num_projections, "generator": generator,
               "output_transform": output_transform}
     if derivative == "forward":

@@ -8,15 +8,12 @@ vectors of ``E``.
 from __future__ import annotations
 
 import math
-from typing import Dict, Mapping, NamedTuple, Optional, Tuple
+from typing import Dict, Mapping, NamedTuple, Optional
 
 import torch
 from torch import Tensor
 
 __all__ = [
-    "GRAM_BYTES_PER_ENTRY",
-    "check_memory_budget",
-    "gram_update",
     "solve_spectrum",
     "estimate_nullity",
     "reference_biases",
@@ -25,41 +22,6 @@ __all__ = [
     "known_variances",
     "canonical_signs",
 ]
-
-#: float64 Gram matrix, the eigenvectors and eigh's workspace: about three m x m float64 arrays.
-GRAM_BYTES_PER_ENTRY = 3 * 8
-
-
-def check_memory_budget(num_generators: int, memory_budget: Optional[int]) -> int:
-    """Bytes the accumulator and solve need for ``m`` generators; :class:`ValueError` above the budget."""
-    estimate = GRAM_BYTES_PER_ENTRY * num_generators * num_generators
-    if memory_budget is not None and estimate > memory_budget:
-        raise ValueError(
-            f"The algebra has m={num_generators} generators: its float64 Gram matrix and solve need about "
-            f"{estimate / 2**20:.1f} MiB, over the memory budget of {memory_budget / 2**20:.1f} MiB. "
-            "Use a smaller algebra or raise `memory_budget`."
-        )
-    return estimate
-
-
-def gram_update(rows: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Gram contribution of a batch of rows ``(B, K, m)``, dropping samples with non-finite rows.
-
-    Returns:
-        ``(gram, finite, num_samples, num_rows)``: ``gram = sum r^T r`` in float64 over the kept
-        samples, ``finite`` the ``(B,)`` mask of kept samples, and the counts as 0-d tensors on
-        the rows' device (no host synchronisation, which would stall a GPU every batch).
-    """
-    if rows.ndim != 3:
-        raise ValueError(f"Expected rows of shape (B, K, m), got shape {tuple(rows.shape)}.")
-    r = rows.to(torch.float64)
-    finite = torch.isfinite(r).flatten(1).all(1)
-    # masking instead of indexing: a non-finite sample contributes exact zeros
-    r = torch.where(finite[:, None, None], r, 0.0)
-    flat = r.reshape(-1, r.shape[-1])
-    num_samples = finite.sum()
-    return flat.T @ flat, finite, num_samples, num_samples * r.shape[1]
-
 
 def canonical_signs(vectors: Tensor) -> Tensor:
     """Flip each column so its largest-magnitude entry is positive: eigenvectors are defined up to sign."""
@@ -70,6 +32,8 @@ def canonical_signs(vectors: Tensor) -> Tensor:
 
 
 class Spectrum(NamedTuple):
+    """Eigenvalues and eigenvectors of a Gram matrix, most invariant first."""
+
     eigenvalues: Tensor  # (m,) ascending, clamped at 0
     eigenvectors: Tensor  # (m, m) columns, unit norm, same order
 

@@ -14,7 +14,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from _lightning_models import O5DataModule, TinyRegressor  # noqa: E402
 
-from liegg_lightning import LieGGCallback, VectorAction  # noqa: E402
+from liegg_lightning import LieGGCallback, LieGGMetric, VectorAction  # noqa: E402
 
 warnings.filterwarnings("ignore", category=FutureWarning)
 
@@ -22,7 +22,7 @@ warnings.filterwarnings("ignore", category=FutureWarning)
 def main(out: str) -> None:
     L.seed_everything(0, verbose=False)
     model = TinyRegressor(outputs=3)
-    callback = LieGGCallback(VectorAction(dim=5, components=2), reference_algebra="so", log_images=False)
+    callback = LieGGCallback(LieGGMetric(VectorAction(dim=5, components=2), reference_algebra="so"), log_images=False)
     trainer = L.Trainer(
         accelerator="cpu", devices=2, strategy="ddp", max_epochs=1, callbacks=[callback], logger=False,
         enable_checkpointing=False,

@@ -6,6 +6,8 @@ from typing import Any, Iterable, Iterator, Mapping, Union
 
 from torch import Tensor
 
+from liegg_lightning._errors import InputError
+
 __all__ = ["InputKey", "extract_input", "iterate_inputs"]
 
 InputKey = Union[int, str]
@@ -24,23 +26,23 @@ def extract_input(batch: Any, input_key: InputKey = 0) -> Tensor:
         return batch
     if isinstance(batch, Mapping):
         if input_key not in batch:
-            raise ValueError(
+            raise InputError(
                 f"Expected the batch dict to hold the input under `input_key={input_key!r}`; "
                 f"its keys are {sorted(map(str, batch.keys()))}."
             )
         value = batch[input_key]
     elif isinstance(batch, (tuple, list)):
         if not isinstance(input_key, int) or not -len(batch) <= input_key < len(batch):
-            raise ValueError(
+            raise InputError(
                 f"Expected `input_key` to be an int index into the batch of length {len(batch)}, got {input_key!r}."
             )
         value = batch[input_key]
     else:
-        raise ValueError(
+        raise InputError(
             f"Expected a batch that is a Tensor, a tuple/list or a dict, got {type(batch).__name__}."
         )
     if not isinstance(value, Tensor):
-        raise ValueError(
+        raise InputError(
             f"Expected the batch element at `input_key={input_key!r}` to be a Tensor, got {type(value).__name__}."
         )
     return value
