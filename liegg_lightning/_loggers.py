@@ -9,6 +9,7 @@ ends a run: a failure becomes a warning.
 
 from __future__ import annotations
 
+import os
 from typing import List, Optional, Sequence
 
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
@@ -19,7 +20,7 @@ from torch import Tensor
 from liegg_lightning.actions import GroupAction
 from liegg_lightning.report import SymmetryReport
 
-__all__ = ["log_pictures"]
+__all__ = ["log_pictures", "save_report"]
 
 _WARNINGS = WarningCache()
 
@@ -73,3 +74,23 @@ def log_pictures(
                     log_image(key=prefix + tag, images=[image], step=step)
         except Exception as err:
             rank_zero_warn(f"LieGGCallback: logging pictures to {type(logger).__name__} failed ({err!r}).")
+
+
+def save_report(loggers: Sequence[Logger], report: SymmetryReport, filename: str) -> List[str]:
+    """Write ``report`` as JSON into each logger's own run directory; return the paths written.
+
+    A failure to write becomes a warning: a report is never worth a crashed run.
+    """
+    paths: List[str] = []
+    for logger in loggers:
+        directory = getattr(logger, "log_dir", None)
+        if not isinstance(directory, str):
+            continue
+        path = os.path.join(directory, "liegg", filename)
+        try:
+            report.save(path)
+        except OSError as err:
+            rank_zero_warn(f"LieGGCallback: could not write the report to {path} ({err}).")
+        else:
+            paths.append(path)
+    return paths

@@ -1,26 +1,43 @@
-"""``LieGGCallback``: watch which symmetries a network learns, every validation epoch."""
+"""``LieGGCallback``: watch which symmetries a network learns, at validation time, within a cost budget."""
 
 from __future__ import annotations
 
 import functools
-import os
+import math
+import re
+import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable, Dict, List, Optional, Union
+from typing import Any, Callable, Dict, List, Literal, Optional, Union
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from typing_extensions import override
 
 from liegg_lightning._batches import extract_input
-from liegg_lightning._loggers import log_pictures
+from liegg_lightning._errors import InputError
+from liegg_lightning._loggers import log_pictures, save_report
+from liegg_lightning._state import cuda_devices_of, preserved_state
 from liegg_lightning.actions import GroupAction
 from liegg_lightning.metric import LieGGMetric
 from liegg_lightning.report import SymmetryReport
 
 __all__ = ["LieGGCallback"]
+
+#: Share of the overhead budget the analysis itself may take; the rest is for the solve and pictures.
+_ANALYSIS_SHARE = 0.7
+#: Samples timed on the first analysed batch to price one sample.
+_TIMING_SAMPLES = 64
+#: Samples a sanity-check batch runs through the derivative pass to catch configuration errors.
+_CHECK_SAMPLES = 4
+
+
+def _not_int(value: Any) -> bool:
+    """True unless ``value`` is an int; a bool is not an int here."""
+    return isinstance(value, bool) or not isinstance(value, int)
 
 
 def _layer_output_fn(module: nn.Module, layer: nn.Module) -> Callable[[Tensor], Tensor]:
@@ -34,33 +51,54 @@ def _layer_output_fn(module: nn.Module, layer: nn.Module) -> Callable[[Tensor], 
         finally:
             handle.remove()
         if not captured:
-            raise ValueError("The analysed layer was not called by the model's forward.")
+            raise InputError("The analysed layer was not called by the model's forward.")
         return captured[-1]
 
     return forward
 
 
-def _not_int(value: Any) -> bool:
-    """True unless ``value`` is an int; a bool is not an int here."""
-    return isinstance(value, bool) or not isinstance(value, int)
+def _spread(inputs: Tensor, count: int) -> Tensor:
+    """``count`` samples spread evenly over the batch (validation sets are often ordered)."""
+    n = inputs.shape[0]
+    if count >= n:
+        return inputs
+    index = torch.linspace(0, n - 1, count).round().long().to(inputs.device)
+    return inputs.index_select(0, index)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 class LieGGCallback(Callback):
     r"""Find the symmetries a network has learned, and how invariant it is to them, at validation time.
 
-    Every ``every_n_epochs`` validation epochs (and in every ``trainer.validate()``), the callback
-    streams network-polarization rows of the validation inputs into a float64 Gram matrix on the
-    model's device, solves it at the epoch's end on every rank, and logs with ``pl_module.log``:
-    ``<prefix>symmetry_variance``, ``<prefix>normalized_variance``, ``<prefix>nullity``,
-    ``<prefix>closure_error``, and, with a reference algebra, ``<prefix>symmetry_bias`` and
-    ``<prefix>subspace_bias``, plus ``<prefix>variance/<name>`` for each known generator. On rank
-    zero it also draws the leading generators, the spectrum and its history, and an orbit to the
-    TensorBoard loggers, and writes the report as JSON into the logger's directory.
+    Every ``every_n_epochs`` training epochs (and in every ``trainer.validate()`` and
+    ``trainer.test()``), the callback streams network-polarization rows of the validation (test)
+    inputs into a float64 Gram matrix on the model's device, solves it at the epoch's end on every
+    rank, and logs with ``pl_module.log``: ``<prefix>symmetry_variance``,
+    ``<prefix>normalized_variance``, ``<prefix>nullity``, ``<prefix>closure_error``,
+    ``<prefix>num_samples`` and, with a reference algebra, ``<prefix>symmetry_bias`` and
+    ``<prefix>subspace_bias``, plus ``<prefix>variance/<name>`` for each known generator. Undefined
+    values (NaN) are not logged. On rank zero it draws pictures and writes each report as JSON into
+    every logger's own run directory. ``trainer.predict`` is not analysed.
 
-    The training it watches is not changed: derivatives come from ``torch.autograd.grad`` on a
-    clone of the input (parameter ``.grad`` are never touched), the model's mode is left as the
-    validation loop set it, random projections use the callback's own generator, and a failed
-    solve becomes a warning and a skipped analysis.
+    **Cost.** With ``max_samples="auto"`` (the default) the first analysis during ``fit`` times the
+    derivative pass on a few samples (forward and reverse mode, keeping the faster) and the
+    training time since the run began, then fixes how many samples every analysis takes so that
+    the callback spends about ``overhead`` of the training time, spread evenly over the validation
+    batches; the number stays fixed for the rest of the run, so epochs are comparable. Pictures
+    are drawn when the time spent so far leaves room for them, and always for the last analysis
+    of a ``fit`` and for every ``validate``/``test``.
+
+    **Never harm.** The run it watches is left as it was: derivatives come from
+    ``torch.autograd.grad`` on a copy of the input (parameter ``.grad`` is never touched), module
+    buffers (batch-norm statistics) and the CPU/CUDA random states are restored after every extra
+    pass, the model's mode is left as the loop set it. Only configuration errors raise (an input,
+    batch key or output that does not fit the metric), checked on the first sanity-check batch;
+    anything raised inside the model's forward or autograd becomes a warning and a skipped
+    analysis.
 
     Args:
         metric: What to measure: a :class:`~liegg_lightning.LieGGMetric` (the action, reference
@@ -71,15 +109,21 @@ class LieGGCallback(Callback):
             for dict batches; a bare tensor batch is the input itself.
         layer: Name of a submodule (as in ``named_modules()``) whose output is analysed instead
             of the model's.
-        every_n_epochs: Analyse every this many validation epochs during ``fit``; ``0`` disables.
-        max_samples: Per-epoch cap on the analysed samples (per process); ``None`` uses them all.
+        every_n_epochs: Analyse after every this many *training* epochs during ``fit`` (the same
+            convention as ``ModelCheckpoint(every_n_epochs=...)``); ``0`` disables the analysis
+            during ``fit``.
+        overhead: The share of the training time the callback may spend (analysis and pictures)
+            when ``max_samples="auto"``; e.g. ``0.1`` adds about 10% to the time of ``fit``.
+        max_samples: ``"auto"`` (samples fixed at the first analysis from ``overhead``), an int
+            cap per analysis and process, or ``None`` for every validation sample.
         dataloader_idx: Which validation dataloader(s) to use; ``None`` uses all.
         log_generators: How many leading generators to draw and print.
         log_images: Draw pictures to the loggers.
-        prefix: Prefix of the logged names; also names the callback's checkpoint state.
-        save_reports: Write each report as JSON into ``<log_dir>/liegg/`` (when the trainer has a logger).
-        background_drawing: Draw the pictures in a background thread (rank zero), so the training
-            loop does not wait for matplotlib; they are all sent before ``fit``/``validate`` returns.
+        prefix: Prefix of the logged names; also names the callback's checkpoint state, so two
+            callbacks on one Trainer need different prefixes.
+        save_reports: Write each report as JSON into each logger's run directory.
+        background_drawing: Draw the pictures in a background thread (rank zero). At most one
+            drawing waits; a newer one replaces it.
 
     Example:
         >>> from liegg_lightning import LieGGCallback, LieGGMetric, VectorAction
@@ -94,7 +138,8 @@ class LieGGCallback(Callback):
         input_key: Union[int, str] = 0,
         layer: Optional[str] = None,
         every_n_epochs: int = 1,
-        max_samples: Optional[int] = None,
+        overhead: float = 0.1,
+        max_samples: Union[Literal["auto"], int, None] = "auto",
         dataloader_idx: Optional[Union[int, List[int]]] = None,
         log_generators: int = 4,
         log_images: bool = True,
@@ -103,12 +148,14 @@ class LieGGCallback(Callback):
         background_drawing: bool = True,
     ) -> None:
         super().__init__()
-        if not isinstance(every_n_epochs, int) or isinstance(every_n_epochs, bool) or every_n_epochs < 0:
+        if _not_int(every_n_epochs) or every_n_epochs < 0:
             raise ValueError(
                 f"Expected `every_n_epochs` to be a non-negative int (0 disables), got {every_n_epochs!r}."
             )
-        if max_samples is not None and (_not_int(max_samples) or max_samples < 1):
-            raise ValueError(f"Expected `max_samples` to be a positive int or None, got {max_samples!r}.")
+        if isinstance(overhead, bool) or not isinstance(overhead, (int, float)) or not 0 < overhead <= 10:
+            raise ValueError(f"Expected `overhead` to be a number in (0, 10] (e.g. 0.1 for 10%), got {overhead!r}.")
+        if max_samples != "auto" and max_samples is not None and (_not_int(max_samples) or max_samples < 1):
+            raise ValueError(f"Expected `max_samples` to be 'auto', a positive int or None, got {max_samples!r}.")
         if isinstance(input_key, bool) or not isinstance(input_key, (int, str)):
             raise ValueError(f"Expected `input_key` to be an int index or a str key, got {input_key!r}.")
         if _not_int(log_generators) or log_generators < 0:
@@ -116,7 +163,7 @@ class LieGGCallback(Callback):
         if layer is not None and not isinstance(layer, str):
             raise ValueError(f"Expected `layer` to be the name of a submodule or None, got {layer!r}.")
         if dataloader_idx is not None:
-            idx = [dataloader_idx] if isinstance(dataloader_idx, int) else list(dataloader_idx)
+            idx = [dataloader_idx] if not isinstance(dataloader_idx, (list, tuple)) else list(dataloader_idx)
             if not idx or not all(not _not_int(i) and i >= 0 for i in idx):
                 raise ValueError(
                     "Expected `dataloader_idx` to be None, a non-negative int or a list of them, "
@@ -135,14 +182,13 @@ class LieGGCallback(Callback):
             metric = metric.clone()  # the user's metric is left as it was
             metric.reset()
         else:
-            raise ValueError(
-                f"Expected `metric` to be a LieGGMetric or a GroupAction, got {type(metric).__name__}."
-            )
+            raise ValueError(f"Expected `metric` to be a LieGGMetric or a GroupAction, got {type(metric).__name__}.")
         self.metric = metric
         self.action = metric.action
         self.input_key = input_key
         self.layer = layer
         self.every_n_epochs = every_n_epochs
+        self.overhead = float(overhead)
         self.max_samples = max_samples
         self.dataloader_idx: Optional[List[int]] = dataloader_idx  # type: ignore[assignment]
         self.log_generators = log_generators
@@ -151,16 +197,37 @@ class LieGGCallback(Callback):
         self.save_reports = save_reports
         self.background_drawing = background_drawing
 
-        self.history: List[Dict[str, float]] = []
+        self.history: List[Dict[str, Any]] = []
         self.spectra: List[Tensor] = []
+        self.labels: List[str] = []
         self.last_report: Optional[SymmetryReport] = None
+        #: Samples per analysis fixed by the budget (``max_samples="auto"``), once known.
+        self.planned_samples: Optional[int] = None
+        self._reset_run_state()
+
+    def _reset_run_state(self) -> None:
         self._active = False
-        self._seen = 0
-        self._example_input: Optional[Tensor] = None
-        self._forward: Optional[Callable[[Tensor], Tensor]] = None
         self._failed = False
+        self._checked = False
+        self._seen = 0
+        self._per_batch: Optional[int] = None
+        self._example_input: Optional[Tensor] = None
+        self._orbit: Any = None
+        self._forward: Optional[Callable[[Tensor], Tensor]] = None
+        self._cuda_devices: List[int] = []
+        # the budget's clocks (seconds)
+        self._fit_started: Optional[float] = None
+        self._validation_time = 0.0
+        self._validation_started: Optional[float] = None
+        self._spent = 0.0
+        self._draw_time = 0.0
+        self._draws = 0
+        # pictures: one running, at most one waiting, the last one kept for the end of the run
         self._drawer: Optional[ThreadPoolExecutor] = None
-        self._pending: List[Future] = []
+        self._lock = threading.Lock()
+        self._running: Optional[Future] = None
+        self._waiting: Optional[Callable[[], None]] = None
+        self._undrawn: Optional[Callable[[], None]] = None
 
     @property
     @override
@@ -168,8 +235,18 @@ class LieGGCallback(Callback):
         # plain values only: a repr of the action would change with the code and orphan checkpoints
         return self._generate_state_key(prefix=self.prefix)
 
+    # ------------------------------------------------------------------ set-up and checks
+
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        others = [c for c in trainer.callbacks if isinstance(c, LieGGCallback) and c is not self]  # type: ignore[attr-defined]
+        if any(c.prefix == self.prefix for c in others):
+            raise ValueError(
+                f"Two LieGGCallbacks share the prefix {self.prefix!r}: their values would mix. "
+                "Give each its own `prefix` (e.g. 'liegg_images/')."
+            )
+        if stage == "fit":
+            self._check_monitors(trainer)
         if self.layer is not None:
             modules = dict(pl_module.named_modules())
             if self.layer not in modules:
@@ -181,17 +258,60 @@ class LieGGCallback(Callback):
             self._forward = _layer_output_fn(pl_module, modules[self.layer])
         else:
             self._forward = pl_module
+        self._cuda_devices = cuda_devices_of(pl_module)
         self.metric.place_on(pl_module.device)
 
+    def _check_monitors(self, trainer: pl.Trainer) -> None:
+        """Callbacks that monitor a logged value must see it on the epochs they check it."""
+        for cb in trainer.callbacks:  # type: ignore[attr-defined]
+            monitor = getattr(cb, "monitor", None)
+            if not isinstance(monitor, str) or not monitor.startswith(self.prefix):
+                continue
+            if self.every_n_epochs == 0:
+                raise ValueError(
+                    f"{type(cb).__name__} monitors {monitor!r}, but LieGGCallback(every_n_epochs=0) never logs it."
+                )
+            if isinstance(cb, ModelCheckpoint):
+                every = cb._every_n_epochs
+                if every and every % self.every_n_epochs != 0:
+                    raise ValueError(
+                        f"ModelCheckpoint(monitor={monitor!r}) checks every {every} epoch(s), but LieGGCallback "
+                        f"logs it every {self.every_n_epochs}: set ModelCheckpoint(every_n_epochs="
+                        f"{self.every_n_epochs}) (or a multiple of it)."
+                    )
+            elif isinstance(cb, EarlyStopping) and self.every_n_epochs > 1 and cb.strict:
+                raise ValueError(
+                    f"EarlyStopping(monitor={monitor!r}) runs every epoch, but LieGGCallback logs it every "
+                    f"{self.every_n_epochs} epochs: set EarlyStopping(strict=False), and its patience then "
+                    "counts analyses (epochs without one do not count)."
+                )
+
     def _should_skip(self, trainer: pl.Trainer) -> bool:
-        if trainer.sanity_checking or self.every_n_epochs == 0:
+        if trainer.sanity_checking:
             return True
         if trainer.state.fn == "fit":
-            return (trainer.current_epoch + 1) % self.every_n_epochs != 0
-        return False
+            return self.every_n_epochs == 0 or (trainer.current_epoch + 1) % self.every_n_epochs != 0
+        return trainer.state.fn not in ("validate", "test")
+
+    # ------------------------------------------------------------------ the budget's clocks
 
     @override
-    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._fit_started = time.perf_counter()
+
+    def _training_time(self) -> float:
+        """Seconds of ``fit`` spent outside validation so far."""
+        if self._fit_started is None:
+            return 0.0
+        return max(time.perf_counter() - self._fit_started - self._validation_time, 0.0)
+
+    def _budget(self) -> float:
+        return self.overhead * self._training_time()
+
+    # ------------------------------------------------------------------ one analysis
+
+    def _start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._validation_started = time.perf_counter()
         self._active = not self._should_skip(trainer)
         if not self._active:
             return
@@ -200,126 +320,341 @@ class LieGGCallback(Callback):
         self.metric.place_on(pl_module.device)
         self._seen = 0
         self._example_input = None
+        self._orbit = None
         self._failed = False
+        self._per_batch = self._batch_share(trainer, trainer.state.fn == "test")
 
-    @override
-    def on_validation_batch_start(
-        self,
-        trainer: pl.Trainer,
-        pl_module: pl.LightningModule,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        # at the batch's start, so a misconfiguration fails before the model's own step runs
+    def _batch_share(self, trainer: pl.Trainer, test: bool) -> Optional[int]:
+        """Samples to take from each batch: the plan spread over every analysed batch, or None for all."""
+        if self.planned_samples is None:
+            return None
+        counts = trainer.num_test_batches if test else trainer.num_val_batches
+        indices = range(len(counts)) if self.dataloader_idx is None else self.dataloader_idx
+        total = sum(int(counts[i]) for i in indices if i < len(counts) and math.isfinite(counts[i]))
+        return max(1, math.ceil(self.planned_samples / max(total, 1)))
+
+    def _batch(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, dataloader_idx: int) -> None:
+        if trainer.sanity_checking and not self._checked:
+            self._check_configuration(pl_module, batch)
+            return
         if not self._active or self._failed:
             return
         if self.dataloader_idx is not None and dataloader_idx not in self.dataloader_idx:
             return
-        if self.max_samples is not None and self._seen >= self.max_samples:
+        cap = self.max_samples if isinstance(self.max_samples, int) else None
+        if cap is not None and self._seen >= cap:
             return
-        inputs = extract_input(batch, self.input_key)
-        if self.max_samples is not None:
-            inputs = inputs[: self.max_samples - self._seen]
+        inputs = extract_input(batch, self.input_key)  # InputError: a configuration error, raised
+        if inputs.shape[0] == 0:
+            return  # an empty batch adds nothing
+        if self._per_batch is not None:
+            inputs = _spread(inputs, self._per_batch)
+        if cap is not None:
+            inputs = inputs[: cap - self._seen]
         inputs = inputs.to(pl_module.device)
-        forward = self._forward if self._forward is not None else pl_module
+        started = time.perf_counter()
         try:
-            self.metric.update(forward, inputs)
-        except ValueError:
-            # misconfiguration (an input that does not fit the action, checked before the model runs) fails fast
+            if self.max_samples == "auto" and self.planned_samples is None and trainer.state.fn == "fit":
+                self._plan(trainer, pl_module, inputs)
+            else:
+                with preserved_state(pl_module, self._cuda_devices):
+                    self.metric.update(self._model(pl_module), inputs)
+        except InputError:
             raise
-        except Exception as err:  # a numerical or autograd failure must not end the training
+        except Exception as err:  # a failure inside the user's model must not end the training
             self._failed = True
-            rank_zero_warn(f"LieGGCallback: the derivative pass failed ({err!r}); this epoch's analysis stops here.")
+            rank_zero_warn(
+                f"LieGGCallback: the derivative pass failed ({err!r}); this analysis is skipped, training goes on."
+            )
             return
+        finally:
+            self._spent += time.perf_counter() - started
         self._seen += inputs.shape[0]
         if self.log_images and self._example_input is None:  # the orbit picture's input
             self._example_input = inputs[0].detach().to("cpu", torch.float32).clone()
 
-    @override
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def _model(self, pl_module: pl.LightningModule) -> Callable[[Tensor], Tensor]:
+        return self._forward if self._forward is not None else pl_module
+
+    def _check_configuration(self, pl_module: pl.LightningModule, batch: Any) -> None:
+        """On the first sanity-check batch: does the batch, input and output fit? Before any training."""
+        self._checked = True
+        inputs = extract_input(batch, self.input_key)
+        self.action.validate_input(inputs)
+        if inputs.shape[0] == 0:
+            return
+        probe = _spread(inputs, _CHECK_SAMPLES).to(pl_module.device)
+        try:
+            with preserved_state(pl_module, self._cuda_devices):
+                self.metric.rows(self._model(pl_module), probe, derivative="reverse")
+        except InputError:
+            raise
+        except Exception as err:
+            rank_zero_warn(f"LieGGCallback: a trial derivative pass failed in the sanity check ({err!r}).")
+
+    def _plan(self, trainer: pl.Trainer, pl_module: pl.LightningModule, inputs: Tensor) -> None:
+        """Time the derivative pass on the first batch, pick the faster mode and fix the samples per analysis."""
+        probe = _spread(inputs, _TIMING_SAMPLES)
+        model = self._model(pl_module)
+        modes = ["reverse", "forward"] if self.metric.derivative == "auto" else [self.metric.derivative]
+        timings: Dict[str, float] = {}
+        rows: Dict[str, Tensor] = {}
+        failures: Dict[str, Exception] = {}
+        for mode in modes:
+            try:
+                with preserved_state(pl_module, self._cuda_devices):
+                    self.metric.rows(model, probe[:2], derivative=mode)  # one-time costs out of the price
+                    _synchronize(pl_module.device)
+                    start = time.perf_counter()
+                    rows[mode] = self.metric.rows(model, probe, derivative=mode)
+                    _synchronize(pl_module.device)
+                    timings[mode] = time.perf_counter() - start
+            except InputError:
+                raise
+            except Exception as err:  # e.g. torch.no_grad inside forward breaks reverse mode
+                failures[mode] = err
+                timings[mode] = math.inf
+        # every rank must analyse the same batches: agree on the slowest rank's price
+        local = torch.tensor([timings.get("reverse", math.inf), timings.get("forward", math.inf)],
+                             dtype=torch.float64, device=pl_module.device)
+        agreed = trainer.strategy.reduce(local, reduce_op="max") if trainer.world_size > 1 else local
+        price = {"reverse": float(agreed[0]), "forward": float(agreed[1])}
+        best = min(modes, key=lambda m: price[m])
+        if not math.isfinite(price[best]):
+            raise RuntimeError(f"every derivative mode failed: {failures}")
+        self.metric.fix_derivative(best)
+        self.metric.update_rows(rows[best])
+        per_sample = price[best] / probe.shape[0]
+        floor = max(_TIMING_SAMPLES, 4 * self.action.num_generators // max(rows[best].shape[1], 1))
+        total = self._validation_size(trainer)
+        train_time = torch.tensor(self._training_time(), dtype=torch.float64, device=pl_module.device)
+        if trainer.world_size > 1:
+            train_time = trainer.strategy.reduce(train_time, reduce_op="min")
+        budget = _ANALYSIS_SHARE * self.overhead * float(train_time)
+        planned = max(floor, int(budget / per_sample)) if per_sample > 0 else total
+        self.planned_samples = min(planned, total) if total > 0 else planned
+        self._per_batch = self._batch_share(trainer, test=False)
+        other = "forward" if best == "reverse" else "reverse"
+        other_note = f"{other} {price[other] * 1e3:.1f} ms" if math.isfinite(price[other]) else f"{other} n/a"
+        rank_zero_info(
+            f"LieGGCallback: {self.planned_samples} samples per analysis (of {total}; {per_sample * 1e3:.2f} ms a "
+            f"sample, {self.overhead:.0%} of {float(train_time):.1f} s of training); derivative: {best} "
+            f"({price[best] * 1e3:.1f} ms vs {other_note} on {probe.shape[0]} samples)."
+        )
+
+    def _validation_size(self, trainer: pl.Trainer) -> int:
+        """Validation samples per process in the analysed dataloaders (counted from the batches)."""
+        loaders = trainer.val_dataloaders
+        loaders = loaders if isinstance(loaders, (list, tuple)) else [loaders]
+        total = 0
+        for i, loader in enumerate(loaders):
+            if self.dataloader_idx is not None and i not in self.dataloader_idx:
+                continue
+            batches = trainer.num_val_batches[i] if i < len(trainer.num_val_batches) else 0
+            size = getattr(loader, "batch_size", None) or 1
+            if math.isfinite(batches):
+                total += int(batches) * int(size)
+        return total
+
+    def _end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._validation_started is not None and trainer.state.fn == "fit" and not trainer.sanity_checking:
+            self._validation_time += time.perf_counter() - self._validation_started
+        self._validation_started = None
         if not self._active:
+            if trainer.state.fn == "fit" and not trainer.sanity_checking:
+                # no analysis this epoch: a stale value must not count as a new one for EarlyStopping
+                for key in [k for k in trainer.callback_metrics if k.startswith(self.prefix)]:
+                    trainer.callback_metrics.pop(key, None)
             return
         self._active = False
+        started = time.perf_counter()
         try:
             report = self.metric.compute()  # every rank: compute() syncs the states
         except Exception as err:
             rank_zero_warn(f"LieGGCallback: the analysis was skipped ({err}).")
             return
+        stage = trainer.state.fn.value if trainer.state.fn is not None else "validate"
         self.last_report = report
         values = report.summary()
+        values["num_samples"] = float(report.num_samples)
         for name, value in values.items():
-            pl_module.log(self.prefix + name, value, on_step=False, on_epoch=True, sync_dist=False)
-        self.history.append({"epoch": trainer.current_epoch, "step": trainer.global_step, **values})
+            if math.isfinite(value):  # undefined values are not logged
+                pl_module.log(self.prefix + name, value, on_step=False, on_epoch=True, sync_dist=False)
+        self.history.append({"stage": stage, "epoch": trainer.current_epoch, "step": trainer.global_step, **values})
         self.spectra.append(report.variances.clone())
-        # trainer.log_dir is a collective call: every rank makes it. Without a logger nothing is written.
-        log_dir = trainer.log_dir if self.save_reports and trainer.loggers else None
+        self.labels.append(f"epoch {trainer.current_epoch}" if stage == "fit" else stage)
+        self._spent += time.perf_counter() - started
         if not trainer.is_global_zero:
             return
-        if log_dir is not None:
-            try:
-                report.save(os.path.join(log_dir, "liegg", f"report_epoch{trainer.current_epoch:04d}.json"))
-            except OSError as err:
-                rank_zero_warn(f"LieGGCallback: could not write the report ({err}).")
+        filename = self._report_name(stage, trainer.current_epoch, trainer.global_step)
+        if self.save_reports and trainer.loggers:
+            save_report(list(trainer.loggers), report, filename)
         if self.log_images and trainer.loggers:
-            job = functools.partial(
-                log_pictures,
-                list(trainer.loggers),
-                trainer.global_step,
-                report,
-                self.action,
-                spectra=list(self.spectra),
-                labels=[f"epoch {h['epoch']}" for h in self.history],
-                example_input=self._example_input,
-                num_generators=self.log_generators,
-                prefix=self.prefix,
-            )
-            if self.background_drawing:
-                # drawing takes a fraction of a second: keep it off the training loop's path
-                if self._drawer is None:
-                    self._drawer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="liegg-draw")
-                self._pending.append(self._drawer.submit(job))
-            else:
-                job()
+            self._draw(trainer, pl_module, report, always=stage != "fit")
+
+    def _report_name(self, stage: str, epoch: int, step: int) -> str:
+        prefix = re.sub(r"[^A-Za-z0-9_.-]+", "-", self.prefix).strip("-") or "liegg"
+        return f"{prefix}-report_{stage}_epoch{epoch:04d}_step{step:07d}_{len(self.history):04d}.json"
+
+    # ------------------------------------------------------------------ pictures
+
+    def _draw(self, trainer: pl.Trainer, pl_module: pl.LightningModule, report: SymmetryReport, always: bool) -> None:
+        job = functools.partial(
+            log_pictures,
+            list(trainer.loggers),
+            trainer.global_step,
+            report,
+            self.action,
+            spectra=list(self.spectra),
+            labels=list(self.labels),
+            example_input=self._example_input,
+            num_generators=self.log_generators,
+            prefix=self.prefix,
+        )
+        expected = self._draw_time / self._draws if self._draws else 0.0
+        if not always and self._spent + self._draw_time + expected > self._budget():
+            self._undrawn = job  # over budget now; the run's last analysis is drawn at its end
+            return
+        self._undrawn = None
+        if self.background_drawing:
+            self._submit(job)
+        else:
+            self._run(job)
+
+    def _run(self, job: Callable[[], None]) -> None:
+        started = time.perf_counter()
+        try:
+            job()  # log_pictures turns its own failures into warnings
+        finally:
+            with self._lock:
+                self._draw_time += time.perf_counter() - started
+                self._draws += 1
+
+    def _run_then_next(self, job: Callable[[], None]) -> None:
+        self._run(job)
+        with self._lock:
+            waiting, self._waiting = self._waiting, None
+            if waiting is not None and self._drawer is not None:
+                self._running = self._drawer.submit(self._run_then_next, waiting)
+
+    def _submit(self, job: Callable[[], None]) -> None:
+        with self._lock:
+            if self._running is not None and not self._running.done():
+                self._waiting = job  # replaces an older waiting drawing: the queue never grows
+                return
+            if self._drawer is None:
+                self._drawer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="liegg-draw")
+            self._running = self._drawer.submit(self._run_then_next, job)
 
     def wait_for_pictures(self) -> None:
-        """Block until every picture drawn in the background has been sent to the loggers."""
-        pending, self._pending = self._pending, []
-        for future in pending:
-            future.result()  # log_pictures turns its own failures into warnings
+        """Block until the pictures being drawn (and the one waiting) have been sent to the loggers."""
+        while True:
+            with self._lock:
+                running = self._running
+                if running is None or (running.done() and self._waiting is None):
+                    break
+            running.result()
 
-    @override
-    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        # before Lightning finalises the loggers
+    def _finish_pictures(self) -> None:
+        if self._undrawn is not None:  # the run's last analysis is always drawn
+            job, self._undrawn = self._undrawn, None
+            self._run(job)
         self.wait_for_pictures()
         if self._drawer is not None:
             self._drawer.shutdown(wait=True)
             self._drawer = None
+        self._running = None
+
+    # ------------------------------------------------------------------ Lightning hooks
+
+    @override
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start(trainer, pl_module)
+
+    @override
+    def on_validation_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        # at the batch's start, so a misconfiguration fails before the model's own step runs
+        self._batch(trainer, pl_module, batch, dataloader_idx)
+
+    @override
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._end(trainer, pl_module)
+
+    @override
+    def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start(trainer, pl_module)
+
+    @override
+    def on_test_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        self._batch(trainer, pl_module, batch, dataloader_idx)
+
+    @override
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._end(trainer, pl_module)
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        # before Lightning finalises the loggers
+        self._finish_pictures()
 
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        self.wait_for_pictures()
+        # never delay an exception: drop what waits, do not wait for what runs
+        with self._lock:
+            self._waiting = None
+            self._undrawn = None
+            drawer, self._drawer = self._drawer, None
+        if drawer is not None:
+            drawer.shutdown(wait=False, cancel_futures=True)
 
     def __getstate__(self) -> Dict[str, Any]:
-        # a thread pool cannot be pickled (ddp_spawn pickles callbacks); a fresh one is made on demand
+        # threads and locks cannot be pickled (ddp_spawn pickles callbacks); fresh ones are made on demand
         state = self.__dict__.copy()
-        state["_drawer"], state["_pending"] = None, []
+        state.update(_drawer=None, _running=None, _waiting=None, _undrawn=None, _lock=None)
         return state
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+    @override
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: Dict[str, Any]
+    ) -> None:
+        # checkpoints of version 0.1 keyed the state by prefix and action repr: find ours by prefix
+        states = checkpoint.get("callbacks", {})
+        if self.state_key in states:
+            return
+        marker = f"'prefix': {self.prefix!r}"
+        legacy = [k for k in states if isinstance(k, str) and k.startswith("LieGGCallback{") and marker in k]
+        if len(legacy) == 1:
+            self.load_state_dict(states[legacy[0]])
 
     @override
     def state_dict(self) -> Dict[str, Any]:
-        return {"history": [dict(h) for h in self.history], "spectra": [s.clone() for s in self.spectra]}
+        return {
+            "history": [dict(h) for h in self.history],
+            "spectra": [s.clone() for s in self.spectra],
+            "labels": list(self.labels),
+            "planned_samples": self.planned_samples,
+        }
 
     @override
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
         self.history = [dict(h) for h in state_dict.get("history", [])]
         self.spectra = [torch.as_tensor(s, dtype=torch.float64) for s in state_dict.get("spectra", [])]
+        self.labels = list(state_dict.get("labels", [f"epoch {h.get('epoch', i)}" for i, h in enumerate(self.history)]))
+        self.planned_samples = state_dict.get("planned_samples", self.planned_samples)
 
     def describe(self) -> str:
-        """One line per analysis so far: epoch and the logged values."""
+        """One line per analysis so far: stage, epoch and the logged values."""
         lines = []
         for h in self.history:
-            vals = ", ".join(f"{k}={v:.3g}" for k, v in h.items() if k not in ("epoch", "step"))
-            lines.append(f"epoch {h['epoch']}: {vals}")
+            vals = ", ".join(f"{k}={v:.3g}" for k, v in h.items() if k not in ("epoch", "step", "stage"))
+            where = f"epoch {h['epoch']}" if h.get("stage", "fit") == "fit" else h["stage"]
+            lines.append(f"{where}: {vals}")
         return "\n".join(lines)
-

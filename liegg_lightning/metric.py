@@ -157,13 +157,19 @@ class LieGGMetric(Metric):
         parts.append(f"derivative={self.derivative!r}")
         return ", ".join(parts)
 
-    def rows(self, model: Callable[[Tensor], Tensor], inputs: Tensor) -> Tensor:
+    def rows(
+        self, model: Callable[[Tensor], Tensor], inputs: Tensor, derivative: Optional[str] = None
+    ) -> Tensor:
         """Polarization rows ``(B, K, m)`` (float64) of ``model`` at ``inputs``, as :meth:`update` uses them.
 
         With ``derivative="auto"`` the first batch runs in reverse mode, which tells the number of
-        rows per sample; later batches use forward mode when the algebra is the smaller of the two.
+        rows per sample; later batches use forward mode when the algebra is the smaller of the two
+        (unless :meth:`fix_derivative` chose one by measurement). ``derivative`` overrides the
+        strategy for this call only.
         """
-        mode = self._resolved_derivative or ("reverse" if self.derivative == "auto" else self.derivative)
+        mode = derivative or self._resolved_derivative or (
+            "reverse" if self.derivative == "auto" else self.derivative
+        )
         rows = polarization_rows(
             model,
             inputs,
@@ -174,9 +180,20 @@ class LieGGMetric(Metric):
             output_transform=self.output_transform,
             derivative=mode,  # type: ignore[arg-type]
         )
-        if self._resolved_derivative is None:
+        if self._resolved_derivative is None and derivative is None:
             self._resolved_derivative = _resolve_derivative(self.derivative, self.action, rows.shape[1])
         return rows
+
+    def fix_derivative(self, mode: str) -> None:
+        """Use ``mode`` (``"reverse"`` or ``"forward"``) for every later batch, e.g. the faster one as measured."""
+        if mode not in ("reverse", "forward"):
+            raise ValueError(f"Expected 'reverse' or 'forward', got {mode!r}.")
+        self._resolved_derivative = mode
+
+    @property
+    def resolved_derivative(self) -> Optional[str]:
+        """The strategy later batches use, once known (``None`` before the first batch with ``"auto"``)."""
+        return self._resolved_derivative
 
     def update(self, model: Callable[[Tensor], Tensor], inputs: Tensor) -> None:  # type: ignore[override]
         """Add the rows of ``model`` at a batch of ``inputs``."""

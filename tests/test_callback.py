@@ -30,7 +30,7 @@ def test_fit_logs_the_values_analyze_gives(tmp_path: Path) -> None:
     L.seed_everything(0, verbose=False)
     model = TinyRegressor(outputs=3)
     metric = LieGGMetric(ACTION, reference_algebra="so", known_generators={"identity": torch.eye(5)})
-    callback = LieGGCallback(metric, log_images=False)
+    callback = LieGGCallback(metric, log_images=False, max_samples=None)
     trainer = quiet_trainer(max_epochs=2, callbacks=[callback], default_root_dir=tmp_path)
     trainer.fit(model, datamodule=O5DataModule(n=256))
 
@@ -101,7 +101,7 @@ def test_every_n_epochs_zero_disables() -> None:
 
 def test_bf16_mixed_multi_output_logs_finite_values() -> None:
     L.seed_everything(0, verbose=False)
-    callback = LieGGCallback(LieGGMetric(ACTION, reference_algebra="so"), log_images=False)
+    callback = LieGGCallback(LieGGMetric(ACTION, reference_algebra="so"), log_images=False, max_samples=None)
     trainer = quiet_trainer(max_epochs=1, precision="bf16-mixed", callbacks=[callback])
     trainer.fit(TinyRegressor(outputs=3), datamodule=O5DataModule(n=128))
     values = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("liegg/")}
@@ -244,5 +244,5 @@ def test_callback_pickles_for_ddp_spawn() -> None:
     callback._drawer = ThreadPoolExecutor(max_workers=1)  # as after a first analysis with pictures
     clone = pickle.loads(pickle.dumps(callback))
     callback._drawer.shutdown()
-    assert clone._drawer is None and clone._pending == []
+    assert clone._drawer is None and clone._running is None and clone._waiting is None
     assert clone.metric.reference is not None and clone.metric.output_mode == "random"

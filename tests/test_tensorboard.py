@@ -77,7 +77,9 @@ def test_tensorboard_gets_every_picture_and_the_reports(tmp_path: Path) -> None:
     assert expected <= set(tags["images"])
     for tag in expected:
         events = acc.Images(tag)
-        assert len(events) == 2  # one per analysis
+        # pictures are drawn within the overhead budget; the last analysis of a fit always is
+        assert 1 <= len(events) <= 2
+        assert events[-1].step == trainer.global_step
         pixels = _decoded(events[-1])
         assert pixels.shape[0] >= 64 and pixels.shape[1] >= 64
         assert pixels.std() > 5.0 and len(np.unique(pixels.reshape(-1, 3), axis=0)) > 10, f"{tag} looks blank"
@@ -89,8 +91,9 @@ def test_tensorboard_gets_every_picture_and_the_reports(tmp_path: Path) -> None:
     for scalar in ("liegg/symmetry_variance", "liegg/symmetry_bias", "liegg/variance/rotation"):
         assert scalar in tags["scalars"]
 
-    reports = sorted((Path(logger.log_dir) / "liegg").glob("report_epoch*.json"))
-    assert [p.name for p in reports] == ["report_epoch0000.json", "report_epoch0001.json"]
+    reports = sorted((Path(logger.log_dir) / "liegg").glob("liegg-report_*.json"))
+    assert [p.name for p in reports] == ["liegg-report_fit_epoch0000_step0000002_0001.json",
+                                         "liegg-report_fit_epoch0001_step0000004_0002.json"]
     loaded = SymmetryReport.load(reports[-1])
     torch.testing.assert_close(loaded.variances, callback.last_report.variances, rtol=0, atol=0)
     assert not list((Path(logger.log_dir) / "liegg").glob(".*tmp"))
@@ -103,7 +106,7 @@ def test_csv_logger_only_logs_the_scalars(tmp_path: Path) -> None:
     trainer.fit(TinyRegressor(), datamodule=O5DataModule(n=64))
     header = (Path(logger.log_dir) / "metrics.csv").read_text().splitlines()[0].split(",")
     assert {"liegg/symmetry_variance", "liegg/subspace_bias", "liegg/nullity"} <= set(header)
-    assert (Path(logger.log_dir) / "liegg" / "report_epoch0000.json").exists()
+    assert len(list((Path(logger.log_dir) / "liegg").glob("liegg-report_fit_epoch0000_*.json"))) == 1
 
 
 def test_no_logger_at_all_still_logs_to_callback_metrics(tmp_path: Path) -> None:
