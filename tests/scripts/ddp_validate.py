@@ -22,7 +22,8 @@ warnings.filterwarnings("ignore", category=FutureWarning)
 def main(out: str) -> None:
     L.seed_everything(0, verbose=False)
     model = TinyRegressor(outputs=3)
-    callback = LieGGCallback(LieGGMetric(VectorAction(dim=5, components=2), reference_algebra="so"), log_images=False)
+    metric = LieGGMetric(VectorAction(dim=5, components=2), reference_algebra="so")
+    callback = LieGGCallback(metric, log_images=False, max_samples=None)
     trainer = L.Trainer(
         accelerator="cpu", devices=2, strategy="ddp", max_epochs=1, callbacks=[callback], logger=False,
         enable_checkpointing=False,

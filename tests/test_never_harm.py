@@ -1,0 +1,391 @@
+"""A monitor never harms the run it watches: each case of the never-harm issue on a tiny model.
+
+Every case ends as one of: training completes unchanged, the analysis is skipped with a clear
+warning, or a clear error is raised before the first training step (configuration errors only).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List
+
+import lightning as L
+import pytest
+import torch
+from _lightning_models import O5DataModule, TinyRegressor, o5_data, quiet_trainer
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from torch import nn
+from torch.utils.data import DataLoader
+
+import liegg_lightning.callback as callback_module
+from liegg_lightning import LieGGCallback, LieGGMetric, SymmetryReport, TangentAction, VectorAction, analyze
+
+ACTION = VectorAction(dim=5, components=2)
+TESTS = Path(__file__).parent
+
+
+def _loader(n: int = 128, batch_size: int = 32, seed: int = 1) -> DataLoader:
+    return DataLoader(o5_data(n, seed=seed), batch_size=batch_size)
+
+
+def _reports(root: Path) -> List[Path]:
+    return sorted(root.rglob("*-report_*.json"))
+
+
+# ----------------------------------------------------------------------------- 1. odd models
+
+
+class SqueezedRegressor(TinyRegressor):
+    """Ends in ``.squeeze()``: output ``(B,)``, a scalar for one sample."""
+
+    def __init__(self) -> None:
+        super().__init__(outputs=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x).squeeze()
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        return nn.functional.mse_loss(self(x), y[:, 0])
+
+    def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        x, y = batch
+        self.log("val_loss", nn.functional.mse_loss(self(x), y[:, 0]))
+
+
+def test_squeezed_output_is_one_output_and_matches_analyze() -> None:
+    L.seed_everything(0, verbose=False)
+    model = SqueezedRegressor()
+    callback = LieGGCallback(ACTION, log_images=False, max_samples=None)
+    quiet_trainer(max_epochs=1, callbacks=[callback]).fit(model, _loader(), _loader())
+    report = callback.last_report
+    assert report is not None and report.num_rows == report.num_samples == 128
+    expected = analyze(model, _loader(), ACTION)
+    torch.testing.assert_close(report.variances, expected.variances, rtol=1e-6, atol=1e-12)
+    # a single-sample batch (a 0-d output) is one sample, one row
+    single = analyze(model, torch.randn(1, 10), ACTION)
+    assert (single.num_samples, single.num_rows) == (1, 1)
+
+
+class TrainModeBatchNorm(TinyRegressor):
+    """Batch norm left in training mode during validation (a common mistake, or on purpose)."""
+
+    def __init__(self, dropout: float = 0.0) -> None:
+        super().__init__(outputs=3)
+        self.net = nn.Sequential(nn.Linear(10, 32), nn.BatchNorm1d(32), nn.SiLU(), nn.Dropout(dropout), nn.Linear(32, 3))
+
+    def on_validation_model_eval(self) -> None:
+        self.train()  # MC-dropout / train-mode batch norm during validation
+
+    def on_test_model_eval(self) -> None:
+        self.train()
+
+
+class FailingForward(TinyRegressor):
+    """Raises a ValueError from inside the model on small batches (the callback's first passes are small)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] < 8:
+            raise ValueError("this model cannot take batches of fewer than 8")
+        return super().forward(x)
+
+
+def test_a_value_error_inside_the_model_is_a_warning_not_a_dead_run() -> None:
+    L.seed_everything(0, verbose=False)
+    callback = LieGGCallback(ACTION, log_images=False)
+    trainer = quiet_trainer(max_epochs=2, callbacks=[callback], num_sanity_val_steps=0)
+    with pytest.warns(UserWarning, match="derivative pass failed.*fewer than 8"):
+        trainer.fit(FailingForward(), _loader(), _loader())
+    assert trainer.current_epoch == 2 and callback.history == []
+
+
+# ----------------------------------------------------------------------------- 2. state left exactly as it was
+
+
+def _fit_state(with_callback: bool, dropout: float) -> Dict[str, Any]:
+    L.seed_everything(0, verbose=False)
+    model = TrainModeBatchNorm(dropout=dropout)
+    callbacks = [LieGGCallback(LieGGMetric(ACTION, output_mode="random", num_projections=2), log_images=False)]
+    trainer = quiet_trainer(max_epochs=3, callbacks=callbacks if with_callback else [], deterministic=True)
+    trainer.fit(model, _loader(96, 32, seed=0), _loader(96, 32))
+    return {"state": {k: v.clone() for k, v in model.state_dict().items()}, "rng": torch.get_rng_state(),
+            "analyses": len(callbacks[0].history)}
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_weights_buffers_and_rng_are_bit_identical_with_and_without_the_callback(dropout: float) -> None:
+    plain = _fit_state(False, dropout)
+    watched = _fit_state(True, dropout)
+    assert watched["analyses"] == 3
+    assert plain["state"].keys() == watched["state"].keys()
+    for name, value in plain["state"].items():
+        assert torch.equal(value, watched["state"][name]), name  # running_mean, num_batches_tracked included
+    assert torch.equal(plain["rng"], watched["rng"])
+
+
+# ----------------------------------------------------------------------------- 3. ddp_spawn, 10.4 one plan
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["ddp", "ddp_spawn"])
+def test_two_processes_agree_on_one_plan(tmp_path: Path, strategy: str) -> None:
+    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, str(TESTS / "scripts" / "ddp_plan.py"), str(tmp_path), strategy],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    # rank 1 is slower, yet both analyse the same number of samples with the same derivative mode
+    assert ranks[0]["planned_samples"] == ranks[1]["planned_samples"] is not None
+    assert ranks[0]["derivative"] == ranks[1]["derivative"]
+    assert ranks[0]["num_samples"] == ranks[1]["num_samples"] and len(ranks[0]["num_samples"]) == 2
+    if strategy == "ddp_spawn":
+        # what the parent has after fit: the last logged values and one report file per analysis
+        parent = json.loads((tmp_path / "parent.json").read_text())
+        assert parent["callback_metrics"]["liegg/num_samples"] == ranks[0]["num_samples"][-1]
+        assert len(_reports(tmp_path)) == 2
+        assert SymmetryReport.load(_reports(tmp_path)[-1]).num_samples == ranks[0]["num_samples"][-1]
+
+
+# ----------------------------------------------------------------------------- 4. monitors of its metrics
+
+
+def test_misaligned_monitors_fail_at_setup_with_what_to_set(tmp_path: Path) -> None:
+    steps: List[int] = []
+
+    class Counting(TinyRegressor):
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            steps.append(batch_idx)
+            return super().training_step(batch, batch_idx)
+
+    liegg = LieGGCallback(ACTION, every_n_epochs=2, log_images=False)
+    checkpoint = ModelCheckpoint(dirpath=tmp_path, monitor="liegg/symmetry_variance")
+    with pytest.raises(ValueError, match=r"ModelCheckpoint\(every_n_epochs=2\)"):
+        quiet_trainer(max_epochs=4, callbacks=[liegg, checkpoint], enable_checkpointing=True).fit(
+            Counting(), _loader(), _loader())
+    stopper = EarlyStopping(monitor="liegg/normalized_variance", strict=True)
+    with pytest.raises(ValueError, match=r"EarlyStopping\(strict=False\)"):
+        quiet_trainer(max_epochs=4, callbacks=[LieGGCallback(ACTION, every_n_epochs=2), stopper]).fit(
+            Counting(), _loader(), _loader())
+    assert steps == []  # both before the first training step
+
+
+def test_aligned_checkpoint_works_and_early_stopping_patience_counts_analyses(tmp_path: Path) -> None:
+    L.seed_everything(0, verbose=False)
+    liegg = LieGGCallback(ACTION, every_n_epochs=2, log_images=False, max_samples=None)
+    checkpoint = ModelCheckpoint(dirpath=tmp_path, monitor="liegg/symmetry_variance", every_n_epochs=2)
+    # lr 0: the network does not change, so every analysis gives the same value and never improves
+    stopper = EarlyStopping(monitor="liegg/symmetry_variance", patience=2, strict=False)
+    trainer = quiet_trainer(max_epochs=20, callbacks=[liegg, checkpoint, stopper], enable_checkpointing=True)
+    trainer.fit(TinyRegressor(lr=0.0), _loader(), _loader())
+    # best at the first analysis (epoch 1), then two analyses without improvement: stop after epoch 5
+    assert [h["epoch"] for h in liegg.history] == [1, 3, 5]
+    assert trainer.current_epoch == 6
+    assert checkpoint.best_model_path.endswith(".ckpt")
+
+
+# ----------------------------------------------------------------------------- 5./6. reports and prefixes
+
+
+def test_one_report_file_per_analysis_in_each_loggers_run(tmp_path: Path) -> None:
+    L.seed_everything(0, verbose=False)
+    logger = CSVLogger(tmp_path, name="csv")
+    first = LieGGCallback(ACTION, log_images=False)
+    second = LieGGCallback(LieGGMetric(ACTION, output_mode="sum"), prefix="liegg_sum/", log_images=False)
+    trainer = quiet_trainer(max_epochs=2, val_check_interval=0.5, logger=logger, callbacks=[first, second])
+    trainer.fit(TinyRegressor(), _loader(256, 32, seed=0), _loader())
+    trainer.validate(TinyRegressor(), _loader(), verbose=False)
+    trainer.validate(TinyRegressor(), _loader(), verbose=False)
+    names = [p.name for p in _reports(Path(logger.log_dir))]
+    # 2 epochs x 2 validations + 2 validate() calls, for each of the two prefixes: none overwritten
+    assert len(names) == len(set(names)) == 12
+    assert sum(n.startswith("liegg-report_fit_") for n in names) == 4
+    assert sum(n.startswith("liegg_sum-report_validate_") for n in names) == 2
+    assert {h["stage"] for h in second.history} == {"fit", "validate"}
+    assert "liegg_sum/symmetry_variance" in trainer.callback_metrics
+    assert first.state_key != second.state_key
+
+
+def test_two_callbacks_with_one_prefix_are_refused_before_training() -> None:
+    a = LieGGCallback(ACTION)
+    b = LieGGCallback(TangentAction(lambda x: ACTION.tangents(x), (5, 5)))
+    # Lightning refuses two callbacks with one state_key when the Trainer is built; the callback's own
+    # check in `setup` says the same in its words should a Trainer ever let them through
+    with pytest.raises((RuntimeError, ValueError), match="state_key|share the prefix"):
+        quiet_trainer(max_epochs=1, callbacks=[a, b]).fit(TinyRegressor(), _loader(), _loader())
+    trainer = quiet_trainer(max_epochs=1)
+    trainer.callbacks = [a, b]  # type: ignore[attr-defined]
+    with pytest.raises(ValueError, match="share the prefix 'liegg/'"):
+        a.setup(trainer, TinyRegressor(), "fit")
+
+
+def test_state_key_is_the_prefix_and_old_checkpoints_still_load(tmp_path: Path) -> None:
+    callback = LieGGCallback(ACTION, log_images=False)
+    assert callback.state_key == "LieGGCallback{'prefix': 'liegg/'}"
+    # a checkpoint of version 0.1 keyed its state by action repr and prefix
+    legacy = {"callbacks": {"LieGGCallback{'action': 'VectorAction(dim=5, components=2)', 'prefix': 'liegg/'}": {
+        "history": [{"epoch": 0, "step": 4, "symmetry_variance": 0.5}], "spectra": [torch.ones(25)]}}}
+    callback.on_load_checkpoint(None, None, legacy)  # type: ignore[arg-type]
+    assert callback.history == [{"epoch": 0, "step": 4, "symmetry_variance": 0.5}]
+    assert callback.labels == ["epoch 0"]
+
+
+# ----------------------------------------------------------------------------- 7./8. configuration and empty batches
+
+
+class TupleOutput(TinyRegressor):
+    def forward(self, x: torch.Tensor) -> Any:
+        out = super().forward(x)
+        return out, out
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        return nn.functional.mse_loss(self(x)[0], y)
+
+    def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("case", "match"),
+    [("shape", r"\(B, 12\) or \(B, 2, 6\)"), ("key", "input_key='inputs'"), ("tensor", "to be a Tensor"),
+     ("tuple", "return a Tensor")],
+)
+def test_configuration_errors_fail_at_global_step_zero(case: str, match: str) -> None:
+    steps: List[int] = []
+    model: L.LightningModule = TupleOutput() if case == "tuple" else TinyRegressor()
+    original = model.training_step
+    model.training_step = lambda batch, idx: (steps.append(idx), original(batch, idx))[1]  # type: ignore[method-assign]
+    val: Any = _loader()
+    callback = LieGGCallback(ACTION)
+    if case == "shape":
+        callback = LieGGCallback(VectorAction(dim=6, components=2))
+    elif case == "key":
+        callback = LieGGCallback(ACTION, input_key="inputs")
+        val = DataLoader([{"x": torch.randn(10), "y": torch.randn(3)} for _ in range(8)], batch_size=4)
+    elif case == "tensor":
+        val = DataLoader([([1.0] * 10, torch.randn(3)) for _ in range(8)], batch_size=4,
+                         collate_fn=lambda items: ([i[0] for i in items], torch.stack([i[1] for i in items])))
+    trainer = quiet_trainer(max_epochs=1, callbacks=[callback])
+    with pytest.raises(ValueError, match=match):
+        trainer.fit(model, _loader(), val)
+    assert steps == [] and trainer.global_step == 0
+
+
+def test_an_empty_batch_is_skipped_not_the_rest_of_the_epoch() -> None:
+    def collate(items: List[Any]) -> Any:
+        if not items:
+            return torch.empty(0, 10), torch.empty(0, 3)
+        return torch.stack([i[0] for i in items]), torch.stack([i[1] for i in items])
+
+    sampler = [list(range(32)), [], list(range(32, 96))]
+    loader = DataLoader(o5_data(96, seed=1), batch_sampler=sampler, collate_fn=collate)
+    callback = LieGGCallback(ACTION, log_images=False, max_samples=None)
+
+    class EmptyTolerant(TinyRegressor):
+        def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+            pass
+
+    quiet_trainer(callbacks=[callback]).validate(EmptyTolerant(), loader, verbose=False)
+    assert callback.last_report is not None and callback.last_report.num_samples == 96
+
+
+# ----------------------------------------------------------------------------- 9. the picture queue
+
+
+def test_the_picture_queue_holds_one_drawing_and_the_last_analysis_is_drawn(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    drawn: List[int] = []
+
+    def slow_drawing(loggers: Any, step: int, *args: Any, **kwargs: Any) -> None:
+        time.sleep(0.4)
+        drawn.append(step)
+
+    monkeypatch.setattr(callback_module, "log_pictures", slow_drawing)
+    callback = LieGGCallback(ACTION, overhead=10.0, max_samples=64)
+    trainer = quiet_trainer(max_epochs=15, callbacks=[callback], logger=TensorBoardLogger(tmp_path),
+                            limit_train_batches=1, limit_val_batches=2, num_sanity_val_steps=0)
+    trainer.fit(TinyRegressor(), _loader(), _loader())
+    assert len(callback.history) == 15
+    assert drawn[-1] == trainer.global_step  # the last analysis, for sure
+    assert len(drawn) < 15  # waiting drawings were replaced by newer ones, never queued
+
+
+def test_an_exception_is_not_delayed_by_pictures(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(callback_module, "log_pictures", lambda *a, **k: time.sleep(3.0))
+
+    class Crashing(TinyRegressor):
+        def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+            if self.current_epoch == 1:
+                raise RuntimeError("the user's own bug")
+            return super().training_step(batch, batch_idx)
+
+    callback = LieGGCallback(ACTION, overhead=10.0, max_samples=32, background_drawing=True)
+    trainer = quiet_trainer(max_epochs=3, callbacks=[callback], logger=TensorBoardLogger(tmp_path),
+                            num_sanity_val_steps=0, limit_train_batches=1)
+    started = time.perf_counter()
+    with pytest.raises(RuntimeError, match="own bug"):
+        trainer.fit(Crashing(), _loader(), _loader())
+    assert time.perf_counter() - started < 2.5  # the 3 s drawing of epoch 0 was not waited for
+
+
+# ----------------------------------------------------------------------------- 10. arguments
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [({"prefix": None}, "prefix"), ({"max_samples": True}, "max_samples"), ({"log_generators": False}, "log_generators"),
+     ({"dataloader_idx": True}, "dataloader_idx"), ({"overhead": 0}, "overhead"), ({"overhead": "10%"}, "overhead"),
+     ({"max_samples": "all"}, "max_samples"), ({"log_images": "yes"}, "log_images")],
+)
+def test_bad_callback_arguments_are_refused(kwargs: Dict[str, Any], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        LieGGCallback(ACTION, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [({"nullity_tolerance": "0.01"}, "nullity_tolerance"), ({"memory_budget": "1GB"}, "memory_budget"),
+     ({"memory_budget": True}, "memory_budget"), ({"known_generators": {"h": torch.full((5, 5), math.nan)}}, "finite"),
+     ({"output_mode": "random", "num_projections": True}, "num_projections")],
+)
+def test_bad_metric_arguments_are_refused(kwargs: Dict[str, Any], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        LieGGMetric(ACTION, **kwargs)
+
+
+def test_a_float32_tangent_function_on_float64_inputs_works() -> None:
+    action = TangentAction(lambda x: ACTION.tangents(x).float(), (5, 5))
+    model = lambda x: (x.reshape(-1, 2, 5) ** 2).sum((1, 2))[:, None]  # noqa: E731
+    report = analyze(model, torch.randn(64, 10, dtype=torch.float64), action, reference_algebra="so")
+    assert report.nullity == 10 and report.subspace_bias < 1e-5
+
+
+# ----------------------------------------------------------------------------- 11. test stage, cadence
+
+
+def test_trainer_test_analyses_the_test_set() -> None:
+    callback = LieGGCallback(ACTION, log_images=False)
+    trainer = quiet_trainer(callbacks=[callback])
+    results = trainer.test(TestableRegressor(), _loader(), verbose=False)
+    assert "liegg/symmetry_variance" in results[0]
+    assert callback.history[-1]["stage"] == "test"
+
+
+class TestableRegressor(TinyRegressor):
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        x, y = batch
+        self.log("test_loss", nn.functional.mse_loss(self(x), y))
+
+
+def test_every_n_epochs_counts_training_epochs() -> None:
+    callback = LieGGCallback(ACTION, every_n_epochs=3, log_images=False)
+    quiet_trainer(max_epochs=7, callbacks=[callback]).fit(TinyRegressor(), _loader(), _loader())
+    assert [h["epoch"] for h in callback.history] == [2, 5]
