@@ -58,8 +58,8 @@ def train_one(depth: int, width: int, seed: int, args: argparse.Namespace, sizes
     )
     start = time.perf_counter()
     trainer.fit(model, datamodule=data)
+    report = liegg.last_report  # the validation analysis of the trained network (test analyses its own set)
     test = trainer.test(model, datamodule=data, verbose=False)[0]
-    report = liegg.last_report
     if report is None:
         raise RuntimeError("LieGGCallback produced no report.")
     v = report.variances

@@ -30,28 +30,6 @@ from o5_common import O5DataModule, O5Regressor, count_parameters, quiet_lightni
 from liegg_lightning import LieGGCallback, LieGGMetric, VectorAction
 
 
-class PrintProgress(L.Callback):
-    """Prints one line per LieGG analysis (placed after the LieGG callback, so its values are logged)."""
-
-    def __init__(self, every_n_epochs: int) -> None:
-        self.every_n_epochs = max(1, every_n_epochs)
-
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or trainer.state.fn != "fit" or (trainer.current_epoch + 1) % self.every_n_epochs:
-            return
-        m = trainer.callback_metrics
-
-        def get(name: str) -> float:
-            return float(m[name]) if name in m else math.nan
-
-        print(
-            f"epoch {trainer.current_epoch + 1:4d}  val_mse {get('val_mse'):.4f}  "
-            f"symmetry_variance {get('liegg/symmetry_variance'):.3e}  "
-            f"symmetry_bias {get('liegg/symmetry_bias'):.4f}  nullity {get('liegg/nullity'):.0f}",
-            flush=True,
-        )
-
-
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -87,12 +65,12 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     model = O5Regressor(width=args.width, depth=args.depth, activation=args.activation, lr=args.lr,
                         weight_decay=args.weight_decay)
     liegg = LieGGCallback(LieGGMetric(VectorAction(dim=5, components=2), reference_algebra="so"),
-                          every_n_epochs=args.liegg_every, log_generators=4)
+                          every_n_epochs=args.liegg_every, log_generators=4, verbose=True)
     logger = TensorBoardLogger(args.log_dir, name="o5_regression")
     trainer = L.Trainer(
         max_epochs=args.epochs,
         logger=logger,
-        callbacks=[liegg, PrintProgress(args.liegg_every)],
+        callbacks=[liegg],
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
@@ -105,10 +83,10 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     trainer.fit(model, datamodule=data)
     # one more analysis of the final model, on the whole validation split
     val = trainer.validate(model, datamodule=data, verbose=False)[0]
+    report = liegg.last_report  # the final model on the validation split (test() analyses the test split)
     test = trainer.test(model, datamodule=data, verbose=False)[0]
     wall = time.perf_counter() - start
 
-    report = liegg.last_report
     if report is None:
         raise RuntimeError("LieGGCallback produced no report.")
     v = report.variances

@@ -240,7 +240,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     model = DigitMLP(lr=args.lr)
     metric = LieGGMetric(ImageAction(), reference_algebra="rotation", known_generators=["rotation", "scaling"],
                          output_transform=output_transform(args.output_transform))
-    liegg = LieGGCallback(metric, every_n_epochs=args.liegg_every)
+    liegg = LieGGCallback(metric, every_n_epochs=args.liegg_every, verbose=True)
     name = "rotated_digits" + ("_upright" if args.no_rotate else "")
     logger = TensorBoardLogger(args.log_dir, name=name)
     trainer = L.Trainer(

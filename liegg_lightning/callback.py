@@ -124,6 +124,7 @@ class LieGGCallback(Callback):
         save_reports: Write each report as JSON into each logger's run directory.
         background_drawing: Draw the pictures in a background thread (rank zero). At most one
             drawing waits; a newer one replaces it.
+        verbose: Print one line per analysis (rank zero), so long runs show their progress.
 
     Example:
         >>> from liegg_lightning import LieGGCallback, LieGGMetric, VectorAction
@@ -146,6 +147,7 @@ class LieGGCallback(Callback):
         prefix: str = "liegg/",
         save_reports: bool = True,
         background_drawing: bool = True,
+        verbose: bool = False,
     ) -> None:
         super().__init__()
         if _not_int(every_n_epochs) or every_n_epochs < 0:
@@ -173,7 +175,7 @@ class LieGGCallback(Callback):
         if not isinstance(prefix, str):
             raise ValueError(f"Expected `prefix` to be a str (e.g. 'liegg/'), got {prefix!r}.")
         for name, flag in (("log_images", log_images), ("save_reports", save_reports),
-                           ("background_drawing", background_drawing)):
+                           ("background_drawing", background_drawing), ("verbose", verbose)):
             if not isinstance(flag, bool):
                 raise ValueError(f"Expected `{name}` to be a bool, got {flag!r}.")
         if isinstance(metric, GroupAction):
@@ -196,6 +198,7 @@ class LieGGCallback(Callback):
         self.prefix = prefix
         self.save_reports = save_reports
         self.background_drawing = background_drawing
+        self.verbose = verbose
 
         self.history: List[Dict[str, Any]] = []
         self.spectra: List[Tensor] = []
@@ -355,10 +358,10 @@ class LieGGCallback(Callback):
         started = time.perf_counter()
         try:
             if self.max_samples == "auto" and self.planned_samples is None and trainer.state.fn == "fit":
-                self._plan(trainer, pl_module, inputs)
-            else:
-                with preserved_state(pl_module, self._cuda_devices):
-                    self.metric.update(self._model(pl_module), inputs)
+                self._plan(trainer, pl_module, inputs)  # prices a sample on a few of these inputs
+                inputs = _spread(inputs, self._per_batch or inputs.shape[0])
+            with preserved_state(pl_module, self._cuda_devices):
+                self.metric.update(self._model(pl_module), inputs)
         except InputError:
             raise
         except Exception as err:  # a failure inside the user's model must not end the training
@@ -393,12 +396,16 @@ class LieGGCallback(Callback):
             rank_zero_warn(f"LieGGCallback: a trial derivative pass failed in the sanity check ({err!r}).")
 
     def _plan(self, trainer: pl.Trainer, pl_module: pl.LightningModule, inputs: Tensor) -> None:
-        """Time the derivative pass on the first batch, pick the faster mode and fix the samples per analysis."""
+        """Time the derivative pass on a few of the first batch's inputs, pick the faster mode, fix the samples.
+
+        The timed rows are discarded: the batch's share is then analysed like every later batch, so the
+        first analysis is comparable with the others.
+        """
         probe = _spread(inputs, _TIMING_SAMPLES)
         model = self._model(pl_module)
         modes = ["reverse", "forward"] if self.metric.derivative == "auto" else [self.metric.derivative]
         timings: Dict[str, float] = {}
-        rows: Dict[str, Tensor] = {}
+        rows_per_sample = 1
         failures: Dict[str, Exception] = {}
         for mode in modes:
             try:
@@ -406,7 +413,7 @@ class LieGGCallback(Callback):
                     self.metric.rows(model, probe[:2], derivative=mode)  # one-time costs out of the price
                     _synchronize(pl_module.device)
                     start = time.perf_counter()
-                    rows[mode] = self.metric.rows(model, probe, derivative=mode)
+                    rows_per_sample = self.metric.rows(model, probe, derivative=mode).shape[1]
                     _synchronize(pl_module.device)
                     timings[mode] = time.perf_counter() - start
             except InputError:
@@ -423,10 +430,10 @@ class LieGGCallback(Callback):
         if not math.isfinite(price[best]):
             raise RuntimeError(f"every derivative mode failed: {failures}")
         self.metric.fix_derivative(best)
-        self.metric.update_rows(rows[best])
         per_sample = price[best] / probe.shape[0]
-        floor = max(_TIMING_SAMPLES, 4 * self.action.num_generators // max(rows[best].shape[1], 1))
-        total = self._validation_size(trainer)
+        # enough rows for the algebra (4 per generator), and never fewer than the timed probe
+        floor = max(_TIMING_SAMPLES, math.ceil(4 * self.action.num_generators / rows_per_sample))
+        total = self._validation_size(trainer, inputs.shape[0])
         train_time = torch.tensor(self._training_time(), dtype=torch.float64, device=pl_module.device)
         if trainer.world_size > 1:
             train_time = trainer.strategy.reduce(train_time, reduce_op="min")
@@ -442,19 +449,12 @@ class LieGGCallback(Callback):
             f"({price[best] * 1e3:.1f} ms vs {other_note} on {probe.shape[0]} samples)."
         )
 
-    def _validation_size(self, trainer: pl.Trainer) -> int:
-        """Validation samples per process in the analysed dataloaders (counted from the batches)."""
-        loaders = trainer.val_dataloaders
-        loaders = loaders if isinstance(loaders, (list, tuple)) else [loaders]
-        total = 0
-        for i, loader in enumerate(loaders):
-            if self.dataloader_idx is not None and i not in self.dataloader_idx:
-                continue
-            batches = trainer.num_val_batches[i] if i < len(trainer.num_val_batches) else 0
-            size = getattr(loader, "batch_size", None) or 1
-            if math.isfinite(batches):
-                total += int(batches) * int(size)
-        return total
+    def _validation_size(self, trainer: pl.Trainer, batch_size: int) -> int:
+        """Validation samples per process in the analysed dataloaders, from their batch counts."""
+        counts = trainer.num_val_batches
+        indices = range(len(counts)) if self.dataloader_idx is None else self.dataloader_idx
+        batches = sum(int(counts[i]) for i in indices if i < len(counts) and math.isfinite(counts[i]))
+        return batches * batch_size
 
     def _end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._validation_started is not None and trainer.state.fn == "fit" and not trainer.sanity_checking:
@@ -484,6 +484,8 @@ class LieGGCallback(Callback):
         self.spectra.append(report.variances.clone())
         self.labels.append(f"epoch {trainer.current_epoch}" if stage == "fit" else stage)
         self._spent += time.perf_counter() - started
+        if self.verbose:
+            rank_zero_info(f"LieGG {self.describe().splitlines()[-1]}")
         if not trainer.is_global_zero:
             return
         filename = self._report_name(stage, trainer.current_epoch, trainer.global_step)

@@ -197,6 +197,7 @@ def test_lightning_cli_builds_the_callback_from_yaml(tmp_path: Path) -> None:
     assert list(cb.metric.known) == ["scaling"]
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_match_a_single_process(tmp_path: Path) -> None:
     env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, str(TESTS / "scripts" / "ddp_validate.py"), str(tmp_path)],

@@ -48,6 +48,7 @@ def event_files(log_dir: Path) -> List[Path]:
     return list(log_dir.rglob("events.out.tfevents.*"))
 
 
+@pytest.mark.slow
 def test_o5_regression_quick(tmp_path: Path) -> None:
     args = ["--quick", "--threads", "1", "--log-dir", str(tmp_path / "logs")]
     result = run_example("o5_regression.py", args, tmp_path)
@@ -65,6 +66,7 @@ def test_o5_regression_quick(tmp_path: Path) -> None:
     assert SymmetryReport.load(reports[-1]).symmetry_variance == pytest.approx(result["symmetry_variance"], rel=1e-12)
 
 
+@pytest.mark.slow
 def test_rotated_digits_quick(tmp_path: Path) -> None:
     args = ["--quick", "--threads", "1", "--log-dir", str(tmp_path / "logs")]
     result = run_example("rotated_digits.py", args, tmp_path)
@@ -78,6 +80,7 @@ def test_rotated_digits_quick(tmp_path: Path) -> None:
     assert event_files(Path(result["log_dir"])), "no TensorBoard events written"
 
 
+@pytest.mark.slow
 def test_cli_fit_with_yaml_config(tmp_path: Path) -> None:
     args = [
         "fit", "--config", str(EXAMPLES / "config.yaml"),

@@ -18,7 +18,7 @@ from typing import Any, Dict, List
 import lightning as L
 import pytest
 import torch
-from _lightning_models import O5DataModule, TinyRegressor, o5_data, quiet_trainer
+from _lightning_models import TinyRegressor, o5_data, quiet_trainer
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch import nn
@@ -79,7 +79,8 @@ class TrainModeBatchNorm(TinyRegressor):
 
     def __init__(self, dropout: float = 0.0) -> None:
         super().__init__(outputs=3)
-        self.net = nn.Sequential(nn.Linear(10, 32), nn.BatchNorm1d(32), nn.SiLU(), nn.Dropout(dropout), nn.Linear(32, 3))
+        self.net = nn.Sequential(nn.Linear(10, 32), nn.BatchNorm1d(32), nn.SiLU(), nn.Dropout(dropout),
+                                 nn.Linear(32, 3))
 
     def on_validation_model_eval(self) -> None:
         self.train()  # MC-dropout / train-mode batch norm during validation
@@ -341,7 +342,8 @@ def test_an_exception_is_not_delayed_by_pictures(tmp_path: Path, monkeypatch: py
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
-    [({"prefix": None}, "prefix"), ({"max_samples": True}, "max_samples"), ({"log_generators": False}, "log_generators"),
+    [({"prefix": None}, "prefix"), ({"max_samples": True}, "max_samples"),
+     ({"log_generators": False}, "log_generators"),
      ({"dataloader_idx": True}, "dataloader_idx"), ({"overhead": 0}, "overhead"), ({"overhead": "10%"}, "overhead"),
      ({"max_samples": "all"}, "max_samples"), ({"log_images": "yes"}, "log_images")],
 )
