@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Optional, Union
+from typing import Any, Callable, Iterable, Optional, Union, cast
 
 import torch
 from torch import Tensor, nn
@@ -32,7 +32,7 @@ def _fresh_metric(metric: Union[LieGGMetric, GroupAction], options: dict) -> Lie
                 f"Expected metric options ({', '.join(sorted(options))}) only with a GroupAction; "
                 "a LieGGMetric carries its own."
             )
-        fresh = metric.clone()
+        fresh = cast(LieGGMetric, metric.clone())
         fresh.reset()
         return fresh
     return LieGGMetric(metric, sync_on_compute=False, **options)

@@ -8,7 +8,7 @@ import re
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable, Dict, List, Literal, Optional, Union
+from typing import Any, Callable, Dict, List, Literal, Optional, Union, cast
 
 import lightning.pytorch as pl
 import torch
@@ -179,14 +179,14 @@ class LieGGCallback(Callback):
             if not isinstance(flag, bool):
                 raise ValueError(f"Expected `{name}` to be a bool, got {flag!r}.")
         if isinstance(metric, GroupAction):
-            metric = LieGGMetric(metric)
+            own = LieGGMetric(metric)
         elif isinstance(metric, LieGGMetric):
-            metric = metric.clone()  # the user's metric is left as it was
-            metric.reset()
+            own = cast(LieGGMetric, metric.clone())  # the user's metric is left as it was
+            own.reset()
         else:
             raise ValueError(f"Expected `metric` to be a LieGGMetric or a GroupAction, got {type(metric).__name__}.")
-        self.metric = metric
-        self.action = metric.action
+        self.metric = own
+        self.action = own.action
         self.input_key = input_key
         self.layer = layer
         self.every_n_epochs = every_n_epochs
