@@ -1,0 +1,116 @@
+"""The package's shape: one configuration, a TorchMetrics-like metric, lazy imports, check_action."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import subprocess
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from conftest import O5Model  # noqa: E402
+
+import liegg_lightning  # noqa: E402
+from liegg_lightning import ImageAction, LieGGMetric, TangentAction, VectorAction, analyze, functional  # noqa: E402
+from liegg_lightning.testing import check_action  # noqa: E402
+
+O5 = VectorAction(dim=5, components=2)
+
+
+def _smooth_images(batch: int = 2, channels: int = 3, size: int = 24) -> torch.Tensor:
+    """Gaussian blobs that fade to zero at the border, where finite transformations pad."""
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
+    blob = torch.exp(-((xx - 0.1) ** 2 + 2 * (yy + 0.05) ** 2) / 0.08)
+    return blob.expand(batch, channels, size, size).clone().double()
+
+
+def test_importing_the_package_does_not_import_lightning() -> None:
+    code = "import sys, liegg_lightning; print('lightning' in sys.modules); print(liegg_lightning.LieGGCallback.__name__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "LieGGCallback"]  # Lightning only once the callback is asked for
+
+
+def test_the_version_is_defined_once() -> None:
+    assert importlib.metadata.version("liegg_lightning") == liegg_lightning.__version__
+
+
+def test_calling_the_metric_only_updates() -> None:
+    x = torch.randn(128, 10, generator=torch.Generator().manual_seed(0))
+    called, updated = LieGGMetric(O5), LieGGMetric(O5)
+    assert called(O5Model(), x) is None  # no per-batch eigen-solve, no report
+    updated.update(O5Model(), x)
+    torch.testing.assert_close(called.gram, updated.gram, rtol=0, atol=0)
+    assert int(called.num_samples) == 128
+
+
+def test_repr_shows_the_configuration() -> None:
+    text = repr(LieGGMetric(O5, reference_algebra="so", output_mode="random", num_projections=3))
+    for part in ("VectorAction(dim=5, components=2)", "output_mode='random'", "num_projections=3",
+                 "reference_algebra='so'"):
+        assert part in text
+    assert "padding_mode='border'" in repr(ImageAction(padding_mode="border"))
+
+
+def test_plot_takes_a_report_or_a_list_of_reports() -> None:
+    import matplotlib.pyplot as plt
+
+    x = torch.randn(128, 10, generator=torch.Generator().manual_seed(0))
+    reports = [analyze(O5Model(breaking=b), x, O5) for b in (0.0, 1e-2)]
+    metric = LieGGMetric(O5)
+    fig, ax = metric.plot(reports)
+    assert len(ax.get_lines()) == 2 and ax.get_yscale() == "log"
+    plt.close(fig)
+    fig, ax = metric.plot(reports[0])
+    assert ax.get_yscale() == "log"
+    plt.close(fig)
+
+
+def test_one_call_function_equals_the_metric() -> None:
+    x = torch.randn(200, 10, generator=torch.Generator().manual_seed(1))
+    model = O5Model(extra_output=True)
+    one_call = functional.symmetry_report(model, x, O5, reference_algebra="so")
+    streamed = analyze(model, x, O5, reference_algebra="so", batch_size=64)
+    torch.testing.assert_close(one_call.variances, streamed.variances, rtol=1e-9, atol=1e-15)
+    assert one_call.nullity == streamed.nullity == 6
+    assert not [name for name in functional.__all__ if name.startswith("_")]
+
+
+def test_analyze_leaves_a_given_metric_untouched_and_refuses_mixed_options() -> None:
+    x = torch.randn(64, 10, generator=torch.Generator().manual_seed(2))
+    metric = LieGGMetric(O5, reference_algebra="so")
+    report = analyze(O5Model(), x, metric)
+    assert report.nullity == 10 and float(metric.num_samples) == 0.0
+    with pytest.raises(ValueError, match="only with a GroupAction"):
+        analyze(O5Model(), x, metric, output_mode="sum")
+
+
+@pytest.mark.parametrize(
+    ("action", "inputs"),
+    [(VectorAction(dim=3, components=2), torch.randn(4, 6, dtype=torch.float64)),
+     (VectorAction(dim=4), torch.randn(3, 2, 4, dtype=torch.float64)),
+     (ImageAction(), _smooth_images()), (ImageAction(affine=True), _smooth_images()),
+     (ImageAction(), _smooth_images()[:, 0]),
+     (TangentAction(lambda x: VectorAction(dim=3).tangents(x), (3, 3)), torch.randn(5, 3, dtype=torch.float64))],
+)
+def test_check_action_passes_every_built_in_action(action: object, inputs: torch.Tensor) -> None:
+    check_action(action, inputs)  # type: ignore[arg-type]
+
+
+def test_check_action_catches_actions_whose_views_disagree() -> None:
+    x = torch.randn(4, 3, dtype=torch.float64)
+    # tangents of the wrong sign against the matrix exponential of transform
+    flipped = TangentAction(lambda t: -VectorAction(dim=3).tangents(t), (3, 3),
+                            transform_fn=VectorAction(dim=3).transform)
+    with pytest.raises(AssertionError, match="central difference"):
+        check_action(flipped, x)
+
+    class WrongRows(VectorAction):
+        def rows(self, x: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
+            return super().rows(x, grads).transpose(-1, -2).reshape(grads.shape[0], grads.shape[1], -1)
+
+    with pytest.raises(AssertionError, match="contracted"):
+        check_action(WrongRows(dim=3), x)
