@@ -7,8 +7,8 @@ Run::
     python examples/cli.py fit --config examples/config.yaml --trainer.callbacks.init_args.every_n_epochs=1
     python examples/cli.py fit --help                     # every option, the callback's included
 
-The callback, its group action and its reference algebra are all set in ``config.yaml`` (see
-``trainer.callbacks``). After ``fit`` the final model is validated once more, so the callback
+The callback, its metric (group action, reference algebra, output mode) are all set in
+``config.yaml`` (see ``trainer.callbacks``). torch uses one thread (``LIEGG_THREADS`` to change). After ``fit`` the final model is validated once more, so the callback
 analyses it whatever ``every_n_epochs`` is; the last line printed is one JSON object with the
 callback's latest measures (``{}`` if it made no analysis).
 """
@@ -16,10 +16,11 @@ callback's latest measures (``{}`` if it made no analysis).
 from __future__ import annotations
 
 import json
+import os
 from typing import Any, Dict, List, Optional
 
 from lightning.pytorch.cli import LightningCLI
-from o5_common import O5DataModule, O5Regressor, quiet_lightning
+from o5_common import O5DataModule, O5Regressor, quiet_lightning, set_threads
 
 from liegg_lightning import LieGGCallback
 
@@ -34,6 +35,8 @@ class LieGGCLI(LightningCLI):
 
 def main(args: Optional[List[str]] = None) -> Dict[str, Any]:
     quiet_lightning()
+    # one intra-op thread, as the other examples: on a small shared machine more threads only contend
+    set_threads(int(os.environ.get("LIEGG_THREADS", "1")))
     cli = LieGGCLI(O5Regressor, O5DataModule, args=args, save_config_kwargs={"overwrite": True})
     liegg = [cb for cb in cli.trainer.callbacks if isinstance(cb, LieGGCallback)]
     report = liegg[0].last_report if liegg else None

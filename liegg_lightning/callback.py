@@ -31,6 +31,8 @@ __all__ = ["LieGGCallback"]
 _ANALYSIS_SHARE = 0.7
 #: Samples timed on the first analysed batch to price one sample.
 _TIMING_SAMPLES = 64
+#: Seconds one set of pictures is assumed to take before the first one was timed.
+_DRAW_PRIOR = 0.3
 #: Samples a sanity-check batch runs through the derivative pass to catch configuration errors.
 _CHECK_SAMPLES = 4
 
@@ -513,7 +515,7 @@ class LieGGCallback(Callback):
             num_generators=self.log_generators,
             prefix=self.prefix,
         )
-        expected = self._draw_time / self._draws if self._draws else 0.0
+        expected = self._draw_time / self._draws if self._draws else _DRAW_PRIOR
         if not always and self._spent + self._draw_time + expected > self._budget():
             self._undrawn = job  # over budget now; the run's last analysis is drawn at its end
             return
