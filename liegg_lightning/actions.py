@@ -13,6 +13,7 @@ from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
+from typing_extensions import override
 
 from liegg_lightning import algebras
 from liegg_lightning._errors import InputError
@@ -194,6 +195,7 @@ class VectorAction(GroupAction):
         c = self.components
         return f"of shape (B, {c * self.dim}) or (B, {c}, {self.dim})"
 
+    @override
     def validate_input(self, x: Tensor) -> None:
         _check_floating(x, self._expected())
         c = self.components
@@ -208,12 +210,14 @@ class VectorAction(GroupAction):
     def _vectors(self, x: Tensor) -> Tensor:
         return x.reshape(x.shape[0], -1, self.dim)
 
+    @override
     def rows(self, x: Tensor, grads: Tensor) -> Tensor:
         xs = self._vectors(x.to(torch.float64))
         gs = grads.to(torch.float64).reshape(grads.shape[0], grads.shape[1], -1, self.dim)
         # sum over components of the outer product g_c x_c^T, flattened row-major
         return torch.einsum("bkca,bcd->bkad", gs, xs).flatten(2)
 
+    @override
     def tangents(self, x: Tensor) -> Tensor:
         xs = self._vectors(x)
         b, c, d = xs.shape
@@ -222,6 +226,7 @@ class VectorAction(GroupAction):
         t = torch.einsum("ae,bcd->badce", eye, xs)  # (B, a, b', c, e)
         return t.reshape(b, d * d, *x.shape[1:])
 
+    @override
     def transform(self, x: Tensor, generator: Tensor, t: float = 1.0) -> Tensor:
         g = torch.linalg.matrix_exp(t * generator.detach().to("cpu", torch.float64)).to(x.device, x.dtype)
         return (self._vectors(x) @ g.T).reshape(x.shape)
@@ -279,6 +284,7 @@ class ImageAction(GroupAction):
         """Images are drawn as images."""
         return "image"
 
+    @override
     def validate_input(self, x: Tensor) -> None:
         _check_floating(x, "of shape (B, C, H, W) or (B, H, W)")
         if x.ndim not in (3, 4) or x.shape[-1] < 3 or x.shape[-2] < 3:
@@ -287,6 +293,7 @@ class ImageAction(GroupAction):
                 f"{self!r}, got shape {tuple(x.shape)}."
             )
 
+    @override
     def to_generator(self, vector: Tensor) -> Tensor:
         if not self.affine:
             return super().to_generator(vector)
@@ -296,6 +303,7 @@ class ImageAction(GroupAction):
         # homogeneous 3x3 with a zero last row
         return torch.cat([top, torch.zeros_like(top[..., :1, :])], dim=-2)
 
+    @override
     def to_vector(self, generator: Tensor) -> Tensor:
         if not self.affine:
             return super().to_vector(generator)
@@ -310,6 +318,7 @@ class ImageAction(GroupAction):
         dy = torch.gradient(x, spacing=step, dim=-2)[0]
         return dx, dy, px, py
 
+    @override
     def rows(self, x: Tensor, grads: Tensor) -> Tensor:
         x64 = x.to(torch.float64)
         dx, dy, px, py = self._derivatives(x64)
@@ -325,6 +334,7 @@ class ImageAction(GroupAction):
         p = torch.stack(coords)  # (nb, H, W)
         return -torch.einsum("bkahw,chw->bkac", da, p).flatten(2)
 
+    @override
     def tangents(self, x: Tensor) -> Tensor:
         dx, dy, px, py = self._derivatives(x)
         grid_x = px[None, :].expand(len(py), len(px))
@@ -333,6 +343,7 @@ class ImageAction(GroupAction):
         out = [-d * c for d in (dx, dy) for c in coords]
         return torch.stack(out, dim=1)
 
+    @override
     def transform(self, x: Tensor, generator: Tensor, t: float = 1.0) -> Tensor:
         gen = generator.detach().to("cpu", torch.float64)
         if gen.shape == (3, 3):
@@ -396,11 +407,13 @@ class TangentAction(GroupAction):
         self.transform_fn = transform_fn
         self.generator_shape = shape
 
+    @override
     def validate_input(self, x: Tensor) -> None:
         _check_floating(x, "of shape (B, ...)")
         if x.ndim < 1 or x.shape[0] == 0:
             raise InputError(f"Expected a batched input of shape (B, ...) with B >= 1, got shape {tuple(x.shape)}.")
 
+    @override
     def tangents(self, x: Tensor) -> Tensor:
         t = self.fn(x)
         expected = (x.shape[0], self.num_generators, *x.shape[1:])
@@ -409,6 +422,7 @@ class TangentAction(GroupAction):
             raise InputError(f"Expected `fn(x)` to return tangents of shape {expected}, got {got}.")
         return t.to(x.dtype)  # a float32 fn on float64 inputs: the rows are formed in the input's dtype
 
+    @override
     def transform(self, x: Tensor, generator: Tensor, t: float = 1.0) -> Tensor:
         if self.transform_fn is None:
             raise NotImplementedError("This TangentAction was built without `transform_fn`.")
