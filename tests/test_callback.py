@@ -107,7 +107,8 @@ def test_bf16_mixed_multi_output_logs_finite_values() -> None:
     values = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("liegg/")}
     assert {"liegg/symmetry_variance", "liegg/symmetry_bias", "liegg/subspace_bias"} <= set(values)
     assert all(math.isfinite(v) for v in values.values())
-    assert callback.last_report is not None and callback.last_report.num_rows == 3 * 128
+    assert callback.last_report is not None
+    assert callback.last_report.num_rows == 3 * 128
 
 
 def test_layer_analyses_a_submodule_output() -> None:
@@ -191,9 +192,13 @@ def test_lightning_cli_builds_the_callback_from_yaml(tmp_path: Path) -> None:
     callbacks = [c for c in cli.trainer.callbacks if isinstance(c, LieGGCallback)]
     assert len(callbacks) == 1
     cb = callbacks[0]
-    assert isinstance(cb.action, VectorAction) and (cb.action.dim, cb.action.components) == (5, 2)
-    assert cb.every_n_epochs == 3 and cb.metric.output_mode == "random" and cb.metric.num_projections == 2
-    assert cb.metric.reference is not None and cb.metric.reference.shape == (10, 25)
+    assert isinstance(cb.action, VectorAction)
+    assert (cb.action.dim, cb.action.components) == (5, 2)
+    assert cb.every_n_epochs == 3
+    assert cb.metric.output_mode == "random"
+    assert cb.metric.num_projections == 2
+    assert cb.metric.reference is not None
+    assert cb.metric.reference.shape == (10, 25)
     assert list(cb.metric.known) == ["scaling"]
 
 
@@ -245,5 +250,8 @@ def test_callback_pickles_for_ddp_spawn() -> None:
     callback._drawer = ThreadPoolExecutor(max_workers=1)  # as after a first analysis with pictures
     clone = pickle.loads(pickle.dumps(callback))
     callback._drawer.shutdown()
-    assert clone._drawer is None and clone._running is None and clone._waiting is None
-    assert clone.metric.reference is not None and clone.metric.output_mode == "random"
+    assert clone._drawer is None
+    assert clone._running is None
+    assert clone._waiting is None
+    assert clone.metric.reference is not None
+    assert clone.metric.output_mode == "random"

@@ -41,7 +41,8 @@ def run_example(script: str, args: List[str], tmp_path: Path) -> Dict[str, Any]:
 def assert_finite(result: Dict[str, Any], keys: List[str]) -> None:
     for key in keys:
         assert key in result, f"missing {key!r} in {sorted(result)}"
-        assert isinstance(result[key], (int, float)) and math.isfinite(result[key]), f"{key} = {result[key]!r}"
+        assert isinstance(result[key], (int, float)), f"{key} = {result[key]!r}"
+        assert math.isfinite(result[key]), f"{key} = {result[key]!r}"
 
 
 def event_files(log_dir: Path) -> List[Path]:

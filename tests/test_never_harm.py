@@ -66,7 +66,8 @@ def test_squeezed_output_is_one_output_and_matches_analyze() -> None:
     callback = LieGGCallback(ACTION, log_images=False, max_samples=None)
     quiet_trainer(max_epochs=1, callbacks=[callback]).fit(model, _loader(), _loader())
     report = callback.last_report
-    assert report is not None and report.num_rows == report.num_samples == 128
+    assert report is not None
+    assert report.num_rows == report.num_samples == 128
     expected = analyze(model, _loader(), ACTION)
     torch.testing.assert_close(report.variances, expected.variances, rtol=1e-6, atol=1e-12)
     # a single-sample batch (a 0-d output) is one sample, one row
@@ -104,7 +105,8 @@ def test_a_value_error_inside_the_model_is_a_warning_not_a_dead_run() -> None:
     trainer = quiet_trainer(max_epochs=2, callbacks=[callback], num_sanity_val_steps=0)
     with pytest.warns(UserWarning, match="derivative pass failed.*fewer than 8"):
         trainer.fit(FailingForward(), _loader(), _loader())
-    assert trainer.current_epoch == 2 and callback.history == []
+    assert trainer.current_epoch == 2
+    assert callback.history == []
 
 
 # ----------------------------------------------------------------------------- 2. state left exactly as it was
@@ -145,7 +147,8 @@ def test_two_processes_agree_on_one_plan(tmp_path: Path, strategy: str) -> None:
     # rank 1 is slower, yet both analyse the same number of samples with the same derivative mode
     assert ranks[0]["planned_samples"] == ranks[1]["planned_samples"] is not None
     assert ranks[0]["derivative"] == ranks[1]["derivative"]
-    assert ranks[0]["num_samples"] == ranks[1]["num_samples"] and len(ranks[0]["num_samples"]) == 2
+    assert ranks[0]["num_samples"] == ranks[1]["num_samples"]
+    assert len(ranks[0]["num_samples"]) == 2
     if strategy == "ddp_spawn":
         # what the parent has after fit: the last logged values and one report file per analysis
         parent = json.loads((tmp_path / "parent.json").read_text())
@@ -276,7 +279,8 @@ def test_configuration_errors_fail_at_global_step_zero(case: str, match: str) ->
     trainer = quiet_trainer(max_epochs=1, callbacks=[callback])
     with pytest.raises(ValueError, match=match):
         trainer.fit(model, _loader(), val)
-    assert steps == [] and trainer.global_step == 0
+    assert steps == []
+    assert trainer.global_step == 0
 
 
 def test_an_empty_batch_is_skipped_not_the_rest_of_the_epoch() -> None:
@@ -294,7 +298,8 @@ def test_an_empty_batch_is_skipped_not_the_rest_of_the_epoch() -> None:
             pass
 
     quiet_trainer(callbacks=[callback]).validate(EmptyTolerant(), loader, verbose=False)
-    assert callback.last_report is not None and callback.last_report.num_samples == 96
+    assert callback.last_report is not None
+    assert callback.last_report.num_samples == 96
 
 
 # ----------------------------------------------------------------------------- 9. the picture queue
@@ -367,7 +372,8 @@ def test_a_float32_tangent_function_on_float64_inputs_works() -> None:
     action = TangentAction(lambda x: ACTION.tangents(x).float(), (5, 5))
     model = lambda x: (x.reshape(-1, 2, 5) ** 2).sum((1, 2))[:, None]  # noqa: E731
     report = analyze(model, torch.randn(64, 10, dtype=torch.float64), action, reference_algebra="so")
-    assert report.nullity == 10 and report.subspace_bias < 1e-5
+    assert report.nullity == 10
+    assert report.subspace_bias < 1e-5
 
 
 # ----------------------------------------------------------------------------- 11. test stage, cadence

@@ -29,7 +29,8 @@ def _smooth_images(batch: int = 2, channels: int = 3, size: int = 24) -> torch.T
 
 
 def test_importing_the_package_does_not_import_lightning() -> None:
-    code = "import sys, liegg_lightning; print('lightning' in sys.modules); print(liegg_lightning.LieGGCallback.__name__)"
+    code = ("import sys, liegg_lightning; print('lightning' in sys.modules); "
+            "print(liegg_lightning.LieGGCallback.__name__)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["False", "LieGGCallback"]  # Lightning only once the callback is asked for
 
@@ -62,7 +63,8 @@ def test_plot_takes_a_report_or_a_list_of_reports() -> None:
     reports = [analyze(O5Model(breaking=b), x, O5) for b in (0.0, 1e-2)]
     metric = LieGGMetric(O5)
     fig, ax = metric.plot(reports)
-    assert len(ax.get_lines()) == 2 and ax.get_yscale() == "log"
+    assert len(ax.get_lines()) == 2
+    assert ax.get_yscale() == "log"
     plt.close(fig)
     fig, ax = metric.plot(reports[0])
     assert ax.get_yscale() == "log"
@@ -83,7 +85,8 @@ def test_analyze_leaves_a_given_metric_untouched_and_refuses_mixed_options() -> 
     x = torch.randn(64, 10, generator=torch.Generator().manual_seed(2))
     metric = LieGGMetric(O5, reference_algebra="so")
     report = analyze(O5Model(), x, metric)
-    assert report.nullity == 10 and float(metric.num_samples) == 0.0
+    assert report.nullity == 10
+    assert float(metric.num_samples) == 0.0
     with pytest.raises(ValueError, match="only with a GroupAction"):
         analyze(O5Model(), x, metric, output_mode="sum")
 
