@@ -397,3 +397,28 @@ def test_every_n_epochs_counts_training_epochs() -> None:
     callback = LieGGCallback(ACTION, every_n_epochs=3, log_images=False)
     quiet_trainer(max_epochs=7, callbacks=[callback]).fit(TinyRegressor(), _loader(), _loader())
     assert [h["epoch"] for h in callback.history] == [2, 5]
+
+
+# ----------------------------------------------------------------------------- the cost budget's plan
+
+
+def test_the_planned_samples_are_spread_over_every_validation_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    L.seed_everything(0, verbose=False)
+    callback = LieGGCallback(ACTION, overhead=1e-6, log_images=False)  # a tiny budget: the floor of 64 samples
+    seen: List[torch.Tensor] = []
+    original = callback.metric.update
+
+    def recording_update(model: Any, inputs: torch.Tensor) -> None:
+        seen.append(inputs.detach().clone())
+        original(model, inputs)
+
+    monkeypatch.setattr(callback.metric, "update", recording_update)
+    val = _loader(256, 32)  # 8 batches, in order
+    quiet_trainer(max_epochs=2, callbacks=[callback], num_sanity_val_steps=0).fit(TinyRegressor(), _loader(), val)
+    assert callback.planned_samples == 64
+    assert [h["num_samples"] for h in callback.history] == [64.0, 64.0]  # the first epoch analysed like the rest
+    assert [x.shape[0] for x in seen] == [8] * 16  # every batch of both epochs, 8 samples each
+    # the 8 samples of a batch are spread over it, not its first rows
+    data = o5_data(256, seed=1).tensors[0]
+    rows = [int((data == x[None]).all(-1).nonzero()[0, 0]) for x in seen[0]]
+    assert rows[0] == 0 and rows[-1] == 31 and len(set(rows)) == 8
