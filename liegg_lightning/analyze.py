@@ -61,7 +61,7 @@ def _progress_bar(show: Optional[bool], total: Optional[int]) -> Any:
         show = bool(getattr(sys.stderr, "isatty", lambda: False)())
     if not show:
         return None
-    from tqdm.auto import tqdm  # installed with Lightning; imported only when a bar is drawn
+    from tqdm.auto import tqdm  # type: ignore[import-untyped]  # installed with Lightning
 
     return tqdm(total=total, unit="sample", desc="LieGG", leave=False, file=sys.stderr)
 

@@ -83,6 +83,11 @@ class LieGGMetric(Metric):
     num_samples: Tensor
     num_rows: Tensor
     num_skipped: Tensor
+    # per-layer states (only with `layers`)
+    layer_gram: Tensor
+    layer_num_samples: Tensor
+    layer_num_rows: Tensor
+    layer_num_skipped: Tensor
 
     def __init__(
         self,
@@ -151,7 +156,10 @@ class LieGGMetric(Metric):
         m: int,
         memory_budget: Optional[int],
     ) -> None:
-        """Options and per-layer states: a stacked ``(L, m, m)`` Gram matrix and ``(L,)`` counts, summed across processes."""
+        """Options and per-layer states (none without ``layers``).
+
+        The states are a stacked ``(L, m, m)`` Gram matrix and ``(L,)`` counts, summed across processes.
+        """
         self.output_action = output_action
         self.layers = layers
         self.layer_actions = layer_actions
@@ -320,8 +328,10 @@ class LieGGMetric(Metric):
         self.update(model, inputs)
 
     def update_rows(self, rows: Union[Tensor, Mapping[str, Tensor]]) -> None:
-        """Add precomputed rows ``(B, K, m)`` (with ``layers``: a dict ``name -> rows``); samples with
-        non-finite rows are dropped and counted."""
+        """Add precomputed rows ``(B, K, m)``, or with ``layers`` a dict ``name -> rows``.
+
+        Samples with non-finite rows are dropped and counted.
+        """
         if self.layer_actions is not None:
             if not isinstance(rows, Mapping):
                 raise ValueError(f"Expected a dict layer name -> rows with `layers`, got {type(rows).__name__}.")

@@ -149,7 +149,8 @@ def layers_figure(
     if np.isfinite(biases).any():
         bias_ax.barh(ypos, np.nan_to_num(biases, nan=0.0), color="C1", height=0.6)
         for y, b in zip(ypos, biases):
-            bias_ax.text(min(b, 0.95) + 0.03 if math.isfinite(b) else 0.03, y, f"{b:.2g}" if math.isfinite(b) else "n/a",
+            finite = math.isfinite(b)
+            bias_ax.text(min(b, 0.95) + 0.03 if finite else 0.03, y, f"{b:.2g}" if finite else "n/a",
                          va="center", fontsize=6.5)
         bias_ax.set_xlim(0, 1.3)
     else:
@@ -168,6 +169,4 @@ def layers_figure(
 def _colormap():  # noqa: ANN202 - a matplotlib Colormap
     import matplotlib
 
-    cmap = matplotlib.colormaps["viridis"].copy()
-    cmap.set_bad("lightgrey")
-    return cmap
+    return matplotlib.colormaps["viridis"].with_extremes(bad="lightgrey")

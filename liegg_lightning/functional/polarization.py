@@ -74,10 +74,14 @@ def _check_output_action(action: GroupAction, output_action: Optional[GroupActio
     ):
         raise ValueError(
             f"Expected `output_action` to share the input action's generators: {action!r} has generator shape "
-            f"{tuple(action.generator_shape)} (m={action.num_generators}{', homogeneous' if action.homogeneous else ''}), "
+            f"{tuple(action.generator_shape)} (m={action.num_generators}{_homogeneous(action)}), "
             f"but {output_action!r} has {tuple(output_action.generator_shape)} (m={output_action.num_generators}"
-            f"{', homogeneous' if output_action.homogeneous else ''})."
+            f"{_homogeneous(output_action)})."
         )
+
+
+def _homogeneous(action: GroupAction) -> str:
+    return ", homogeneous" if action.homogeneous else ""
 
 
 def float64_device(device: torch.device) -> torch.device:
@@ -146,8 +150,10 @@ def output_tangents(output_action: GroupAction, out: Tensor, *, what: str = "the
     try:
         output_action.validate_input(out)
     except InputError as err:
+        # the action's own message speaks of its input: here that input is an output
+        detail = str(err).replace(" input", " output")
         raise InputError(
-            f"{what[:1].upper()}{what[1:]} of shape {tuple(out.shape)} does not fit `output_action`: {err}"
+            f"{what[:1].upper()}{what[1:]} of shape {tuple(out.shape)} does not fit `output_action`: {detail}"
         ) from None
     with torch.inference_mode(False):
         o64 = out.detach().to(float64_device(out.device)).to(torch.float64).clone()
@@ -223,10 +229,11 @@ def _reverse_pass(
     output_transform: Optional[Callable[[Tensor], Tensor]],
     output_action: Optional[GroupAction],
 ) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
-    """Input gradients ``(B, R, *x.shape[1:])``, the output action's tangents ``(B, K, m)`` (or ``None``)
-    and the projections ``(R, K)`` (``None`` for every component), from one forward pass.
+    """Input gradients, output tangents and projections from one forward pass.
 
-    The output is checked against ``output_action`` before any backward pass runs.
+    Returns the gradients ``(B, R, *x.shape[1:])``, the output action's tangents ``(B, K, m)`` (or
+    ``None``) and the projections ``(R, K)`` (``None`` for every component). The output is checked
+    against ``output_action`` before any backward pass runs.
     """
     with derivative_context(x.device):
         xg = x.detach().clone().requires_grad_(True)
@@ -286,18 +293,19 @@ def _batched_vjp(out: Tensor, xg: Tensor, cotangents: Tensor) -> Tensor:
 def jvp_through(
     f: Callable[[Tensor], Tuple[Tensor, ...]], x: Tensor, tangents: Tensor
 ) -> Tuple[Tuple[Tensor, ...], Tuple[Tensor, ...]]:
-    """Primal outputs ``(B, ...)`` and their tangents ``(m, B, ...)`` of ``f`` (returning a tuple) along
-    each tangent ``tangents[:, i]``: one Jacobian-vector product per basis element, vmapped when the
-    model allows it (a loop otherwise). Call it under :func:`derivative_context` and ``no_grad``.
+    """Primal outputs ``(B, ...)`` and their tangents ``(m, B, ...)`` of ``f`` along each ``tangents[:, i]``.
+
+    ``f`` returns a tuple of tensors. One Jacobian-vector product per basis element, vmapped when
+    the model allows it (a loop otherwise). Call it under :func:`derivative_context` and ``no_grad``.
     """
 
     def jvp_one(t: Tensor) -> Tuple[Tuple[Tensor, ...], Tuple[Tensor, ...]]:
-        return torch.func.jvp(f, (x,), (t,))
+        return torch.func.jvp(f, (x,), (t,))  # type: ignore[return-value]
 
     try:
         primals, jvps = torch.func.vmap(jvp_one, in_dims=1)(tangents)
         # unbatched primal outputs come back expanded over the m tangents: keep one copy
-        return tuple(p[0] for p in primals), tuple(jvps)
+        return tuple(p[0] for p in primals), tuple(jvps)  # type: ignore[return-value]
     except (RuntimeError, NotImplementedError, ValueError):
         results = [jvp_one(tangents[:, i]) for i in range(tangents.shape[1])]
         primals = results[0][0]
@@ -311,8 +319,10 @@ def _rows_from_jvps(
     projections: Optional[Tensor],
     what: str = "the model output",
 ) -> Tensor:
-    """Rows ``(B, R, m)`` from the tangents ``(m, B, ...)`` of an output ``(B, ...)``: minus the output
-    action's tangents when there is one, then projected."""
+    """Rows ``(B, R, m)`` from the tangents ``(m, B, ...)`` of an output ``(B, ...)``.
+
+    The output action's tangents are subtracted when there is one, then the rows are projected.
+    """
     flat = jvp.reshape(jvp.shape[0], jvp.shape[1], -1)
     rows = flat.permute(1, 2, 0).to(float64_device(flat.device)).to(torch.float64)  # (B, K, m)
     if output_action is not None:
@@ -419,8 +429,10 @@ def polarization_rows(
 def _rows_from_gradients(
     x: Tensor, grads: Tensor, action: GroupAction, out_tangents: Optional[Tensor], projections: Optional[Tensor]
 ) -> Tensor:
-    """Reverse-mode rows ``(B, R, m)``: the action's closed form on the gradients, minus the projected
-    output tangents ``(B, K, m)`` when there are any."""
+    """Reverse-mode rows ``(B, R, m)``: the action's closed form on the gradients.
+
+    Minus the projected output tangents ``(B, K, m)`` when there are any.
+    """
     with torch.inference_mode(False):
         dev = float64_device(x.device)
         rows = action.rows(x.detach().to(dev).clone(), grads.detach().to(dev))
