@@ -461,3 +461,28 @@ def test_layers_figure_shows_each_layer_and_its_numbers(radial_inputs: Tensor) -
     assert round(fig.get_figwidth() * fig.dpi) == 400
     labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
     assert labels == ["g.0", "g", "output"]
+
+
+@pytest.mark.slow
+def test_layerwise_example_runs_and_reports_every_layer(tmp_path) -> None:
+    """``examples/layerwise.py --quick`` (this tree's package) prints one JSON line with every layer."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "PYTHONPATH": str(root)}
+    proc = subprocess.run([sys.executable, str(root / "examples" / "layerwise.py"), "--quick"], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    for stage in ("untrained", "trained"):
+        layers = result[stage]
+        assert list(layers) == ["features.0", "features.2", "features.3", "features.5", "pool", "output"]
+        for name, row in layers.items():
+            assert all(v >= 0 and math.isfinite(v) for v in row["invariance"].values()), name
+            assert ("equivariance_defect" in row) == name.startswith("features")
+    # a 2x2 average of smooth images moves with them: small defect for every generator
+    assert max(result["untrained"]["features.0"]["equivariance_defect"].values()) < 0.1
