@@ -17,7 +17,10 @@ from liegg_lightning.functional.polarization import (
     OutputMode,
     _check_options,
     _check_output_action,
+    _model_output,
     _resolve_derivative,
+    _rows_per_sample,
+    derivative_context,
     polarization_rows,
 )
 from liegg_lightning.functional.symmetry import _check_memory_budget, _symmetry_compute, _symmetry_update
@@ -206,6 +209,17 @@ class LieGGMetric(Metric):
             derivative=self._resolved_derivative,
         )
 
+    def _probe_derivative(self, model: Callable[[Tensor], Tensor], inputs: Tensor) -> str:
+        """The cheaper mode from one plain forward pass's output size.
+
+        With an output action the output is often a feature map: a first batch in reverse mode
+        would cost one backward pass per output component.
+        """
+        with derivative_context(inputs.device), torch.no_grad():
+            out = _model_output(model, inputs.detach(), self.output_transform)
+        per_sample = _rows_per_sample(self.output_mode, out[0].numel(), self.num_projections)
+        return _resolve_derivative("auto", self.action, per_sample)
+
     def _update_layer_rows(self, rows: Mapping[str, Tensor]) -> None:
         """Add each layer's rows ``(B, K_l, m)`` to its own Gram matrix."""
         if set(rows) != set(self.layer_names):
@@ -303,6 +317,8 @@ class LieGGMetric(Metric):
         """
         if self.layer_actions is not None:
             return self._layer_rows(model, inputs)
+        if self._resolved_derivative is None and self.derivative == "auto" and self.output_action is not None:
+            self._resolved_derivative = self._probe_derivative(model, inputs)
         mode = self._resolved_derivative or ("reverse" if self.derivative == "auto" else self.derivative)
         rows = polarization_rows(
             model,

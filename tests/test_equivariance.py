@@ -319,6 +319,20 @@ def test_auto_derivative_for_layers_picks_fewer_passes(small_images: Tensor) -> 
     assert summed._resolved_derivative == "reverse"
 
 
+def test_auto_derivative_with_an_output_action_starts_in_forward_mode(small_images: Tensor) -> None:
+    """A feature-map output would cost one backward pass per component in reverse mode: the metric
+    sizes the output with a plain forward pass first, and no backward pass runs."""
+    model = SmallCNN()
+    calls = []
+    model.features[3].register_full_backward_hook(lambda *args: calls.append(1))
+    metric = LieGGMetric(ImageAction(), output_action=ImageAction())
+    metric.update(model.features, small_images)
+    assert metric._resolved_derivative == "forward" and not calls
+    reverse = LieGGMetric(ImageAction(), output_action=ImageAction(), derivative="reverse")
+    reverse.update(model.features, small_images)
+    assert calls and torch.allclose(metric.gram, reverse.gram, rtol=1e-9)
+
+
 def test_layer_states_merge_like_one_metric(small_images: Tensor) -> None:
     model = SmallCNN()
     whole = LieGGMetric(ImageAction(), layers=LAYERS)
