@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Optional, Union, cast
+import sys
+from typing import Any, Callable, Dict, Iterable, Optional, Union, cast
 
 import torch
 from torch import Tensor, nn
@@ -38,6 +39,33 @@ def _fresh_metric(metric: Union[LieGGMetric, GroupAction], options: dict) -> Lie
     return LieGGMetric(metric, sync_on_compute=False, **options)
 
 
+def _num_samples(data: Union[Tensor, Iterable[Any]], max_samples: Optional[int]) -> Optional[int]:
+    """The number of samples the analysis will see, when it can be known without iterating."""
+    total: Optional[int] = None
+    if isinstance(data, Tensor):
+        total = int(data.shape[0]) if data.ndim > 0 else None
+    else:
+        dataset = getattr(data, "dataset", None)
+        try:
+            total = len(dataset) if dataset is not None else None  # type: ignore[arg-type]
+        except TypeError:
+            total = None
+    if max_samples is not None:
+        total = max_samples if total is None else min(total, max_samples)
+    return total
+
+
+def _progress_bar(show: Optional[bool], total: Optional[int]) -> Any:
+    """A tqdm bar over samples on stderr, or ``None``; ``show=None`` shows it only on a terminal."""
+    if show is None:
+        show = bool(getattr(sys.stderr, "isatty", lambda: False)())
+    if not show:
+        return None
+    from tqdm.auto import tqdm  # type: ignore[import-untyped]  # installed with Lightning
+
+    return tqdm(total=total, unit="sample", desc="LieGG", leave=False, file=sys.stderr)
+
+
 def analyze(
     model: Callable[[Tensor], Tensor],
     data: Union[Tensor, Iterable[Any]],
@@ -47,12 +75,17 @@ def analyze(
     input_key: InputKey = 0,
     max_samples: Optional[int] = None,
     device: Optional[Union[str, torch.device]] = None,
+    progress: Optional[bool] = None,
     **metric_options: Any,
-) -> SymmetryReport:
-    """Which symmetries has ``model`` learned, and how invariant is it to them?
+) -> Union[SymmetryReport, Dict[str, SymmetryReport]]:
+    """Which symmetries has ``model`` learned, and how invariant (or equivariant) is it to them?
 
     The model is put in eval mode for the analysis and its mode restored afterwards; its
     parameters and their ``.grad`` are left untouched.
+
+    With the metric option ``output_action`` the analysis measures equivariance instead of
+    invariance; with ``layers`` it analyses the outputs of several submodules from one pass per
+    batch and returns ``{name: SymmetryReport}`` (``""`` names the model's own output).
 
     Args:
         model: A module or any callable from a batch of inputs to outputs.
@@ -65,8 +98,16 @@ def analyze(
         input_key: Index (tuple/list batches) or key (dict batches) of the input.
         max_samples: Stop after this many samples.
         device: Where to run; by default the model's device.
+        progress: A progress bar over the samples on stderr (tqdm): ``True`` always, ``False``
+            never, ``None`` (default) only when stderr is a terminal, so that scripts, logs and
+            tests stay quiet.
         metric_options: With an action: the options of :class:`~liegg_lightning.LieGGMetric`
-            (``reference_algebra``, ``known_generators``, ``output_mode``, ...), documented there once.
+            (``reference_algebra``, ``known_generators``, ``output_mode``, ``output_action``,
+            ``layers``, ...), documented there once.
+
+    Returns:
+        A :class:`~liegg_lightning.SymmetryReport`, or with ``layers`` a dict ``name -> report`` in
+        the order of ``layers``.
 
     Example:
         >>> import torch
@@ -83,6 +124,8 @@ def analyze(
         isinstance(max_samples, bool) or not isinstance(max_samples, int) or max_samples < 1
     ):
         raise ValueError(f"Expected `max_samples` to be a positive int or None, got {max_samples!r}.")
+    if progress is not None and not isinstance(progress, bool):
+        raise ValueError(f"Expected `progress` to be a bool or None, got {progress!r}.")
     if not callable(model):
         raise ValueError(f"Expected `model` to be callable, got {type(model).__name__}.")
     if not isinstance(metric, (LieGGMetric, GroupAction)):
@@ -97,6 +140,7 @@ def analyze(
     if isinstance(model, nn.Module):
         model.eval()
     seen = 0
+    bar = _progress_bar(progress, _num_samples(data, max_samples))
     try:
         for inputs in iterate_inputs(data, batch_size, input_key):
             if max_samples is not None:
@@ -107,9 +151,13 @@ def analyze(
                 inputs = inputs.to(target)
             acc.update(model, inputs)
             seen += inputs.shape[0]
+            if bar is not None:
+                bar.update(inputs.shape[0])
             if max_samples is not None and seen >= max_samples:
                 break
     finally:
+        if bar is not None:
+            bar.close()
         if isinstance(model, nn.Module) and was_training is not None:
             model.train(was_training)
     if seen == 0:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Literal, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Literal, Mapping, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -10,11 +10,17 @@ from torchmetrics import Metric
 from torchmetrics.utilities import rank_zero_warn
 
 from liegg_lightning.actions import GroupAction
+from liegg_lightning.functional.layers import MODEL_OUTPUT, Layers, check_layers, layer_rows, layer_rows_per_sample
+from liegg_lightning.functional.layers import layers_derivative as _layers_derivative
 from liegg_lightning.functional.polarization import (
     DerivativeMode,
     OutputMode,
     _check_options,
+    _check_output_action,
+    _model_output,
     _resolve_derivative,
+    _rows_per_sample,
+    derivative_context,
     polarization_rows,
 )
 from liegg_lightning.functional.symmetry import _check_memory_budget, _symmetry_compute, _symmetry_update
@@ -49,6 +55,16 @@ class LieGGMetric(Metric):
         memory_budget: Bytes the Gram matrix and its solve may take; larger algebras are refused
             before anything is allocated. ``None`` disables the check.
         seed: Seed of the metric's own generator for random projections.
+        output_action: How the algebra acts on the output (after ``output_transform``), with the
+            input action's generator shape: the metric then measures *equivariance*, rows
+            ``J_F(x) A_in(x) - A_out(F(x))``; ``None`` (default) measures invariance. E.g.
+            ``VectorAction(dim)`` for a model returning vectors, ``ImageAction()`` for feature maps
+            ``(B, C, h, w)`` at any resolution.
+        layers: Analyse the outputs of these submodules (names as in ``named_modules()``; ``""`` is
+            the model's own output after ``output_transform``, which applies to no other layer),
+            all from one pass per batch: a list (each analysed with ``output_action``), or a dict
+            ``name -> output action`` (``None``: invariance). :meth:`update` then needs the model as
+            an ``nn.Module`` and :meth:`compute` returns ``{name: SymmetryReport}``.
         kwargs: Passed to :class:`torchmetrics.Metric`.
 
     Example:
@@ -70,6 +86,11 @@ class LieGGMetric(Metric):
     num_samples: Tensor
     num_rows: Tensor
     num_skipped: Tensor
+    # per-layer states (only with `layers`)
+    layer_gram: Tensor
+    layer_num_samples: Tensor
+    layer_num_rows: Tensor
+    layer_num_skipped: Tensor
 
     def __init__(
         self,
@@ -83,9 +104,13 @@ class LieGGMetric(Metric):
         nullity_tolerance: float = 1e-2,
         memory_budget: Optional[int] = DEFAULT_MEMORY_BUDGET,
         seed: int = 0,
+        output_action: Optional[GroupAction] = None,
+        layers: Optional[Union[List[str], Dict[str, Optional[GroupAction]]]] = None,
         **kwargs: Any,
     ) -> None:
         _check_options(action, output_mode, num_projections, derivative, output_transform)
+        _check_output_action(action, output_action)
+        layer_actions = None if layers is None else check_layers(action, layers, output_action)
         if isinstance(nullity_tolerance, bool) or not isinstance(nullity_tolerance, (int, float)) or not (
             nullity_tolerance > 0
         ):
@@ -122,6 +147,128 @@ class LieGGMetric(Metric):
         self.add_state("num_samples", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("num_rows", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("num_skipped", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self._init_layers(output_action, layers, layer_actions, m, memory_budget)
+
+    # ------------------------------------------------------------------ equivariance and layers (issue 12)
+
+    def _init_layers(
+        self,
+        output_action: Optional[GroupAction],
+        layers: Optional[Layers],
+        layer_actions: Optional[Dict[str, Optional[GroupAction]]],
+        m: int,
+        memory_budget: Optional[int],
+    ) -> None:
+        """Options and per-layer states (none without ``layers``).
+
+        The states are a stacked ``(L, m, m)`` Gram matrix and ``(L,)`` counts, summed across processes.
+        """
+        self.output_action = output_action
+        self.layers = layers
+        self.layer_actions = layer_actions
+        self.layer_names: List[str] = [] if layer_actions is None else list(layer_actions)
+        if layer_actions is None:
+            return
+        num = len(self.layer_names)
+        if memory_budget is not None and 8 * (num + 2) * m * m > memory_budget:
+            raise ValueError(
+                f"{num} layers of m={m} generators need {num} float64 Gram matrices and a solve, about "
+                f"{8 * (num + 2) * m * m / 2**20:.1f} MiB, over the memory budget of {memory_budget / 2**20:.1f} MiB. "
+                "Analyse fewer layers or raise `memory_budget`."
+            )
+        self.add_state("layer_gram", torch.zeros(num, m, m, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("layer_num_samples", torch.zeros(num, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("layer_num_rows", torch.zeros(num, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("layer_num_skipped", torch.zeros(num, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def _layer_rows(
+        self, model: Callable[[Tensor], Tensor], inputs: Tensor, derivative: Optional[str] = None
+    ) -> Dict[str, Tensor]:
+        """Rows of every analysed layer from one pass; ``"auto"`` is decided once, on the first batch."""
+        assert self.layer_actions is not None
+        if self._resolved_derivative is None and derivative is None:
+            if self.derivative == "auto":
+                per_sample = layer_rows_per_sample(
+                    model,  # type: ignore[arg-type]
+                    inputs,
+                    self.layer_actions,
+                    output_mode=self.output_mode,
+                    num_projections=self.num_projections,
+                    output_transform=self.output_transform,
+                )
+                self._resolved_derivative = _layers_derivative("auto", self.action, per_sample)
+            else:
+                self._resolved_derivative = self.derivative
+        return layer_rows(
+            model,  # type: ignore[arg-type]
+            inputs,
+            self.action,
+            self.layer_actions,
+            output_mode=self.output_mode,
+            num_projections=self.num_projections,
+            generator=self.generator,
+            output_transform=self.output_transform,
+            derivative=derivative or self._resolved_derivative,  # type: ignore[arg-type]
+        )
+
+    def _probe_derivative(self, model: Callable[[Tensor], Tensor], inputs: Tensor) -> str:
+        """The cheaper mode from one plain forward pass's output size.
+
+        With an output action the output is often a feature map: a first batch in reverse mode
+        would cost one backward pass per output component.
+        """
+        with derivative_context(inputs.device), torch.no_grad():
+            out = _model_output(model, inputs.detach(), self.output_transform)
+        per_sample = _rows_per_sample(self.output_mode, out[0].numel(), self.num_projections)
+        return _resolve_derivative("auto", self.action, per_sample)
+
+    def _update_layer_rows(self, rows: Mapping[str, Tensor]) -> None:
+        """Add each layer's rows ``(B, K_l, m)`` to its own Gram matrix."""
+        if set(rows) != set(self.layer_names):
+            raise ValueError(
+                f"Expected rows for the layers {self.layer_names}, got them for {sorted(rows)}."
+            )
+        m = self.layer_gram.shape[-1]
+        for i, name in enumerate(self.layer_names):
+            r = rows[name]
+            if r.ndim != 3 or r.shape[-1] != m:
+                raise ValueError(f"Expected rows of shape (B, K, {m}) for layer {name!r}, got {tuple(r.shape)}.")
+            gram, num_samples, num_rows, num_skipped = _symmetry_update(r)
+            dev, dt = self.layer_gram.device, self.layer_gram.dtype
+            self.layer_gram[i] += gram.to(dt).to(dev)
+            self.layer_num_samples[i] += num_samples.to(dt).to(dev)
+            self.layer_num_rows[i] += num_rows.to(dt).to(dev)
+            self.layer_num_skipped[i] += num_skipped.to(dt).to(dev)
+
+    def _compute_layers(self) -> Dict[str, SymmetryReport]:
+        """One report per analysed layer, in the order of ``layers``."""
+        reports: Dict[str, SymmetryReport] = {}
+        m = self.layer_gram.shape[-1]
+        for i, name in enumerate(self.layer_names):
+            label = "the model output" if name == MODEL_OUTPUT else f"layer {name!r}"
+            samples, rows = int(self.layer_num_samples[i]), int(self.layer_num_rows[i])
+            if samples <= 0:
+                raise ValueError(
+                    f"LieGGMetric has no samples to solve for {label}: call `update` with at least one finite sample."
+                )
+            if rows < m:
+                rank_zero_warn(
+                    f"LieGGMetric: {rows} rows for m={m} generators at {label}; at least {m - rows} zero "
+                    "eigenvalues come from too little data, not from learned symmetries."
+                )
+            reports[name] = _symmetry_compute(
+                self.layer_gram[i],
+                samples,
+                rows,
+                int(self.layer_num_skipped[i]),
+                self.action,
+                reference=self.reference,
+                known=self.known,
+                nullity_tolerance=self.nullity_tolerance,
+            )
+        return reports
+
+    # ------------------------------------------------------------------ end of equivariance and layers
 
     def place_on(self, device: Union[str, torch.device]) -> LieGGMetric:
         """Move the states to ``device``; where it has no float64 (MPS), keep them in float32 with a warning."""
@@ -155,18 +302,31 @@ class LieGGMetric(Metric):
         if self.known:
             parts.append(f"known_generators={sorted(self.known)}")
         parts.append(f"derivative={self.derivative!r}")
+        if self.output_action is not None:
+            parts.append(f"output_action={self.output_action!r}")
+        if self.layer_actions is not None:
+            parts.append(f"layers={self.layer_names!r}")
         return ", ".join(parts)
 
     def rows(
         self, model: Callable[[Tensor], Tensor], inputs: Tensor, derivative: Optional[str] = None
-    ) -> Tensor:
+    ) -> Union[Tensor, Dict[str, Tensor]]:
         """Polarization rows ``(B, K, m)`` (float64) of ``model`` at ``inputs``, as :meth:`update` uses them.
 
         With ``derivative="auto"`` the first batch runs in reverse mode, which tells the number of
         rows per sample; later batches use forward mode when the algebra is the smaller of the two
         (unless :meth:`fix_derivative` chose one by measurement). ``derivative`` overrides the
-        strategy for this call only.
+        strategy for this call only. With ``layers``, a dict ``name -> rows`` from one pass
+        (``"auto"`` then decides on the first batch from a plain forward pass's output sizes:
+        forward when ``m`` is below the layers' total rows per sample).
         """
+        if self.layer_actions is not None:
+            return self._layer_rows(model, inputs, derivative)
+        if (
+            derivative is None and self._resolved_derivative is None and self.derivative == "auto"
+            and self.output_action is not None
+        ):
+            self._resolved_derivative = self._probe_derivative(model, inputs)
         mode = derivative or self._resolved_derivative or (
             "reverse" if self.derivative == "auto" else self.derivative
         )
@@ -179,6 +339,7 @@ class LieGGMetric(Metric):
             generator=self.generator,
             output_transform=self.output_transform,
             derivative=mode,  # type: ignore[arg-type]
+            output_action=self.output_action,
         )
         if self._resolved_derivative is None and derivative is None:
             self._resolved_derivative = _resolve_derivative(self.derivative, self.action, rows.shape[1])
@@ -203,8 +364,18 @@ class LieGGMetric(Metric):
         """``metric(model, inputs)`` is :meth:`update`: a per-batch solve would cost an eigendecomposition each."""
         self.update(model, inputs)
 
-    def update_rows(self, rows: Tensor) -> None:
-        """Add precomputed rows ``(B, K, m)``; samples with non-finite rows are dropped and counted."""
+    def update_rows(self, rows: Union[Tensor, Mapping[str, Tensor]]) -> None:
+        """Add precomputed rows ``(B, K, m)``, or with ``layers`` a dict ``name -> rows``.
+
+        Samples with non-finite rows are dropped and counted.
+        """
+        if self.layer_actions is not None:
+            if not isinstance(rows, Mapping):
+                raise ValueError(f"Expected a dict layer name -> rows with `layers`, got {type(rows).__name__}.")
+            self._update_layer_rows(rows)
+            return
+        if isinstance(rows, Mapping):
+            raise ValueError("Expected rows as a tensor (B, K, m); a dict of rows needs `layers`.")
         if rows.ndim != 3 or rows.shape[-1] != self.gram.shape[0]:
             raise ValueError(
                 f"Expected rows of shape (B, K, {self.gram.shape[0]}), got shape {tuple(rows.shape)}."
@@ -216,8 +387,15 @@ class LieGGMetric(Metric):
         self.num_rows += num_rows.to(self.num_rows.dtype).to(self.num_rows.device)
         self.num_skipped += num_skipped.to(self.num_skipped.dtype).to(self.num_skipped.device)
 
-    def compute(self) -> SymmetryReport:
-        """Solve the accumulated Gram matrix; raises ``ValueError`` when no sample was accumulated."""
+    def compute(self) -> Union[SymmetryReport, Dict[str, SymmetryReport]]:  # type: ignore[override]
+        """Solve the accumulated Gram matrix; raises ``ValueError`` when no sample was accumulated.
+
+        Returns:
+            A :class:`SymmetryReport`, or with ``layers`` a dict ``name -> SymmetryReport`` in the
+            order of ``layers``.
+        """
+        if self.layer_actions is not None:
+            return self._compute_layers()
         if float(self.num_samples) <= 0:
             raise ValueError("LieGGMetric has no samples to solve: call `update` with at least one finite sample.")
         m = self.gram.shape[0]
@@ -238,13 +416,15 @@ class LieGGMetric(Metric):
         )
 
     def plot(
-        self, val: Optional[Union[SymmetryReport, Sequence[SymmetryReport]]] = None, ax: Optional[Any] = None
+        self,
+        val: Optional[Union[SymmetryReport, Sequence[SymmetryReport], Mapping[str, SymmetryReport]]] = None,
+        ax: Optional[Any] = None,
     ) -> Any:
         """Plot the symmetry-variance spectrum: of ``val``, of each report in a list, or of :meth:`compute`.
 
         Args:
-            val: A report, a list of reports (one line each, e.g. from successive epochs), or
-                ``None`` to compute one.
+            val: A report, a list of reports (one line each, e.g. from successive epochs), a dict
+                of per-layer reports (one line each), or ``None`` to compute one.
             ax: Axes to draw into; ``None`` makes a new figure.
 
         Returns:
@@ -253,7 +433,9 @@ class LieGGMetric(Metric):
         from liegg_lightning.rendering import plot_spectra, plot_spectrum
 
         if val is None:
-            return plot_spectrum(self.compute(), ax=ax)
+            val = self.compute()
         if isinstance(val, SymmetryReport):
             return plot_spectrum(val, ax=ax)
+        if isinstance(val, Mapping):  # per-layer reports: one line each
+            return plot_spectra(list(val.values()), ax=ax)
         return plot_spectra(list(val), ax=ax)
