@@ -49,7 +49,9 @@ class LieGGMetric(Metric):
 
     * ``gram`` ``(m, m)``: the float64 Gram matrix of the polarization rows;
     * ``group_grams`` ``(G, m, m)`` and ``group_counts`` ``(G,)``: the same over ``G`` groups of
-      samples (dealt in turn), for the delete-a-group jackknife standard errors;
+      samples, for the delete-a-group jackknife standard errors. A sample's group is an exact
+      hash of its input's bits, so the groups, and the standard errors, do not depend on the
+      batch size or on how many processes share the data;
     * ``tangent_gram`` ``(m, m)``: the Gram matrix of the tangents, for the relative variances;
     * the sample, row, skip and tangent-sample counts.
 
@@ -162,7 +164,6 @@ class LieGGMetric(Metric):
         self.nullity_tolerance = float(nullity_tolerance)
         self.jackknife_groups = jackknife_groups
         self.num_groups = groups
-        self._group_offset = 0  # samples dealt to the jackknife groups on this process
         self._warned_constant = False
         self.memory_budget = memory_budget
         self.seed = seed
@@ -238,7 +239,7 @@ class LieGGMetric(Metric):
 
     def update(self, model: Callable[[Tensor], Tensor], inputs: Tensor) -> None:  # type: ignore[override]
         """Add the rows of ``model`` at a batch of ``inputs`` (and the inputs' tangent Gram matrix)."""
-        self.update_rows(self.rows(model, inputs), inputs=inputs)
+        self._add_rows(self.rows(model, inputs), inputs)
 
     def forward(self, model: Callable[[Tensor], Tensor], inputs: Tensor) -> None:  # type: ignore[override]
         """``metric(model, inputs)`` is :meth:`update`: a per-batch solve would cost an eigendecomposition each."""
@@ -253,6 +254,12 @@ class LieGGMetric(Metric):
                 variances. Without them the report has no relative variances (unless every batch
                 of an accumulation brings its inputs, they are left out).
         """
+        # what TorchMetrics' wrapper does for `update`: forget a cached result, count the update
+        self._computed = None
+        self._update_count += 1
+        self._add_rows(rows, inputs)
+
+    def _add_rows(self, rows: Tensor, inputs: Optional[Tensor]) -> None:
         if rows.ndim != 3 or rows.shape[-1] != self.gram.shape[0]:
             raise ValueError(
                 f"Expected rows of shape (B, K, {self.gram.shape[0]}), got shape {tuple(rows.shape)}."
@@ -260,8 +267,7 @@ class LieGGMetric(Metric):
         if inputs is not None and (not isinstance(inputs, Tensor) or inputs.ndim < 1 or inputs.shape[0] != rows.shape[0]):
             got = tuple(inputs.shape) if isinstance(inputs, Tensor) else type(inputs).__name__
             raise ValueError(f"Expected `inputs` with batch size {rows.shape[0]} (that of the rows), got {got}.")
-        update = _symmetry_update(rows, self.num_groups, self._group_offset)
-        self._group_offset += rows.shape[0]
+        update = _symmetry_update(rows, self.num_groups, group_keys=inputs)
         dtype, device = self.gram.dtype, self.gram.device
 
         def here(t: Tensor) -> Tensor:
@@ -327,11 +333,6 @@ class LieGGMetric(Metric):
                                       getattr(self, exp_name))
         incoming["scale_exponent"], incoming["tangent_exponent"] = self.scale_exponent, self.tangent_exponent
         super().merge_state(incoming)
-
-    def reset(self) -> None:
-        """Clear the states (and the dealing of samples to jackknife groups) for a new accumulation."""
-        super().reset()
-        self._group_offset = 0
 
     def compute(self) -> SymmetryReport:
         """Solve the accumulated Gram matrix; raises ``ValueError`` when no sample was accumulated."""

@@ -12,7 +12,7 @@ from conftest import O5Model, gaussian_blobs
 
 from liegg_lightning import ImageAction, LieGGMetric, VectorAction, analyze
 from liegg_lightning.functional import spectrum as S
-from liegg_lightning.functional.symmetry import _check_memory_budget, _symmetry_update
+from liegg_lightning.functional.symmetry import _check_memory_budget, _sample_groups, _symmetry_update
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -283,14 +283,38 @@ def test_gram_update_drops_and_counts_non_finite_samples() -> None:
     torch.testing.assert_close(torch.ldexp(update.gram, 2 * update.exponent), keep.T @ keep)
     assert (int(update.num_samples), int(update.num_rows), int(update.num_skipped)) == (3, 9, 2)
     assert update.finite.tolist() == [True, False, True, False, True]
-    # jackknife groups: samples dealt in turn from the offset; the groups sum to the whole
-    update = _symmetry_update(bad, num_groups=2, group_offset=1)
-    whole = torch.ldexp(update.gram, 2 * update.exponent)
-    parts = torch.ldexp(update.group_grams, 2 * update.exponent)
-    torch.testing.assert_close(parts.sum(0), keep.T @ keep)
-    # sample b goes to group (1 + b) % 2: kept samples 0, 2, 4 all land in group 1
-    torch.testing.assert_close(parts[1], whole)
-    assert update.group_counts.tolist() == [0.0, 3.0]
+    # jackknife groups: the partial Gram matrices sum to the whole, non-finite samples count nowhere
+    update = _symmetry_update(bad, num_groups=3)
+    torch.testing.assert_close(torch.ldexp(update.group_grams.sum(0), 2 * update.exponent), keep.T @ keep)
+    assert float(update.group_counts.sum()) == 3.0
+
+
+def test_jackknife_groups_depend_on_the_sample_alone() -> None:
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(600, 7, generator=gen)
+    rows = torch.randn(600, 2, 5, generator=gen, dtype=torch.float64)
+
+    def partials(idx: torch.Tensor) -> torch.Tensor:
+        upd = _symmetry_update(rows[idx], num_groups=8, group_keys=x[idx])
+        return torch.ldexp(upd.group_grams, 2 * upd.exponent)
+
+    whole = partials(torch.arange(600))
+    # any batching and any order (as with several processes or another batch size) give the same groups
+    perm = torch.randperm(600, generator=gen)
+    pieces = sum(partials(chunk) for chunk in perm.split(77))
+    torch.testing.assert_close(pieces, whole, rtol=1e-12, atol=1e-12)
+    # and each group is the Gram matrix of its own samples, computed here by brute force
+    ids = torch.tensor([int(_sample_groups(x[i : i + 1], 8)) for i in range(600)])
+    for g in range(8):
+        sub = rows[ids == g].reshape(-1, 5)
+        torch.testing.assert_close(whole[g], sub.T @ sub, rtol=1e-12, atol=1e-12)
+    # balanced: 600 samples, 75 expected per group
+    counts = torch.bincount(ids, minlength=8)
+    assert int(counts.min()) > 45 and int(counts.max()) < 105, counts.tolist()
+    # one changed bit moves a sample to an unrelated group (about 7 in 8 times)
+    nudged = x.clone()
+    nudged[:, 3] = torch.nextafter(nudged[:, 3], torch.tensor(float("inf")))
+    assert float((_sample_groups(nudged, 8) != ids).double().mean()) > 0.7
 
 
 def test_solve_spectrum_is_ascending_and_clamped() -> None:

@@ -100,19 +100,44 @@ class SymmetryUpdate(NamedTuple):
     finite: Tensor  #: (B,) bool: the samples kept
 
 
-def _symmetry_update(rows: Tensor, num_groups: int = 0, group_offset: int = 0) -> SymmetryUpdate:
+#: The prime of the sample hash below (2^31 - 1): every product of two residues fits an int64.
+_HASH_PRIME = 2147483647
+
+
+def _sample_groups(keys: Tensor, num_groups: int) -> Tensor:
+    """Jackknife group ``(B,)`` of each sample: an exact integer hash of its bits, modulo ``num_groups``.
+
+    The group depends on the sample alone, not on its batch, its position or the process that saw
+    it, so the partial Gram matrices (and the standard errors) are the same for any batch size or
+    number of processes. The hash is ``sum_f c_f * bits_f mod p`` with fixed multipliers, in exact
+    int64 arithmetic (no rounding, no dependence on the summation order), then mixed.
+    """
+    flat = keys.detach().reshape(keys.shape[0], -1).contiguous()
+    if flat.is_floating_point():
+        itype = {8: torch.int64, 4: torch.int32, 2: torch.int16}[flat.element_size()]
+        flat = flat.view(itype)
+    bits = flat.to(torch.int64)
+    p = _HASH_PRIME
+    pos = torch.arange(bits.shape[1], dtype=torch.int64, device=bits.device)
+    mult = (pos * 48271 + 12345) % p + 1
+    h = (((bits % p) * mult) % p).sum(1) % p  # each term < 2^31: the sum fits an int64
+    h = (h * 16807 + 1) % p
+    h = ((h ^ (h >> 11)) * 48271) % p
+    return h % num_groups
+
+
+def _symmetry_update(rows: Tensor, num_groups: int = 0, group_keys: Optional[Tensor] = None) -> SymmetryUpdate:
     """Gram contribution of a batch of rows ``(B, K, m)``, dropping samples with non-finite rows.
 
     Args:
         rows: Polarization rows.
-        num_groups: Jackknife groups ``G`` (0: none). Samples are dealt to the groups in turn,
-            sample ``b`` to group ``(group_offset + b) mod G``, so the groups stay balanced across
-            batches of any size.
-        group_offset: Samples dealt before this batch.
+        num_groups: Jackknife groups ``G`` (0: none).
+        group_keys: ``(B, ...)`` what decides each sample's group (see :func:`_sample_groups`): the
+            inputs, when known; the rows otherwise.
 
     Returns:
-        A :class:`SymmetryUpdate` on the rows' device. Nothing reads a value back to the host (which
-        would stall a GPU every batch).
+        A :class:`SymmetryUpdate` on the rows' device. Nothing is read back to the host on an
+        accelerator (which would stall it every batch).
     """
     if rows.ndim != 3:
         raise ValueError(f"Expected rows of shape (B, K, m), got shape {tuple(rows.shape)}.")
@@ -128,14 +153,22 @@ def _symmetry_update(rows: Tensor, num_groups: int = 0, group_offset: int = 0) -
     r = torch.ldexp(r, -torch.where(empty, torch.zeros_like(exponent), exponent))
     num_samples = finite.sum().to(torch.float64)
     if num_groups > 0:
-        # deal samples to groups in turn: prepend `offset` empty samples, pad to a multiple of G
-        lead = group_offset % num_groups
-        total = lead + b
-        pad = (-total) % num_groups
-        padded = torch.cat([r.new_zeros(lead, k, m), r, r.new_zeros(pad, k, m)]).reshape(-1, num_groups, k * 1, m)
-        group_grams = torch.einsum("ngkm,ngkl->gml", padded, padded)
-        kept = torch.cat([finite.new_zeros(lead), finite, finite.new_zeros(pad)]).reshape(-1, num_groups)
-        group_counts = kept.sum(0).to(torch.float64)
+        keys = rows if group_keys is None else group_keys
+        if keys.shape[0] != b:
+            raise ValueError(f"Expected group keys for {b} samples, got shape {tuple(keys.shape)}.")
+        ids = _sample_groups(keys, num_groups).to(r.device)
+        onehot = torch.nn.functional.one_hot(ids, num_groups).to(torch.float64) * finite[:, None]
+        group_counts = onehot.sum(0)
+        if r.device.type == "cpu":
+            # one product per group: the flops of a single Gram matrix
+            group_grams = r.new_zeros(num_groups, m, m)
+            for g in range(num_groups):
+                part = r[ids == g].reshape(-1, m)
+                group_grams[g] = part.T @ part
+        else:
+            # no host synchronisation on an accelerator: masked copies, G times the (cheap) flops
+            masked = r.unsqueeze(1) * onehot[:, :, None, None]  # (B, G, K, m)
+            group_grams = torch.einsum("bgkm,bgkl->gml", masked, masked)
         gram = group_grams.sum(0)
     else:
         flat = r.reshape(-1, m)
@@ -342,7 +375,7 @@ def symmetry_report(
         model, inputs, action, output_mode=output_mode, num_projections=num_projections, generator=generator,
         output_transform=output_transform, derivative=derivative,
     )
-    update = _symmetry_update(rows, num_groups=jackknife_groups)
+    update = _symmetry_update(rows, num_groups=jackknife_groups, group_keys=inputs)
     with torch.inference_mode(False):
         x = inputs.detach().to(rows.device)
         tangent, tangent_exponent = _scaled(action.tangent_gram(x, mask=update.finite.to(x.device)))
