@@ -11,7 +11,6 @@ from torchmetrics.utilities import rank_zero_warn
 from torchmetrics.utilities.distributed import gather_all_tensors
 
 from liegg_lightning.actions import GroupAction
-
 from liegg_lightning.functional.polarization import (
     DerivativeMode,
     OutputMode,
@@ -39,6 +38,11 @@ __all__ = ["LieGGMetric", "DEFAULT_MEMORY_BUDGET"]
 DEFAULT_MEMORY_BUDGET = 2**30
 
 KnownGenerators = Union[Sequence[str], Mapping[str, Tensor]]
+
+
+def _accumulate(state: Tensor, state_exponent: Tensor, increment: Tensor, exponent: Tensor, common: Tensor) -> None:
+    """``state += increment`` in place, both brought from their exponents to ``common`` (their maximum)."""
+    state.copy_(_rescale(state, state_exponent, common) + _rescale(increment, exponent, common))
 
 
 class LieGGMetric(Metric):
@@ -264,7 +268,9 @@ class LieGGMetric(Metric):
             raise ValueError(
                 f"Expected rows of shape (B, K, {self.gram.shape[0]}), got shape {tuple(rows.shape)}."
             )
-        if inputs is not None and (not isinstance(inputs, Tensor) or inputs.ndim < 1 or inputs.shape[0] != rows.shape[0]):
+        if inputs is not None and (
+            not isinstance(inputs, Tensor) or inputs.ndim < 1 or inputs.shape[0] != rows.shape[0]
+        ):
             got = tuple(inputs.shape) if isinstance(inputs, Tensor) else type(inputs).__name__
             raise ValueError(f"Expected `inputs` with batch size {rows.shape[0]} (that of the rows), got {got}.")
         update = _symmetry_update(rows, self.num_groups, group_keys=inputs)
@@ -277,11 +283,9 @@ class LieGGMetric(Metric):
         # everything in place: the states stay ordinary tensors when this runs under inference mode
         exponent = here(update.exponent)
         common = torch.maximum(self.scale_exponent, exponent)
-        self.gram.copy_(_rescale(self.gram, self.scale_exponent, common) + _rescale(here(update.gram), exponent, common))
+        _accumulate(self.gram, self.scale_exponent, here(update.gram), exponent, common)
         if self.num_groups:
-            self.group_grams.copy_(
-                _rescale(self.group_grams, self.scale_exponent, common) + _rescale(here(update.group_grams), exponent, common)
-            )
+            _accumulate(self.group_grams, self.scale_exponent, here(update.group_grams), exponent, common)
             self.group_counts += here(update.group_counts)
         self.scale_exponent.copy_(common)
         self.num_samples += here(update.num_samples)
@@ -293,9 +297,7 @@ class LieGGMetric(Metric):
                 tangent, t_exp = _scaled(self.action.tangent_gram(x, mask=update.finite.to(x.device)))
             t_exp = here(t_exp)
             t_common = torch.maximum(self.tangent_exponent, t_exp)
-            self.tangent_gram.copy_(
-                _rescale(self.tangent_gram, self.tangent_exponent, t_common) + _rescale(here(tangent), t_exp, t_common)
-            )
+            _accumulate(self.tangent_gram, self.tangent_exponent, here(tangent), t_exp, t_common)
             self.tangent_exponent.copy_(t_common)
             self.tangent_samples += here(update.num_samples)
 
@@ -317,6 +319,7 @@ class LieGGMetric(Metric):
 
     def merge_state(self, incoming_state: Union[Dict[str, Any], Metric]) -> None:
         """Add another metric's states (or a state dict) to these, both brought to one scale first."""
+        incoming: Dict[str, Any]
         if isinstance(incoming_state, LieGGMetric):
             incoming = dict(incoming_state.metric_state)
         elif isinstance(incoming_state, dict) and "scale_exponent" in incoming_state:
@@ -324,13 +327,14 @@ class LieGGMetric(Metric):
         else:
             super().merge_state(incoming_state)  # raises the TorchMetrics error for what it cannot merge
             return
-        theirs = torch.stack([incoming["scale_exponent"], incoming["tangent_exponent"]]).to(self.gram.device)
+        device = self.gram.device
+        theirs = torch.stack([incoming["scale_exponent"], incoming["tangent_exponent"]]).to(device)
         mine = torch.stack([self.scale_exponent, self.tangent_exponent])
         self._align(torch.stack([mine, theirs.to(mine.dtype)]))
         for name, exp_name in (("gram", "scale_exponent"), ("group_grams", "scale_exponent"),
                                ("tangent_gram", "tangent_exponent")):
-            incoming[name] = _rescale(incoming[name].to(self.gram.device), incoming[exp_name].to(self.gram.device),
-                                      getattr(self, exp_name))
+            state, exponent = incoming[name], incoming[exp_name]
+            incoming[name] = _rescale(state.to(device), exponent.to(device), getattr(self, exp_name))
         incoming["scale_exponent"], incoming["tangent_exponent"] = self.scale_exponent, self.tangent_exponent
         super().merge_state(incoming)
 

@@ -26,7 +26,9 @@ _TENSOR_FIELDS = (
     "relative_generators",
 )
 #: Fields every report file must have (the rest have defaults, so older files still load).
-_REQUIRED_FIELDS = ("singular_values", "variances", "normalized_variances", "generators", "symmetry_variance", "nullity")
+_REQUIRED_FIELDS = (
+    "singular_values", "variances", "normalized_variances", "generators", "symmetry_variance", "nullity"
+)
 #: ``(m,)`` fields, one value per generator.
 _PER_GENERATOR_FIELDS = ("singular_values", "variances", "normalized_variances", "biases", "variance_stderr",
                          "relative_variances")
@@ -48,13 +50,6 @@ def _nan_for_none(value: Any) -> Any:
     if isinstance(value, list):
         return [_nan_for_none(v) for v in value]
     return value
-
-
-def _same(a: Any, b: Any) -> bool:
-    """Equality with NaN equal to NaN."""
-    if isinstance(a, float) and isinstance(b, float):
-        return a == b or (math.isnan(a) and math.isnan(b))
-    return bool(a == b)
 
 
 @dataclass
@@ -177,9 +172,10 @@ class SymmetryReport:
                     raise ValueError(f"Expected `{name}` to be a (nested) list of numbers: {err}") from None
             elif name == "known_variances":
                 value = {str(k): float("nan") if v is None else float(v) for k, v in dict(value or {}).items()}
-            elif name in ("num_samples", "num_rows", "num_skipped"):
-                if isinstance(value, bool) or not isinstance(value, int):
-                    raise ValueError(f"Expected `{name}` to be an int, got {value!r}.")
+            elif name in ("num_samples", "num_rows", "num_skipped") and (
+                isinstance(value, bool) or not isinstance(value, int)
+            ):
+                raise ValueError(f"Expected `{name}` to be an int, got {value!r}.")
             kwargs[name] = value
         m = int(kwargs["variances"].numel())
         for name in _PER_GENERATOR_FIELDS:

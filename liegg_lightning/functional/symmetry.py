@@ -66,7 +66,7 @@ EMPTY_EXPONENT = -4096.0
 
 
 def _max_exponent(x: Tensor) -> Tensor:
-    """``e`` with ``max|x| = f * 2^e``, ``0.5 <= f < 1`` (0-d float64); :data:`EMPTY_EXPONENT` when ``x`` is all zero."""
+    """``e`` with ``max|x| = f * 2^e``, ``0.5 <= f < 1`` (0-d float64); :data:`EMPTY_EXPONENT` for all zeros."""
     top = x.abs().amax() if x.numel() else torch.zeros((), dtype=x.dtype, device=x.device)
     _, exp = torch.frexp(top.to(torch.float64))
     return torch.where(top > 0, exp.to(torch.float64), torch.full_like(top, EMPTY_EXPONENT, dtype=torch.float64))
