@@ -193,7 +193,9 @@ def relative_spectrum(gram: Tensor, tangent_gram: Tensor, rtol: float = 1e-10) -
     inputs that are all zero where it acts): the problem is solved on the span of ``T``'s
     eigenvectors with eigenvalues above ``rtol`` times its largest, by whitening
     ``W = U_r diag(t_r)^(-1/2)`` and the ordinary eigenproblem of ``W^T G W``. The remaining
-    directions (``T``'s numerical null space) follow, with eigenvalue NaN (0/0: undefined).
+    directions (``T``'s numerical null space) follow, with eigenvalue NaN (0/0: undefined). A
+    well-conditioned ``T`` takes a cheaper path with the same result: its Cholesky factor ``L``
+    and the eigenproblem of ``L^-1 G L^-T``.
 
     Args:
         gram: ``(m, m)`` polarization Gram matrix ``G``.
@@ -210,7 +212,20 @@ def relative_spectrum(gram: Tensor, tangent_gram: Tensor, rtol: float = 1e-10) -
         raise ValueError(f"Expected two (m, m) matrices, got {tuple(gram.shape)} and {tuple(tangent_gram.shape)}.")
     if not (bool(torch.isfinite(g).all()) and bool(torch.isfinite(t).all())):
         raise ValueError("The Gram matrices have non-finite entries; cannot solve.")
-    t_vals, t_vecs = torch.linalg.eigh(0.5 * (t + t.T))
+    t = 0.5 * (t + t.T)
+    g = 0.5 * (g + g.T)
+    if m:
+        # fast path: a well-conditioned T (the usual case) has a Cholesky factor T = L L^T, and
+        # L^-1 G L^-T has the same eigenvalues; its diagonal bounds the condition number from below
+        chol, info = torch.linalg.cholesky_ex(t)
+        diag = chol.diagonal() if int(info) == 0 else None
+        if diag is not None and float(diag.min()) ** 2 > 1e3 * rtol * float(diag.max()) ** 2:
+            half = torch.linalg.solve_triangular(chol, g, upper=False)  # L^-1 G
+            mat = torch.linalg.solve_triangular(chol, half.T, upper=False)  # L^-1 G L^-T
+            mu, y = torch.linalg.eigh(0.5 * (mat + mat.T))
+            v = torch.linalg.solve_triangular(chol.T, y, upper=True)  # L^-T y
+            return RelativeSpectrum(mu.clamp_min(0.0), canonical_signs(v / v.norm(dim=0, keepdim=True)))
+    t_vals, t_vecs = torch.linalg.eigh(t)
     top = float(t_vals.max()) if m else 0.0
     keep = t_vals > rtol * top if top > 0 else torch.zeros(m, dtype=torch.bool)
     values = torch.full((m,), float("nan"), dtype=torch.float64)
@@ -218,7 +233,8 @@ def relative_spectrum(gram: Tensor, tangent_gram: Tensor, rtol: float = 1e-10) -
     r = int(keep.sum())
     if r:
         w = t_vecs[:, keep] / t_vals[keep].sqrt()  # (m, r): W^T T W = I
-        mu, y = torch.linalg.eigh(0.5 * ((w.T @ g @ w) + (w.T @ g @ w).T))
+        mat = w.T @ g @ w
+        mu, y = torch.linalg.eigh(0.5 * (mat + mat.T))
         v = w @ y
         values[:r] = mu.clamp_min(0.0)
         vectors[:, :r] = v / v.norm(dim=0, keepdim=True)
