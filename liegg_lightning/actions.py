@@ -63,6 +63,25 @@ class GroupAction(ABC):
         tangents = self.tangents(x.to(torch.float64)).flatten(2)
         return torch.einsum("bkd,bmd->bkm", grads.to(torch.float64).flatten(2), tangents)
 
+    def tangent_gram(self, x: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+        """Gram matrix of the tangents summed over a batch: ``T[i, j] = sum_b <A_{E_i}(x_b), A_{E_j}(x_b)>``.
+
+        ``v^T T v`` is the squared input motion (summed over the batch) along the generator with
+        coefficients ``v``: the denominator of the relative variances. The default forms the
+        tangents; subclasses override it with a closed form where one is cheaper.
+
+        Args:
+            x: A batch of inputs.
+            mask: Optional ``(B,)`` bool: only the samples where it is true count.
+
+        Returns:
+            ``(m, m)`` float64 on ``x``'s device.
+        """
+        t = self.tangents(x.to(torch.float64)).to(torch.float64).flatten(2)
+        if mask is not None:
+            t = torch.where(mask.reshape(-1, 1, 1), t, 0.0)
+        return torch.einsum("bmd,bnd->mn", t, t)
+
     def to_generator(self, vector: Tensor) -> Tensor:
         """Reshape ``(..., m)`` coefficient vectors into generator matrices ``(..., *generator_shape)``."""
         if vector.shape[-1] != self.num_generators:
@@ -218,6 +237,19 @@ class VectorAction(GroupAction):
         return torch.einsum("bkca,bcd->bkad", gs, xs).flatten(2)
 
     @override
+    def tangent_gram(self, x: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+        """Closed form of the tangent Gram matrix.
+
+        The tangent of ``E_ab`` on a component ``x_c`` is ``e_a x_c[b]``, so ``T = I_dim (x) S``
+        (Kronecker product) with ``S = sum_{b, c} x_c x_c^T``.
+        """
+        xs = self._vectors(x.to(torch.float64))
+        if mask is not None:
+            xs = torch.where(mask.reshape(-1, 1, 1), xs, 0.0)
+        s = torch.einsum("bcd,bce->de", xs, xs)
+        return torch.kron(torch.eye(self.dim, dtype=torch.float64, device=x.device), s)
+
+    @override
     def tangents(self, x: Tensor) -> Tensor:
         xs = self._vectors(x)
         b, c, d = xs.shape
@@ -333,6 +365,32 @@ class ImageAction(GroupAction):
             coords.append(ones)
         p = torch.stack(coords)  # (nb, H, W)
         return -torch.einsum("bkahw,chw->bkac", da, p).flatten(2)
+
+    @override
+    def tangent_gram(self, x: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+        """Closed form of the tangent Gram matrix.
+
+        ``T[(a, b), (a', b')] = sum_p D_aa'(p) p_b p_b'`` with ``D_aa'(p)`` the products of the image
+        derivatives along axes ``a`` and ``a'`` at pixel ``p``, summed over the batch and the
+        channels first (no tangent copies of the batch are formed).
+        """
+        x64 = x.to(torch.float64)
+        if mask is not None:
+            x64 = torch.where(mask.reshape(-1, *([1] * (x64.ndim - 1))), x64, 0.0)
+        dx, dy, px, py = self._derivatives(x64)
+        lead = tuple(range(x64.ndim - 2))  # batch (and channel) axes
+        d = torch.stack(
+            [
+                torch.stack([(dx * dx).sum(lead), (dx * dy).sum(lead)]),
+                torch.stack([(dy * dx).sum(lead), (dy * dy).sum(lead)]),
+            ]
+        )  # (2, 2, H, W)
+        grid_x = px[None, :].expand(len(py), len(px))
+        grid_y = py[:, None].expand(len(py), len(px))
+        coords = [grid_x, grid_y] + ([torch.ones_like(grid_x)] if self.affine else [])
+        p = torch.stack(coords)  # (nb, H, W)
+        m = self.num_generators
+        return torch.einsum("achw,bhw,dhw->abcd", d, p, p).reshape(m, m)
 
     @override
     def tangents(self, x: Tensor) -> Tensor:

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities import rank_zero_warn
+from torchmetrics.utilities.distributed import gather_all_tensors
 
 from liegg_lightning.actions import GroupAction
 from liegg_lightning.functional.layers import MODEL_OUTPUT, Layers, check_layers, layer_rows, layer_rows_per_sample
@@ -21,24 +22,56 @@ from liegg_lightning.functional.polarization import (
     _resolve_derivative,
     _rows_per_sample,
     derivative_context,
+    float64_device,
     polarization_rows,
 )
-from liegg_lightning.functional.symmetry import _check_memory_budget, _symmetry_compute, _symmetry_update
+from liegg_lightning.functional.symmetry import (
+    EMPTY_EXPONENT,
+    _check_memory_budget,
+    _input_independent,
+    _jackknife_groups,
+    _rescale,
+    _scaled,
+    _symmetry_compute,
+    _symmetry_update,
+)
 from liegg_lightning.report import SymmetryReport
 
 __all__ = ["LieGGMetric", "DEFAULT_MEMORY_BUDGET"]
 
-#: Default cap on the accumulator and solve memory: 1 GiB (m up to about 6,600).
+#: Default cap on the accumulator and solve memory: 1 GiB (m up to about 5,800; the jackknife's partial
+#: Gram matrices get fewer groups from m of about 3,300 on, and none above about 4,700).
 DEFAULT_MEMORY_BUDGET = 2**30
 
 KnownGenerators = Union[Sequence[str], Mapping[str, Tensor]]
 
 
+def _accumulate(state: Tensor, state_exponent: Tensor, increment: Tensor, exponent: Tensor, common: Tensor) -> None:
+    """``state += increment`` in place, both brought from their exponents to ``common`` (their maximum)."""
+    state.copy_(_rescale(state, state_exponent, common) + _rescale(increment, exponent, common))
+
+
 class LieGGMetric(Metric):
     """Accumulates the network polarization matrix's Gram matrix; ``compute()`` gives a :class:`SymmetryReport`.
 
-    States are the float64 Gram matrix ``(m, m)`` and the sample, row and skip counts, all summed
-    across processes, so memory is ``O(m^2)`` whatever the amount of data.
+    States, all summed across processes (``dist_reduce_fx="sum"``), so memory is ``O(m^2)`` whatever
+    the amount of data:
+
+    * ``gram`` ``(m, m)``: the float64 Gram matrix of the polarization rows;
+    * ``group_grams`` ``(G, m, m)`` and ``group_counts`` ``(G,)``: the same over ``G`` groups of
+      samples, for the delete-a-group jackknife standard errors. A sample's group is an exact
+      hash of its input's bits, so the groups, and the standard errors, do not depend on the
+      batch size or on how many processes share the data;
+    * ``tangent_gram`` ``(m, m)``: the Gram matrix of the tangents, for the relative variances;
+    * the sample, row, skip and tangent-sample counts.
+
+    Scale: the Gram matrices are stored divided by ``4^e`` for a power of two ``2^e`` taken from
+    the largest row seen (``scale_exponent``, and ``tangent_exponent`` for ``tangent_gram``;
+    ``dist_reduce_fx="max"``), so outputs of any magnitude (1e-170 or 1e+170) neither underflow
+    nor overflow them. A batch with larger rows raises the exponent and rescales what is
+    accumulated, by a power of two, so exactly. Before the states of several processes (or
+    :meth:`merge_state`) are summed, each is rescaled to the largest exponent among them; the
+    report scales the variances back.
 
     Args:
         action: How the candidate algebra acts on the input.
@@ -51,8 +84,13 @@ class LieGGMetric(Metric):
         output_transform: Applied to the model output before differentiating (e.g. log-softmax).
         derivative: ``"auto"`` (forward mode when the algebra is smaller than the number of
             rows per sample), ``"reverse"`` or ``"forward"``.
-        nullity_tolerance: Relative level below which eigenvalues count as symmetries.
-        memory_budget: Bytes the Gram matrix and its solve may take; larger algebras are refused
+        nullity_tolerance: Largest ratio ``lambda_k / lambda_{k+1}`` between the last symmetry's
+            eigenvalue and the next one that counts as a gap (with two jackknife standard errors to
+            spare): 0.1 asks for a 10x gap. See :func:`~liegg_lightning.functional.estimate_nullity`.
+        jackknife_groups: Groups of samples ``G`` for the standard errors (0 disables them). The
+            partial Gram matrices take ``G * m^2 * 8`` bytes; when they do not fit the memory
+            budget beside the rest, fewer groups are kept (none below 2), with a warning.
+        memory_budget: Bytes the Gram matrices and the solve may take; larger algebras are refused
             before anything is allocated. ``None`` disables the check.
         seed: Seed of the metric's own generator for random projections.
         output_action: How the algebra acts on the output (after ``output_transform``), with the
@@ -83,6 +121,12 @@ class LieGGMetric(Metric):
     full_state_update = False
 
     gram: Tensor
+    group_grams: Tensor
+    group_counts: Tensor
+    scale_exponent: Tensor
+    tangent_gram: Tensor
+    tangent_exponent: Tensor
+    tangent_samples: Tensor
     num_samples: Tensor
     num_rows: Tensor
     num_skipped: Tensor
@@ -101,7 +145,8 @@ class LieGGMetric(Metric):
         num_projections: Optional[int] = None,
         output_transform: Optional[Callable[[Tensor], Tensor]] = None,
         derivative: Literal["auto", "reverse", "forward"] = "auto",
-        nullity_tolerance: float = 1e-2,
+        nullity_tolerance: float = 0.1,
+        jackknife_groups: int = 8,
         memory_budget: Optional[int] = DEFAULT_MEMORY_BUDGET,
         seed: int = 0,
         output_action: Optional[GroupAction] = None,
@@ -112,9 +157,11 @@ class LieGGMetric(Metric):
         _check_output_action(action, output_action)
         layer_actions = None if layers is None else check_layers(action, layers, output_action)
         if isinstance(nullity_tolerance, bool) or not isinstance(nullity_tolerance, (int, float)) or not (
-            nullity_tolerance > 0
+            0 < nullity_tolerance < 1
         ):
-            raise ValueError(f"Expected a positive number `nullity_tolerance`, got {nullity_tolerance!r}.")
+            raise ValueError(f"Expected a number in (0, 1) for `nullity_tolerance`, got {nullity_tolerance!r}.")
+        if isinstance(jackknife_groups, bool) or not isinstance(jackknife_groups, int) or jackknife_groups < 0:
+            raise ValueError(f"Expected `jackknife_groups` to be a non-negative int, got {jackknife_groups!r}.")
         if memory_budget is not None and (
             isinstance(memory_budget, bool) or not isinstance(memory_budget, int) or memory_budget < 1
         ):
@@ -123,6 +170,13 @@ class LieGGMetric(Metric):
             raise ValueError(f"Expected `seed` to be an int, got {seed!r}.")
         m = action.num_generators
         _check_memory_budget(m, memory_budget)
+        groups = _jackknife_groups(m, jackknife_groups, memory_budget)
+        if groups < jackknife_groups:
+            rank_zero_warn(
+                f"LieGGMetric: the jackknife's {jackknife_groups} partial Gram matrices for m={m} do not fit the "
+                f"memory budget beside the rest; "
+                + (f"using {groups} groups." if groups else "standard errors are disabled (NaN).")
+            )
         # resolve names now: a bad name fails here, not after an epoch of work
         reference = None if reference_algebra is None else action.reference_vectors(reference_algebra)
         known = action.known_vectors(known_generators)
@@ -137,6 +191,9 @@ class LieGGMetric(Metric):
         self.output_transform = output_transform
         self.derivative: DerivativeMode = derivative
         self.nullity_tolerance = float(nullity_tolerance)
+        self.jackknife_groups = jackknife_groups
+        self.num_groups = groups
+        self._warned_constant = False
         self.memory_budget = memory_budget
         self.seed = seed
         # made on first use: a torch.Generator cannot be pickled to ddp_spawn workers
@@ -144,6 +201,12 @@ class LieGGMetric(Metric):
         self._resolved_derivative: Optional[str] = None
 
         self.add_state("gram", torch.zeros(m, m, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("group_grams", torch.zeros(groups, m, m, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("group_counts", torch.zeros(groups, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("scale_exponent", torch.tensor(EMPTY_EXPONENT, dtype=torch.float64), dist_reduce_fx="max")
+        self.add_state("tangent_gram", torch.zeros(m, m, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("tangent_exponent", torch.tensor(EMPTY_EXPONENT, dtype=torch.float64), dist_reduce_fx="max")
+        self.add_state("tangent_samples", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("num_samples", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("num_rows", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("num_skipped", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
@@ -233,12 +296,14 @@ class LieGGMetric(Metric):
             r = rows[name]
             if r.ndim != 3 or r.shape[-1] != m:
                 raise ValueError(f"Expected rows of shape (B, K, {m}) for layer {name!r}, got {tuple(r.shape)}.")
-            gram, num_samples, num_rows, num_skipped = _symmetry_update(r)
+            update = _symmetry_update(r)
+            # per-layer states are kept unscaled (no exponent state, no jackknife groups per layer yet)
+            gram = torch.ldexp(update.gram, (2 * update.exponent).clamp_min(-2000).to(update.gram.dtype))
             dev, dt = self.layer_gram.device, self.layer_gram.dtype
             self.layer_gram[i] += gram.to(dt).to(dev)
-            self.layer_num_samples[i] += num_samples.to(dt).to(dev)
-            self.layer_num_rows[i] += num_rows.to(dt).to(dev)
-            self.layer_num_skipped[i] += num_skipped.to(dt).to(dev)
+            self.layer_num_samples[i] += update.num_samples.to(dt).to(dev)
+            self.layer_num_rows[i] += update.num_rows.to(dt).to(dev)
+            self.layer_num_skipped[i] += update.num_skipped.to(dt).to(dev)
 
     def _compute_layers(self) -> Dict[str, SymmetryReport]:
         """One report per analysed layer, in the order of ``layers``."""
@@ -357,18 +422,30 @@ class LieGGMetric(Metric):
         return self._resolved_derivative
 
     def update(self, model: Callable[[Tensor], Tensor], inputs: Tensor) -> None:  # type: ignore[override]
-        """Add the rows of ``model`` at a batch of ``inputs``."""
-        self.update_rows(self.rows(model, inputs))
+        """Add the rows of ``model`` at a batch of ``inputs`` (and the inputs' tangent Gram matrix)."""
+        self._add_rows(self.rows(model, inputs), inputs)
 
     def forward(self, model: Callable[[Tensor], Tensor], inputs: Tensor) -> None:  # type: ignore[override]
         """``metric(model, inputs)`` is :meth:`update`: a per-batch solve would cost an eigendecomposition each."""
         self.update(model, inputs)
 
-    def update_rows(self, rows: Union[Tensor, Mapping[str, Tensor]]) -> None:
-        """Add precomputed rows ``(B, K, m)``, or with ``layers`` a dict ``name -> rows``.
+    def update_rows(self, rows: Union[Tensor, Mapping[str, Tensor]], inputs: Optional[Tensor] = None) -> None:
+        """Add precomputed rows ``(B, K, m)`` (with ``layers`` a dict ``name -> rows``).
 
         Samples with non-finite rows are dropped and counted.
+
+        Args:
+            rows: Polarization rows, or with ``layers`` a dict ``name -> rows``.
+            inputs: The ``B`` inputs behind the rows, for the tangent Gram matrix of the relative
+                variances. Without them the report has no relative variances (unless every batch
+                of an accumulation brings its inputs, they are left out).
         """
+        # what TorchMetrics' wrapper does for `update`: forget a cached result, count the update
+        self._computed = None
+        self._update_count += 1
+        self._add_rows(rows, inputs)
+
+    def _add_rows(self, rows: Union[Tensor, Mapping[str, Tensor]], inputs: Optional[Tensor]) -> None:
         if self.layer_actions is not None:
             if not isinstance(rows, Mapping):
                 raise ValueError(f"Expected a dict layer name -> rows with `layers`, got {type(rows).__name__}.")
@@ -380,12 +457,75 @@ class LieGGMetric(Metric):
             raise ValueError(
                 f"Expected rows of shape (B, K, {self.gram.shape[0]}), got shape {tuple(rows.shape)}."
             )
-        gram, num_samples, num_rows, num_skipped = _symmetry_update(rows)
-        # dtype first: a float64 tensor cannot move to a device without float64 (MPS, float32 states)
-        self.gram += gram.to(self.gram.dtype).to(self.gram.device)
-        self.num_samples += num_samples.to(self.num_samples.dtype).to(self.num_samples.device)
-        self.num_rows += num_rows.to(self.num_rows.dtype).to(self.num_rows.device)
-        self.num_skipped += num_skipped.to(self.num_skipped.dtype).to(self.num_skipped.device)
+        if inputs is not None and (
+            not isinstance(inputs, Tensor) or inputs.ndim < 1 or inputs.shape[0] != rows.shape[0]
+        ):
+            got = tuple(inputs.shape) if isinstance(inputs, Tensor) else type(inputs).__name__
+            raise ValueError(f"Expected `inputs` with batch size {rows.shape[0]} (that of the rows), got {got}.")
+        update = _symmetry_update(rows, self.num_groups, group_keys=inputs)
+        dtype, device = self.gram.dtype, self.gram.device
+
+        def here(t: Tensor) -> Tensor:
+            # dtype first: a float64 tensor cannot move to a device without float64 (MPS, float32 states)
+            return t.to(dtype).to(device)
+
+        # everything in place: the states stay ordinary tensors when this runs under inference mode
+        exponent = here(update.exponent)
+        common = torch.maximum(self.scale_exponent, exponent)
+        _accumulate(self.gram, self.scale_exponent, here(update.gram), exponent, common)
+        if self.num_groups:
+            _accumulate(self.group_grams, self.scale_exponent, here(update.group_grams), exponent, common)
+            self.group_counts += here(update.group_counts)
+        self.scale_exponent.copy_(common)
+        self.num_samples += here(update.num_samples)
+        self.num_rows += here(update.num_rows)
+        self.num_skipped += here(update.num_skipped)
+        if inputs is not None:
+            with torch.inference_mode(False):
+                x = inputs.detach().to(float64_device(inputs.device))
+                tangent, t_exp = _scaled(self.action.tangent_gram(x, mask=update.finite.to(x.device)))
+            t_exp = here(t_exp)
+            t_common = torch.maximum(self.tangent_exponent, t_exp)
+            _accumulate(self.tangent_gram, self.tangent_exponent, here(tangent), t_exp, t_common)
+            self.tangent_exponent.copy_(t_common)
+            self.tangent_samples += here(update.num_samples)
+
+    def _align(self, exponents: Tensor) -> None:
+        """Rescale the states to the largest of ``exponents`` ``(P, 2)`` (scale, tangent), that of every process."""
+        scale, tangent = exponents[:, 0].max(), exponents[:, 1].max()
+        self.gram = _rescale(self.gram, self.scale_exponent, scale)
+        self.group_grams = _rescale(self.group_grams, self.scale_exponent, scale)
+        self.tangent_gram = _rescale(self.tangent_gram, self.tangent_exponent, tangent)
+        self.scale_exponent = scale.clone()
+        self.tangent_exponent = tangent.clone()
+
+    def _sync_dist(self, dist_sync_fn: Callable = gather_all_tensors, process_group: Optional[Any] = None) -> None:
+        """Bring every process's states to one scale, then let TorchMetrics sum them."""
+        local = torch.stack([self.scale_exponent, self.tangent_exponent])
+        gathered = dist_sync_fn(local, group=process_group or self.process_group)
+        self._align(torch.stack(list(gathered)))
+        super()._sync_dist(dist_sync_fn, process_group=process_group)
+
+    def merge_state(self, incoming_state: Union[Dict[str, Any], Metric]) -> None:
+        """Add another metric's states (or a state dict) to these, both brought to one scale first."""
+        incoming: Dict[str, Any]
+        if isinstance(incoming_state, LieGGMetric):
+            incoming = dict(incoming_state.metric_state)
+        elif isinstance(incoming_state, dict) and "scale_exponent" in incoming_state:
+            incoming = dict(incoming_state)
+        else:
+            super().merge_state(incoming_state)  # raises the TorchMetrics error for what it cannot merge
+            return
+        device = self.gram.device
+        theirs = torch.stack([incoming["scale_exponent"], incoming["tangent_exponent"]]).to(device)
+        mine = torch.stack([self.scale_exponent, self.tangent_exponent])
+        self._align(torch.stack([mine, theirs.to(mine.dtype)]))
+        for name, exp_name in (("gram", "scale_exponent"), ("group_grams", "scale_exponent"),
+                               ("tangent_gram", "tangent_exponent")):
+            state, exponent = incoming[name], incoming[exp_name]
+            incoming[name] = _rescale(state.to(device), exponent.to(device), getattr(self, exp_name))
+        incoming["scale_exponent"], incoming["tangent_exponent"] = self.scale_exponent, self.tangent_exponent
+        super().merge_state(incoming)
 
     def compute(self) -> Union[SymmetryReport, Dict[str, SymmetryReport]]:  # type: ignore[override]
         """Solve the accumulated Gram matrix; raises ``ValueError`` when no sample was accumulated.
@@ -396,7 +536,8 @@ class LieGGMetric(Metric):
         """
         if self.layer_actions is not None:
             return self._compute_layers()
-        if float(self.num_samples) <= 0:
+        num_samples = int(self.num_samples)
+        if num_samples <= 0:
             raise ValueError("LieGGMetric has no samples to solve: call `update` with at least one finite sample.")
         m = self.gram.shape[0]
         if float(self.num_rows) < m:
@@ -404,16 +545,26 @@ class LieGGMetric(Metric):
                 f"LieGGMetric: {int(self.num_rows)} rows for m={m} generators; at least {m - int(self.num_rows)} "
                 "zero eigenvalues come from too little data, not from learned symmetries."
             )
-        return _symmetry_compute(
+        constant = _input_independent(self.gram, num_samples)
+        with_tangents = int(self.tangent_samples) == num_samples
+        report = _symmetry_compute(
             self.gram,
-            int(self.num_samples),
+            num_samples,
             int(self.num_rows),
             int(self.num_skipped),
             self.action,
+            exponent=float(self.scale_exponent),
+            group_grams=self.group_grams if self.num_groups else None,
+            group_counts=self.group_counts if self.num_groups else None,
+            tangent_gram=self.tangent_gram if with_tangents else None,
+            tangent_exponent=float(self.tangent_exponent),
             reference=self.reference,
             known=self.known,
             nullity_tolerance=self.nullity_tolerance,
+            warn=constant and not self._warned_constant,
         )
+        self._warned_constant = self._warned_constant or constant
+        return report
 
     def plot(
         self,

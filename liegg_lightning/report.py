@@ -3,18 +3,53 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
 
 __all__ = ["SymmetryReport"]
 
-_TENSOR_FIELDS = ("singular_values", "variances", "normalized_variances", "generators", "biases")
+_TENSOR_FIELDS = (
+    "singular_values",
+    "variances",
+    "normalized_variances",
+    "generators",
+    "biases",
+    "variance_stderr",
+    "relative_variances",
+    "relative_generators",
+)
+#: Fields every report file must have (the rest have defaults, so older files still load).
+_REQUIRED_FIELDS = (
+    "singular_values", "variances", "normalized_variances", "generators", "symmetry_variance", "nullity"
+)
+#: ``(m,)`` fields, one value per generator.
+_PER_GENERATOR_FIELDS = ("singular_values", "variances", "normalized_variances", "biases", "variance_stderr",
+                         "relative_variances")
+
+
+def _json_safe(value: Any) -> Any:
+    """Nested lists and floats with NaN (and infinities) as ``None``: strict JSON has no NaN."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _nan_for_none(value: Any) -> Any:
+    """Inverse of :func:`_json_safe` inside a nested list: ``None`` becomes NaN."""
+    if value is None:
+        return float("nan")
+    if isinstance(value, list):
+        return [_nan_for_none(v) for v in value]
+    return value
 
 
 @dataclass
@@ -35,11 +70,24 @@ class SymmetryReport:
         subspace_bias: Sine of the largest principal angle between the ``k`` most invariant
             generators and the ``k``-dimensional reference algebra, or ``None``.
         closure_error: How far the ``nullity`` leading generators are from closing under the
-            commutator (0 for a Lie subalgebra); ``None`` for non-square generators.
+            commutator (0 for a Lie subalgebra); NaN (undefined) with fewer than two symmetries;
+            ``None`` for non-square generators.
         known_variances: ``name -> vec(h)^T G vec(h) / (N ||h||^2)``.
         num_samples: Input samples behind the spectrum (after dropping non-finite ones).
         num_rows: Rows of ``E``.
         num_skipped: Samples dropped because their rows were not finite.
+        variance_stderr: ``(m,)`` delete-a-group jackknife standard errors of ``variances``, same
+            order; NaN where there were too few groups, ``None`` in reports from before they existed.
+        symmetry_variance_stderr: ``variance_stderr[0]``: the standard error of ``symmetry_variance``.
+        relative_variances: ``(m,)`` ascending generalised eigenvalues of ``G v = lambda T v``, ``T``
+            the Gram matrix of the tangents: squared output change per squared input motion along
+            each generator, comparable across generators and actions. NaN (at the end) for
+            generators that move no input. ``None`` when the inputs were not available.
+        relative_generators: ``(m, *generator_shape)`` their generators, unit Frobenius norm.
+
+    Undefined values are NaN, never a number that reads as a result: ``closure_error`` with fewer
+    than two symmetries, the biases and normalised variances when the outputs do not depend on the
+    input. In JSON they are written as ``null``.
 
     Example:
         >>> import torch
@@ -63,6 +111,10 @@ class SymmetryReport:
     num_samples: int = 0
     num_rows: int = 0
     num_skipped: int = 0
+    variance_stderr: Optional[Tensor] = None
+    symmetry_variance_stderr: float = float("nan")
+    relative_variances: Optional[Tensor] = None
+    relative_generators: Optional[Tensor] = None
 
     @property
     def generator_shape(self) -> Tuple[int, ...]:
@@ -74,33 +126,91 @@ class SymmetryReport:
         return self.generators[:k]
 
     def to_dict(self) -> Dict[str, Any]:
-        """A JSON-safe dict: tensors become nested lists of floats."""
+        """A JSON-safe dict: tensors become nested lists of floats, NaN and infinities become ``None``."""
         out: Dict[str, Any] = {}
         for name in self.__dataclass_fields__:
             value = getattr(self, name)
             if isinstance(value, Tensor):
-                value = value.tolist()
+                value = _json_safe(value.tolist())
             elif isinstance(value, dict):
-                value = {str(k): float(v) for k, v in value.items()}
+                value = {str(k): _json_safe(float(v)) for k, v in value.items()}
+            elif isinstance(value, float):
+                value = _json_safe(value)
             out[name] = value
         out["generator_shape"] = list(self.generator_shape)
         return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SymmetryReport:
-        """Inverse of :meth:`to_dict`."""
+        """Inverse of :meth:`to_dict`; also reads files with the legacy ``NaN`` token and without newer fields.
+
+        Raises:
+            ValueError: When ``data`` is not a mapping, lacks a required field, has a nullity that is
+                not an int, or tensors whose shapes disagree (with each other or with
+                ``generator_shape``).
+        """
+        if not isinstance(data, Mapping):
+            raise ValueError(
+                f"Expected a SymmetryReport as a JSON object (a dict of fields), got {type(data).__name__}."
+            )
+        missing = [name for name in _REQUIRED_FIELDS if name not in data or data[name] is None]
+        if missing:
+            raise ValueError(f"Not a SymmetryReport: missing required field(s) {', '.join(missing)}.")
+        nullity = data["nullity"]
+        if isinstance(nullity, bool) or not isinstance(nullity, int):
+            raise ValueError(f"Expected `nullity` to be an int, got {nullity!r}.")
+        shape_data = data.get("generator_shape")
         kwargs: Dict[str, Any] = {}
-        shape = tuple(data.get("generator_shape", ()))
         for name in cls.__dataclass_fields__:
             if name not in data:
                 continue
             value = data[name]
             if name in _TENSOR_FIELDS and value is not None:
-                value = torch.tensor(value, dtype=torch.float64)
-                if name == "generators" and value.numel() == 0:
-                    value = value.reshape(0, *shape)
+                try:
+                    value = torch.tensor(_nan_for_none(value), dtype=torch.float64)
+                except (TypeError, ValueError) as err:
+                    raise ValueError(f"Expected `{name}` to be a (nested) list of numbers: {err}") from None
+            elif name == "known_variances":
+                value = {str(k): float("nan") if v is None else float(v) for k, v in dict(value or {}).items()}
+            elif name in ("num_samples", "num_rows", "num_skipped") and (
+                isinstance(value, bool) or not isinstance(value, int)
+            ):
+                raise ValueError(f"Expected `{name}` to be an int, got {value!r}.")
             kwargs[name] = value
-        kwargs["known_variances"] = dict(kwargs.get("known_variances") or {})
+        m = int(kwargs["variances"].numel())
+        for name in _PER_GENERATOR_FIELDS:
+            value = kwargs.get(name)
+            if isinstance(value, Tensor) and tuple(value.shape) != (m,):
+                raise ValueError(f"Expected `{name}` of shape ({m},) like `variances`, got {tuple(value.shape)}.")
+        shape: Optional[Tuple[int, ...]] = None
+        if shape_data is not None:
+            if not isinstance(shape_data, list) or not all(isinstance(s, int) and s > 0 for s in shape_data):
+                raise ValueError(f"Expected `generator_shape` to be a list of positive ints, got {shape_data!r}.")
+            shape = tuple(shape_data)
+        for name in ("generators", "relative_generators"):
+            value = kwargs.get(name)
+            if not isinstance(value, Tensor):
+                continue
+            if value.numel() == 0 and shape is not None:
+                value = kwargs[name] = value.reshape(0, *shape)
+            if value.ndim < 1 or value.shape[0] != m or (shape is not None and tuple(value.shape[1:]) != shape):
+                expected = f"({m}, {', '.join(map(str, shape))})" if shape is not None else f"({m}, ...)"
+                raise ValueError(
+                    f"Expected `{name}` of shape {expected} (m = len(variances), generator_shape), "
+                    f"got {tuple(value.shape)}."
+                )
+        # a null for an optional float: undefined (NaN) where the measure applies, absent (None) where not
+        for name in ("symmetry_variance", "symmetry_variance_stderr"):
+            if name in kwargs and kwargs[name] is None:
+                kwargs[name] = float("nan")
+        has_reference = isinstance(kwargs.get("biases"), Tensor)
+        for name in ("symmetry_bias", "subspace_bias"):
+            if name in kwargs and kwargs[name] is None and has_reference:
+                kwargs[name] = float("nan")
+        gens = kwargs["generators"]
+        square = gens.ndim == 3 and gens.shape[1] == gens.shape[2]
+        if "closure_error" in kwargs and kwargs["closure_error"] is None and square:
+            kwargs["closure_error"] = float("nan")
         return cls(**kwargs)
 
     def save(self, path: Union[str, os.PathLike]) -> None:
@@ -110,7 +220,7 @@ class SymmetryReport:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "w") as fh:
-                json.dump(self.to_dict(), fh)
+                json.dump(self.to_dict(), fh, allow_nan=False)
                 fh.flush()
                 os.fsync(fh.fileno())
             os.chmod(tmp, 0o644)  # mkstemp creates 0600; a report is meant to be read
@@ -122,26 +232,42 @@ class SymmetryReport:
 
     @classmethod
     def load(cls, path: Union[str, os.PathLike]) -> SymmetryReport:
-        """Read a report written by :meth:`save`."""
+        """Read a report written by :meth:`save` (or by an older version).
+
+        Raises:
+            ValueError: When the file is not JSON or not a report (see :meth:`from_dict`).
+        """
         with open(path) as fh:
-            return cls.from_dict(json.load(fh))
+            try:
+                data = json.load(fh)  # reads the legacy NaN token too
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path} is not a JSON SymmetryReport: {err}") from None
+        return cls.from_dict(data)
 
     def summary(self) -> Dict[str, float]:
-        """The scalar measures as a flat dict (what the callback logs)."""
-        out: Dict[str, float] = {
-            "symmetry_variance": float(self.symmetry_variance),
-            "normalized_variance": float(self.normalized_variances[0]) if len(self.normalized_variances) else 0.0,
-            "nullity": float(self.nullity),
-        }
-        if self.closure_error is not None:
-            out["closure_error"] = float(self.closure_error)
-        if self.symmetry_bias is not None:
-            out["symmetry_bias"] = float(self.symmetry_bias)
-        if self.subspace_bias is not None:
-            out["subspace_bias"] = float(self.subspace_bias)
-        for name, value in self.known_variances.items():
-            out[f"variance/{name}"] = float(value)
-        return out
+        """The scalar measures as a flat dict (what the callback logs).
+
+        Undefined (NaN) values are left out, never logged as numbers: ``closure_error`` with fewer
+        than two symmetries, ``symmetry_variance_stderr`` without jackknife groups, the biases and
+        ``normalized_variance`` when the outputs do not depend on the input.
+
+        Keys: ``symmetry_variance``, ``symmetry_variance_stderr``, ``normalized_variance``,
+        ``relative_variance`` (the smallest relative variance), ``nullity``, ``closure_error``,
+        ``symmetry_bias``, ``subspace_bias`` and ``variance/<name>`` for each known generator.
+        """
+        values: List[Tuple[str, Optional[float]]] = [
+            ("symmetry_variance", float(self.symmetry_variance)),
+            ("symmetry_variance_stderr", self.symmetry_variance_stderr),
+            ("normalized_variance", float(self.normalized_variances[0]) if len(self.normalized_variances) else None),
+            ("relative_variance", float(self.relative_variances[0]) if self.relative_variances is not None
+             and len(self.relative_variances) else None),
+            ("nullity", float(self.nullity)),
+            ("closure_error", self.closure_error),
+            ("symmetry_bias", self.symmetry_bias),
+            ("subspace_bias", self.subspace_bias),
+        ]
+        values += [(f"variance/{name}", value) for name, value in self.known_variances.items()]
+        return {name: float(value) for name, value in values if value is not None and not math.isnan(float(value))}
 
     def __repr__(self) -> str:
         parts = [f"m={len(self.variances)}", f"nullity={self.nullity}",

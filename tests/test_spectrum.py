@@ -12,7 +12,7 @@ from conftest import O5Model, gaussian_blobs
 
 from liegg_lightning import ImageAction, LieGGMetric, VectorAction, analyze
 from liegg_lightning.functional import spectrum as S
-from liegg_lightning.functional.symmetry import _check_memory_budget, _symmetry_update
+from liegg_lightning.functional.symmetry import _check_memory_budget, _sample_groups, _symmetry_update
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -146,14 +146,75 @@ def test_estimate_nullity_on_synthetic_spectra() -> None:
     assert S.estimate_nullity(lam(1e-12, 2e-12, 1.0, 2.0, 3.0)) == 2
     assert S.estimate_nullity(lam(1.0, 1.5, 2.0, 3.0)) == 0  # no gap
     assert S.estimate_nullity(lam(0.0, 0.0, 0.0, 1.0)) == 3  # exact zeros count at the float64 floor
-    # the largest gap below the tolerance wins
+    # the largest gap wins, wherever it lies
     assert S.estimate_nullity(lam(1e-14, 1e-8, 1e-7, 1.0, 1.0)) == 3
     assert S.estimate_nullity(lam(1e-14, 1e-4, 1e-3, 1.0, 1.0)) == 1
-    # a small gap (< min_gap) does not count; nor does a gap above tolerance * mean
+    # scale-free: the issue's so(3) spectrum (a 109x gap above 1 % of the mean) at any scale
+    issue = lam(0.0101, 0.0113, 0.0124, 1.35, 1.6, 2.0, 2.2, 2.9, 3.1)
+    for scale in (1e-200, 1e-3, 1.0, 1e3, 1e200):
+        assert S.estimate_nullity(issue * scale) == 3, scale
+    # a gap under 1 / tolerance does not count
     assert S.estimate_nullity(lam(0.2, 1.0, 1.0, 1.0)) == 0
-    assert S.estimate_nullity(lam(0.2, 1.0, 1.0, 1.0), tolerance=0.5, min_gap=4.0) == 1
+    assert S.estimate_nullity(lam(0.2, 1.0, 1.0, 1.0), tolerance=0.5) == 1
     assert S.estimate_nullity(lam(0.0, 0.0)) == 2
+    assert S.estimate_nullity(lam(3.0)) == 0
     assert S.estimate_nullity(torch.zeros(0, dtype=torch.float64)) == 0
+
+
+def test_estimate_nullity_judges_gaps_against_their_standard_errors() -> None:
+    lam = torch.tensor([0.01, 1.0, 1.1], dtype=torch.float64)  # a 100x gap: log 4.61
+    nan = float("nan")
+    se = lambda *v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
+    assert S.estimate_nullity(lam, se(0.5, 0.05)) == 1  # 4.61 - 2 * 0.5 = 3.61 >= log 10
+    assert S.estimate_nullity(lam, se(1.5, 0.05)) == 0  # 4.61 - 3 = 1.61 < log 10: not significant
+    assert S.estimate_nullity(lam, se(1.5, 0.05), confidence=1.0) == 1
+    assert S.estimate_nullity(lam, se(nan, nan)) == 1  # unknown errors: the gap alone
+    # the most significant gap, not the largest, wins: 1000x +- 2 against 100x +- 0
+    two = torch.tensor([1e-5, 1e-2, 1.0, 1.2], dtype=torch.float64)
+    assert S.estimate_nullity(two, se(2.0, 0.0, 0.01)) == 2
+    assert S.estimate_nullity(two, se(0.0, 0.0, 0.01)) == 1
+    with pytest.raises(ValueError, match=r"gap_stderr.*\(3,\)"):
+        S.estimate_nullity(two, se(1.0))
+    with pytest.raises(ValueError, match="tolerance"):
+        S.estimate_nullity(two, tolerance=2.0)
+
+
+def test_log_gaps_are_scale_free_and_floored() -> None:
+    lam = torch.tensor([[0.0, 1e-20, 1.0, 4.0], [0.0, 0.0, 0.0, 0.0]], dtype=torch.float64)
+    gaps = S.log_gaps(lam)
+    # both tiny values sit at the floor 1e-15 * 4
+    torch.testing.assert_close(gaps[0], torch.tensor([0.0, math.log(1 / 4e-15), math.log(4.0)], dtype=torch.float64))
+    torch.testing.assert_close(S.log_gaps(lam * 1e-100), gaps)
+    assert torch.equal(gaps[1], torch.zeros(3, dtype=torch.float64))
+
+
+def test_jackknife_stderr_of_means_is_the_textbook_one() -> None:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(60, 3, generator=gen, dtype=torch.float64) * torch.tensor([1.0, 2.0, 0.1], dtype=torch.float64)
+    # delete-one: the standard error of the mean, s / sqrt(n)
+    reps = torch.stack([torch.cat([x[:j], x[j + 1 :]]).mean(0) for j in range(60)])
+    se = S.jackknife_stderr(x.mean(0), reps, torch.ones(60, dtype=torch.float64))
+    torch.testing.assert_close(se, x.std(0) / math.sqrt(60), rtol=1e-12, atol=0)
+    # 6 equal groups: the spread of the group means, sd / sqrt(G)
+    groups = x.reshape(6, 10, 3)
+    reps = torch.stack([torch.cat([groups[:j], groups[j + 1 :]]).reshape(-1, 3).mean(0) for j in range(6)])
+    se = S.jackknife_stderr(x.mean(0), reps, torch.full((6,), 10.0, dtype=torch.float64))
+    torch.testing.assert_close(se, groups.mean(1).std(0) / math.sqrt(6), rtol=1e-12, atol=0)
+    # unequal groups (weighted delete-a-group jackknife): for a mean the pseudo-values are the group
+    # means and the jackknife estimate is the mean itself, so var = (1/G) sum n_j (m_j - m)^2 / (N - n_j)
+    sizes = [5, 12, 20, 23]
+    parts = x[:, 0].split(sizes)
+    est = x[:, 0].mean()
+    reps = torch.stack([torch.cat([p for i, p in enumerate(parts) if i != j]).mean() for j in range(4)])
+    var = sum(s * (float(p.mean()) - float(est)) ** 2 / (60 - s) for s, p in zip(sizes, parts)) / 4
+    counts = torch.tensor(sizes, dtype=torch.float64)
+    assert float(S.jackknife_stderr(est, reps, counts)) == pytest.approx(math.sqrt(float(var)), rel=1e-12)
+    # empty groups are left out; with fewer than two non-empty groups the error is undefined
+    padded = torch.cat([reps, est[None]])
+    assert float(S.jackknife_stderr(est, padded, torch.cat([counts, torch.zeros(1, dtype=torch.float64)]))) == (
+        pytest.approx(math.sqrt(float(var)), rel=1e-12)
+    )
+    assert math.isnan(float(S.jackknife_stderr(est, reps[:2], torch.tensor([60.0, 0.0], dtype=torch.float64))))
 
 
 def test_biases_are_distances_and_principal_angle_sines() -> None:
@@ -183,7 +244,8 @@ def test_closure_error_analytic() -> None:
     # E_01 and E_10 of gl(2): [E_01, E_10] = diag(1, -1), orthogonal to both, of norm sqrt(2)
     pair = torch.stack([R.unit_matrix(2, 0, 1), R.unit_matrix(2, 1, 0)])
     assert S.closure_error(pair) == pytest.approx(math.sqrt(2.0), rel=1e-12)
-    assert S.closure_error(pair[:1]) == 0.0
+    assert math.isnan(S.closure_error(pair[:1]))  # undefined with fewer than two generators, not perfect
+    assert math.isnan(S.closure_error(pair[:0]))
     assert S.closure_error(torch.zeros(2, 6, dtype=torch.float64)) is None
 
 
@@ -216,10 +278,43 @@ def test_gram_update_drops_and_counts_non_finite_samples() -> None:
     bad = rows.clone()
     bad[1, 2, 0] = float("nan")
     bad[3, 0, 3] = float("inf")
-    gram, num_samples, num_rows, num_skipped = _symmetry_update(bad)
+    update = _symmetry_update(bad)
     keep = rows[[0, 2, 4]].reshape(-1, 4)
-    torch.testing.assert_close(gram, keep.T @ keep)
-    assert (int(num_samples), int(num_rows), int(num_skipped)) == (3, 9, 2)
+    torch.testing.assert_close(torch.ldexp(update.gram, 2 * update.exponent), keep.T @ keep)
+    assert (int(update.num_samples), int(update.num_rows), int(update.num_skipped)) == (3, 9, 2)
+    assert update.finite.tolist() == [True, False, True, False, True]
+    # jackknife groups: the partial Gram matrices sum to the whole, non-finite samples count nowhere
+    update = _symmetry_update(bad, num_groups=3)
+    torch.testing.assert_close(torch.ldexp(update.group_grams.sum(0), 2 * update.exponent), keep.T @ keep)
+    assert float(update.group_counts.sum()) == 3.0
+
+
+def test_jackknife_groups_depend_on_the_sample_alone() -> None:
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(600, 7, generator=gen)
+    rows = torch.randn(600, 2, 5, generator=gen, dtype=torch.float64)
+
+    def partials(idx: torch.Tensor) -> torch.Tensor:
+        upd = _symmetry_update(rows[idx], num_groups=8, group_keys=x[idx])
+        return torch.ldexp(upd.group_grams, 2 * upd.exponent)
+
+    whole = partials(torch.arange(600))
+    # any batching and any order (as with several processes or another batch size) give the same groups
+    perm = torch.randperm(600, generator=gen)
+    pieces = sum(partials(chunk) for chunk in perm.split(77))
+    torch.testing.assert_close(pieces, whole, rtol=1e-12, atol=1e-12)
+    # and each group is the Gram matrix of its own samples, computed here by brute force
+    ids = torch.tensor([int(_sample_groups(x[i : i + 1], 8)) for i in range(600)])
+    for g in range(8):
+        sub = rows[ids == g].reshape(-1, 5)
+        torch.testing.assert_close(whole[g], sub.T @ sub, rtol=1e-12, atol=1e-12)
+    # balanced: 600 samples, 75 expected per group
+    counts = torch.bincount(ids, minlength=8)
+    assert int(counts.min()) > 45 and int(counts.max()) < 105, counts.tolist()
+    # one changed bit moves a sample to an unrelated group (about 7 in 8 times)
+    nudged = x.clone()
+    nudged[:, 3] = torch.nextafter(nudged[:, 3], torch.tensor(float("inf")))
+    assert float((_sample_groups(nudged, 8) != ids).double().mean()) > 0.7
 
 
 def test_solve_spectrum_is_ascending_and_clamped() -> None:

@@ -5,16 +5,20 @@ for those who assemble their own pipeline:
 
 * rows: :func:`polarization_rows` (and its two strategies :func:`input_gradients` with an action's
   ``rows``, and :func:`forward_rows`);
-* the spectrum's measures: :func:`solve_spectrum`, :func:`estimate_nullity`, :func:`reference_biases`,
-  :func:`subspace_bias`, :func:`closure_error`, :func:`known_variances`.
+* the spectrum's measures: :func:`solve_spectrum`, :func:`estimate_nullity` (with :func:`log_gaps`),
+  :func:`jackknife_stderr`, :func:`relative_spectrum`, :func:`reference_biases`, :func:`subspace_bias`,
+  :func:`closure_error`, :func:`known_variances`.
 """
 
 from liegg_lightning.functional.polarization import forward_rows, input_gradients, polarization_rows
 from liegg_lightning.functional.spectrum import (
     closure_error,
     estimate_nullity,
+    jackknife_stderr,
     known_variances,
+    log_gaps,
     reference_biases,
+    relative_spectrum,
     solve_spectrum,
     subspace_bias,
 )
@@ -25,9 +29,12 @@ __all__ = [
     "estimate_nullity",
     "forward_rows",
     "input_gradients",
+    "jackknife_stderr",
     "known_variances",
+    "log_gaps",
     "polarization_rows",
     "reference_biases",
+    "relative_spectrum",
     "solve_spectrum",
     "subspace_bias",
     "symmetry_report",

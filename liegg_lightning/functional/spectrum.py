@@ -16,6 +16,9 @@ from torch import Tensor
 __all__ = [
     "solve_spectrum",
     "estimate_nullity",
+    "log_gaps",
+    "jackknife_stderr",
+    "relative_spectrum",
     "reference_biases",
     "subspace_bias",
     "closure_error",
@@ -48,30 +51,195 @@ def solve_spectrum(gram: Tensor) -> Spectrum:
     return Spectrum(evals.clamp_min(0.0), canonical_signs(evecs))
 
 
-def estimate_nullity(eigenvalues: Tensor, tolerance: float = 1e-2, min_gap: float = 10.0) -> int:
-    """Number of learned symmetries: the position of the spectrum's largest gap below a tolerance.
+#: Eigenvalues below this fraction of the largest count as this fraction of it (the float64 floor):
+#: exact zeros and rounding noise then give finite log-gaps.
+FLOOR = 1e-15
 
-    Only positions ``k`` whose ``k``-th smallest eigenvalue is below ``tolerance * mean(eigenvalues)``
-    are candidates, and the gap ``lambda_k / lambda_{k-1}`` must be at least ``min_gap``; the
-    largest such gap wins. Eigenvalues at the float64 floor count as that floor.
+
+def log_gaps(eigenvalues: Tensor) -> Tensor:
+    """Gaps ``log(lambda_k) - log(lambda_{k-1})`` of ascending spectra ``(..., m)`` -> ``(..., m - 1)``.
+
+    Each spectrum is floored at :data:`FLOOR` times its largest eigenvalue, so the gaps are
+    scale-free (unchanged when every eigenvalue is multiplied by the same positive number) and
+    finite. An all-zero spectrum gives zero gaps.
     """
     lam = eigenvalues.to(torch.float64).clamp_min(0.0)
+    top = lam.amax(-1, keepdim=True)
+    floor = torch.where(top > 0, top * FLOOR, torch.ones_like(top))
+    logs = lam.clamp_min(0.0).maximum(floor).log()
+    return logs[..., 1:] - logs[..., :-1]
+
+
+def estimate_nullity(
+    eigenvalues: Tensor,
+    gap_stderr: Optional[Tensor] = None,
+    *,
+    tolerance: float = 0.1,
+    confidence: float = 2.0,
+) -> int:
+    """Number of learned symmetries: the position of the spectrum's most significant gap.
+
+    The rule reads only the spectrum's own structure, so it is scale-free. With ascending
+    eigenvalues ``lambda`` and log-gaps ``d_k = log(lambda_k / lambda_{k-1})`` (see :func:`log_gaps`),
+    the lower confidence bound of a gap is ``d_k - confidence * gap_stderr[k-1]``. A gap counts when
+    that bound is at least ``log(1 / tolerance)``, i.e. the ``k`` smallest eigenvalues lie at most
+    ``tolerance`` times below the next one, with confidence. The nullity is the position ``k`` of
+    the counting gap with the largest lower bound, or 0 when none counts. Without standard errors
+    (``gap_stderr=None``) the bound is the gap itself.
+
+    No threshold on the size of the eigenvalues themselves enters: a clean 100x gap counts whether
+    the spectrum sits at 1e-3 or at 1 of its mean.
+
+    Args:
+        eigenvalues: ``(m,)`` ascending eigenvalues of the Gram matrix (or variances: any positive
+            multiple gives the same answer).
+        gap_stderr: ``(m - 1,)`` standard errors of the log-gaps (e.g. from the jackknife
+            replicates, :func:`jackknife_stderr` of :func:`log_gaps`); NaN entries count as 0.
+        tolerance: Largest ratio ``lambda_{k-1} / lambda_k`` that counts as a gap, in ``(0, 1)``.
+        confidence: How many standard errors the gap must clear.
+
+    Returns:
+        The nullity: ``m`` for an all-zero spectrum (every direction is trivially a symmetry).
+
+    Example:
+        >>> import torch
+        >>> estimate_nullity(torch.tensor([0.0101, 0.0113, 0.0124, 1.35, 2.0, 2.6], dtype=torch.float64))
+        3
+    """
+    if not 0.0 < tolerance < 1.0:
+        raise ValueError(f"Expected `tolerance` in (0, 1), got {tolerance!r}.")
+    if not confidence >= 0.0:
+        raise ValueError(f"Expected a non-negative `confidence`, got {confidence!r}.")
+    lam = eigenvalues.to(torch.float64).reshape(-1)
     m = lam.numel()
-    mean = float(lam.mean()) if m else 0.0
     if m == 0:
         return 0
-    if mean <= 0.0:
+    if not bool(torch.isfinite(lam).all()):
+        raise ValueError("Expected finite eigenvalues to estimate the nullity.")
+    if float(lam.clamp_min(0.0).max()) <= 0.0:
         return m
-    floor = float(lam.max()) * 1e-15
-    lam = lam.clamp_min(floor)
-    best_k, best_gap = 0, math.log(min_gap)
-    for k in range(1, m):
-        if float(lam[k - 1]) > tolerance * mean:
-            break
-        gap = math.log(float(lam[k]) / float(lam[k - 1]))
-        if gap >= best_gap:
-            best_k, best_gap = k, gap
-    return best_k
+    if m == 1:
+        return 0
+    bound = log_gaps(lam)
+    if gap_stderr is not None:
+        se = gap_stderr.to(torch.float64).reshape(-1)
+        if se.numel() != m - 1:
+            raise ValueError(f"Expected `gap_stderr` of shape ({m - 1},), got {tuple(gap_stderr.shape)}.")
+        bound = bound - confidence * torch.nan_to_num(se, nan=0.0, posinf=0.0).clamp_min(0.0)
+    threshold = math.log(1.0 / tolerance)
+    best = int(bound.argmax())
+    return best + 1 if float(bound[best]) >= threshold else 0
+
+
+def jackknife_stderr(estimate: Tensor, replicates: Tensor, counts: Tensor) -> Tensor:
+    """Delete-a-group jackknife standard errors of a statistic, for groups of unequal size.
+
+    With ``N`` samples in groups of ``n_j`` (``h_j = N / n_j``), full-data estimate ``t`` and
+    delete-group-``j`` replicates ``t_j``, the pseudo-values are ``p_j = h_j t - (h_j - 1) t_j``,
+    the jackknife estimate ``t_J = G t - sum_j (1 - n_j / N) t_j`` and the variance
+    ``(1 / G) sum_j (p_j - t_J)^2 / (h_j - 1)`` (the weighted delete-a-group jackknife; with equal
+    groups it is the classical ``(G - 1) / G * sum_j (t_j - mean t_j)^2``). Empty groups are left
+    out.
+
+    Args:
+        estimate: The statistic on all samples, any shape ``S``.
+        replicates: ``(G, *S)`` the statistic with each group deleted in turn.
+        counts: ``(G,)`` samples per group.
+
+    Returns:
+        Standard errors of shape ``S``; NaN where fewer than two groups hold samples.
+
+    Example:
+        >>> import torch
+        >>> x = torch.tensor([1.0, 2.0, 4.0, 7.0], dtype=torch.float64)
+        >>> reps = torch.stack([torch.cat([x[:j], x[j + 1:]]).mean() for j in range(4)])
+        >>> se = jackknife_stderr(x.mean(), reps, torch.ones(4, dtype=torch.float64))
+        >>> round(float(se), 6) == round(float(x.std() / 2), 6)  # the standard error of a mean
+        True
+    """
+    est = estimate.to(torch.float64)
+    reps = replicates.to(torch.float64)
+    n_j = counts.to(torch.float64).reshape(-1)
+    if reps.shape[0] != n_j.numel() or tuple(reps.shape[1:]) != tuple(est.shape):
+        raise ValueError(
+            f"Expected replicates of shape ({n_j.numel()}, *{tuple(est.shape)}), got {tuple(reps.shape)}."
+        )
+    keep = n_j > 0
+    if int(keep.sum()) < 2:
+        return torch.full_like(est, float("nan"))
+    reps, n_j = reps[keep], n_j[keep]
+    total = n_j.sum()
+    groups = n_j.numel()
+    shape = (-1,) + (1,) * est.ndim
+    h = (total / n_j).reshape(shape)
+    pseudo = h * est - (h - 1) * reps
+    jack = groups * est - ((1 - n_j / total).reshape(shape) * reps).sum(0)
+    var = (((pseudo - jack) ** 2) / (h - 1)).sum(0) / groups
+    return var.sqrt()
+
+
+class RelativeSpectrum(NamedTuple):
+    """Generalised eigenvalues of ``G v = lambda T v``, ascending, and their unit eigenvectors."""
+
+    eigenvalues: Tensor  # (m,) ascending; NaN for the directions that do not move the input (at the end)
+    eigenvectors: Tensor  # (m, m) columns of unit norm, same order
+
+
+def relative_spectrum(gram: Tensor, tangent_gram: Tensor, rtol: float = 1e-10) -> RelativeSpectrum:
+    """Solve ``G v = lambda T v`` on the range of ``T``: output change per unit of input motion.
+
+    ``lambda = v^T G v / v^T T v`` is the squared output change per squared input motion along the
+    generator ``v``. ``T`` may be singular (a generator that moves no input, e.g. a translation of
+    inputs that are all zero where it acts): the problem is solved on the span of ``T``'s
+    eigenvectors with eigenvalues above ``rtol`` times its largest, by whitening
+    ``W = U_r diag(t_r)^(-1/2)`` and the ordinary eigenproblem of ``W^T G W``. The remaining
+    directions (``T``'s numerical null space) follow, with eigenvalue NaN (0/0: undefined). A
+    well-conditioned ``T`` takes a cheaper path with the same result: its Cholesky factor ``L``
+    and the eigenproblem of ``L^-1 G L^-T``.
+
+    Args:
+        gram: ``(m, m)`` polarization Gram matrix ``G``.
+        tangent_gram: ``(m, m)`` Gram matrix of the tangents ``T``.
+        rtol: Relative cut-off of ``T``'s spectrum.
+
+    Returns:
+        Eigenvalues ``(m,)`` (ascending, then NaN) and eigenvectors ``(m, m)`` as unit columns.
+    """
+    g = gram.to(torch.float64)
+    t = tangent_gram.to(torch.float64)
+    m = g.shape[0]
+    if g.shape != (m, m) or t.shape != (m, m):
+        raise ValueError(f"Expected two (m, m) matrices, got {tuple(gram.shape)} and {tuple(tangent_gram.shape)}.")
+    if not (bool(torch.isfinite(g).all()) and bool(torch.isfinite(t).all())):
+        raise ValueError("The Gram matrices have non-finite entries; cannot solve.")
+    t = 0.5 * (t + t.T)
+    g = 0.5 * (g + g.T)
+    if m:
+        # fast path: a well-conditioned T (the usual case) has a Cholesky factor T = L L^T, and
+        # L^-1 G L^-T has the same eigenvalues; its diagonal bounds the condition number from below
+        chol, info = torch.linalg.cholesky_ex(t)
+        diag = chol.diagonal() if int(info) == 0 else None
+        if diag is not None and float(diag.min()) ** 2 > 1e3 * rtol * float(diag.max()) ** 2:
+            half = torch.linalg.solve_triangular(chol, g, upper=False)  # L^-1 G
+            mat = torch.linalg.solve_triangular(chol, half.T, upper=False)  # L^-1 G L^-T
+            mu, y = torch.linalg.eigh(0.5 * (mat + mat.T))
+            v = torch.linalg.solve_triangular(chol.T, y, upper=True)  # L^-T y
+            return RelativeSpectrum(mu.clamp_min(0.0), canonical_signs(v / v.norm(dim=0, keepdim=True)))
+    t_vals, t_vecs = torch.linalg.eigh(t)
+    top = float(t_vals.max()) if m else 0.0
+    keep = t_vals > rtol * top if top > 0 else torch.zeros(m, dtype=torch.bool)
+    values = torch.full((m,), float("nan"), dtype=torch.float64)
+    vectors = torch.empty(m, m, dtype=torch.float64)
+    r = int(keep.sum())
+    if r:
+        w = t_vecs[:, keep] / t_vals[keep].sqrt()  # (m, r): W^T T W = I
+        mat = w.T @ g @ w
+        mu, y = torch.linalg.eigh(0.5 * (mat + mat.T))
+        v = w @ y
+        values[:r] = mu.clamp_min(0.0)
+        vectors[:, :r] = v / v.norm(dim=0, keepdim=True)
+    vectors[:, r:] = t_vecs[:, ~keep]
+    return RelativeSpectrum(values, canonical_signs(vectors))
 
 
 def reference_biases(vectors: Tensor, reference: Tensor) -> Tensor:
@@ -99,7 +267,8 @@ def closure_error(generators: Tensor, max_pairs: int = 4096, chunk_bytes: int = 
     """How far unit generators ``(n, d, d)`` are from closing under the commutator.
 
     The largest Frobenius norm of the part of ``[h_i, h_j]`` outside their span; 0 for a Lie
-    subalgebra. ``None`` when generators are not square matrices. With more than ``max_pairs``
+    subalgebra. ``None`` when generators are not square matrices; NaN (undefined, not a perfect
+    score) for fewer than two generators. With more than ``max_pairs``
     pairs, the maximum is taken over a fixed-seed random sample of ``max_pairs`` of them, and pairs
     are processed in chunks of about ``chunk_bytes``, so time and memory stay bounded for large
     algebras.
@@ -108,7 +277,7 @@ def closure_error(generators: Tensor, max_pairs: int = 4096, chunk_bytes: int = 
         return None
     n, d = generators.shape[0], generators.shape[-1]
     if n < 2:
-        return 0.0
+        return float("nan")
     h = generators.to(torch.float64)
     q = torch.linalg.qr(h.reshape(n, -1).T).Q  # (d*d, n) orthonormal span
     i, j = torch.triu_indices(n, n, offset=1)

@@ -6,10 +6,11 @@
 
 from __future__ import annotations
 
-from typing import Callable, Mapping, Optional, Tuple
+from typing import Callable, Mapping, NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor
+from torchmetrics.utilities import rank_zero_warn
 
 from liegg_lightning.actions import GroupAction
 from liegg_lightning.functional import spectrum as S
@@ -18,8 +19,9 @@ from liegg_lightning.report import SymmetryReport
 
 __all__ = ["symmetry_report"]
 
-#: float64 Gram matrix, the eigenvectors and eigh's workspace: about three m x m float64 arrays.
-GRAM_BYTES_PER_ENTRY = 3 * 8
+#: The float64 Gram matrices of the rows and of the tangents, the eigenvectors and eigh's workspace:
+#: about four m x m float64 arrays.
+GRAM_BYTES_PER_ENTRY = 4 * 8
 
 
 def _check_memory_budget(num_generators: int, memory_budget: Optional[int]) -> int:
@@ -34,6 +36,22 @@ def _check_memory_budget(num_generators: int, memory_budget: Optional[int]) -> i
     return estimate
 
 
+def _jackknife_groups(num_generators: int, requested: int, memory_budget: Optional[int]) -> int:
+    """How many jackknife groups fit: ``requested`` partial ``m x m`` float64 Gram matrices beside the rest.
+
+    With a budget, ``(4 + G) * 8 * m^2`` bytes must fit it; fewer groups are kept when they do not,
+    and none when fewer than two would (a jackknife needs two).
+    """
+    if requested < 2:
+        return 0
+    if memory_budget is None:
+        return requested
+    per_group = 8 * num_generators * num_generators
+    fit = memory_budget // max(per_group, 1) - GRAM_BYTES_PER_ENTRY // 8
+    groups = min(requested, int(fit))
+    return groups if groups >= 2 else 0
+
+
 def _bytes(n: float) -> str:
     """Bytes in the largest unit that keeps a digit before the point (never "0.0 MiB")."""
     for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
@@ -42,23 +60,144 @@ def _bytes(n: float) -> str:
     return f"{int(n)} bytes"
 
 
-def _symmetry_update(rows: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+#: Exponent of an accumulator that holds nothing yet: below every float64 exponent, so rescaling
+#: an empty accumulator to any real exponent multiplies it by an exact 0 (it is 0 anyway).
+EMPTY_EXPONENT = -4096.0
+
+
+def _max_exponent(x: Tensor) -> Tensor:
+    """``e`` with ``max|x| = f * 2^e``, ``0.5 <= f < 1`` (0-d float64); :data:`EMPTY_EXPONENT` for all zeros."""
+    top = x.abs().amax() if x.numel() else torch.zeros((), dtype=x.dtype, device=x.device)
+    _, exp = torch.frexp(top.to(torch.float64))
+    return torch.where(top > 0, exp.to(torch.float64), torch.full_like(top, EMPTY_EXPONENT, dtype=torch.float64))
+
+
+def _rescale(x: Tensor, from_exponent: Tensor, to_exponent: Tensor) -> Tensor:
+    """A scaled Gram matrix ``x`` (value ``x * 4^from_exponent``) re-expressed at ``to_exponent >= from_exponent``.
+
+    Multiplying by a power of two is exact (down to the subnormal range, where only entries
+    ``2^-1000`` times smaller than the largest accumulated ones are lost).
+    """
+    shift = (2.0 * (from_exponent - to_exponent)).to(x.dtype)
+    return torch.ldexp(x, shift)
+
+
+class SymmetryUpdate(NamedTuple):
+    """One batch's contribution to the metric's states, its Gram matrices scaled by ``4^-exponent``.
+
+    The value of a Gram matrix is ``gram * 4^exponent``: the rows are divided by ``2^exponent``
+    (a power of two, so exactly) before they are multiplied, which keeps the products in range
+    whatever the scale of the outputs (1e-170 would underflow, 1e+170 overflow, unscaled).
+    """
+
+    gram: Tensor  #: (m, m) sum of r^T r over the kept samples, scaled
+    num_samples: Tensor  #: 0-d float64: samples kept
+    num_rows: Tensor  #: 0-d float64: rows kept
+    num_skipped: Tensor  #: 0-d float64: samples dropped as non-finite
+    exponent: Tensor  #: 0-d float64: the scale's exponent (EMPTY_EXPONENT when every row is zero)
+    group_grams: Tensor  #: (G, m, m) partial Gram matrices of the jackknife groups, same scale
+    group_counts: Tensor  #: (G,) samples per group
+    finite: Tensor  #: (B,) bool: the samples kept
+
+
+#: The prime of the sample hash below (2^31 - 1): every product of two residues fits an int64.
+_HASH_PRIME = 2147483647
+
+
+def _sample_groups(keys: Tensor, num_groups: int) -> Tensor:
+    """Jackknife group ``(B,)`` of each sample: an exact integer hash of its bits, modulo ``num_groups``.
+
+    The group depends on the sample alone, not on its batch, its position or the process that saw
+    it, so the partial Gram matrices (and the standard errors) are the same for any batch size or
+    number of processes. The hash is ``sum_f c_f * bits_f mod p`` with fixed multipliers, in exact
+    int64 arithmetic (no rounding, no dependence on the summation order), then mixed.
+    """
+    flat = keys.detach().reshape(keys.shape[0], -1).contiguous()
+    if flat.is_floating_point():
+        itype = {8: torch.int64, 4: torch.int32, 2: torch.int16}[flat.element_size()]
+        flat = flat.view(itype)
+    bits = flat.to(torch.int64)
+    p = _HASH_PRIME
+    pos = torch.arange(bits.shape[1], dtype=torch.int64, device=bits.device)
+    mult = (pos * 48271 + 12345) % p + 1
+    h = (((bits % p) * mult) % p).sum(1) % p  # each term < 2^31: the sum fits an int64
+    h = (h * 16807 + 1) % p
+    h = ((h ^ (h >> 11)) * 48271) % p
+    return h % num_groups
+
+
+def _symmetry_update(rows: Tensor, num_groups: int = 0, group_keys: Optional[Tensor] = None) -> SymmetryUpdate:
     """Gram contribution of a batch of rows ``(B, K, m)``, dropping samples with non-finite rows.
 
+    Args:
+        rows: Polarization rows.
+        num_groups: Jackknife groups ``G`` (0: none).
+        group_keys: ``(B, ...)`` what decides each sample's group (see :func:`_sample_groups`): the
+            inputs, when known; the rows otherwise.
+
     Returns:
-        ``(gram, num_samples, num_rows, num_skipped)``: ``gram = sum r^T r`` in float64 over the
-        kept samples and the counts as 0-d float64 tensors on the rows' device (no host
-        synchronisation, which would stall a GPU every batch).
+        A :class:`SymmetryUpdate` on the rows' device. Nothing is read back to the host on an
+        accelerator (which would stall it every batch).
     """
     if rows.ndim != 3:
         raise ValueError(f"Expected rows of shape (B, K, m), got shape {tuple(rows.shape)}.")
     r = rows.to(torch.float64)
+    b, k, m = r.shape
     finite = torch.isfinite(r).flatten(1).all(1)
     # masking instead of indexing: a non-finite sample contributes exact zeros
     r = torch.where(finite[:, None, None], r, 0.0)
-    flat = r.reshape(-1, r.shape[-1])
+    exponent = _max_exponent(r)
+    empty = exponent <= EMPTY_EXPONENT
+    # subnormal rows: a shift past 2^1000 would overflow the factor itself
+    exponent = torch.where(empty, exponent, exponent.clamp_min(-1000.0))
+    r = torch.ldexp(r, -torch.where(empty, torch.zeros_like(exponent), exponent))
     num_samples = finite.sum().to(torch.float64)
-    return flat.T @ flat, num_samples, num_samples * r.shape[1], finite.numel() - num_samples
+    if num_groups > 0:
+        keys = rows if group_keys is None else group_keys
+        if keys.shape[0] != b:
+            raise ValueError(f"Expected group keys for {b} samples, got shape {tuple(keys.shape)}.")
+        ids = _sample_groups(keys, num_groups).to(r.device)
+        onehot = torch.nn.functional.one_hot(ids, num_groups).to(torch.float64) * finite[:, None]
+        group_counts = onehot.sum(0)
+        if r.device.type == "cpu":
+            # one product per group: the flops of a single Gram matrix
+            group_grams = r.new_zeros(num_groups, m, m)
+            for g in range(num_groups):
+                part = r[ids == g].reshape(-1, m)
+                group_grams[g] = part.T @ part
+        else:
+            # no host synchronisation on an accelerator: masked copies, G times the (cheap) flops
+            masked = r.unsqueeze(1) * onehot[:, :, None, None]  # (B, G, K, m)
+            group_grams = torch.einsum("bgkm,bgkl->gml", masked, masked)
+        gram = group_grams.sum(0)
+    else:
+        flat = r.reshape(-1, m)
+        gram = flat.T @ flat
+        group_grams = r.new_zeros(0, m, m)
+        group_counts = r.new_zeros(0)
+    return SymmetryUpdate(
+        gram, num_samples, num_samples * k, finite.numel() - num_samples, exponent, group_grams, group_counts, finite
+    )
+
+
+def _scaled(x: Tensor) -> Tuple[Tensor, Tensor]:
+    """``(x * 4^-e, e)`` for a Gram matrix ``x``, with ``e`` making the largest entry at most 1."""
+    e = _max_exponent(x)
+    empty = e <= EMPTY_EXPONENT
+    e = torch.where(empty, e, torch.ceil(e / 2.0).clamp_min(-500.0))
+    return torch.ldexp(x.to(torch.float64), -2.0 * torch.where(empty, torch.zeros_like(e), e)), e
+
+
+def _unscale(x: Tensor, shift: float) -> Tensor:
+    """``x * 2^shift`` in two steps, so that the factor itself never overflows or underflows."""
+    half = float(int(shift / 2))
+    x = torch.ldexp(x, torch.tensor(half, dtype=x.dtype))
+    return torch.ldexp(x, torch.tensor(shift - half, dtype=x.dtype))
+
+
+def _input_independent(gram: Tensor, num_samples: int) -> bool:
+    """True when every accumulated row is exactly zero: the outputs do not depend on the input."""
+    return num_samples > 0 and float(gram.diagonal().abs().sum()) == 0.0
 
 
 def _symmetry_compute(
@@ -68,23 +207,42 @@ def _symmetry_compute(
     num_skipped: int,
     action: GroupAction,
     *,
+    exponent: float = 0.0,
+    group_grams: Optional[Tensor] = None,
+    group_counts: Optional[Tensor] = None,
+    tangent_gram: Optional[Tensor] = None,
+    tangent_exponent: float = 0.0,
     reference: Optional[Tensor] = None,
     known: Optional[Mapping[str, Tensor]] = None,
-    nullity_tolerance: float = 1e-2,
-    nullity_min_gap: float = 10.0,
+    nullity_tolerance: float = 0.1,
+    nullity_confidence: float = 2.0,
+    warn: bool = True,
 ) -> SymmetryReport:
     """Solve the accumulated Gram matrix and read every measure off its spectrum.
 
+    Every Gram matrix comes as a scaled matrix and an exponent: its value is ``gram * 4^exponent``.
+    The spectrum is solved at the stored scale (eigenvectors, normalised variances, the nullity and
+    the biases do not depend on it) and the variances are scaled back with :func:`torch.ldexp`, so
+    a value is infinite or zero only where float64 cannot hold it.
+
     Args:
-        gram: ``(m, m)`` ``sum r^T r`` over all rows.
+        gram: ``(m, m)`` ``sum r^T r`` over all rows (scaled by ``4^-exponent``).
         num_samples: Input samples (``N``) behind ``gram``.
         num_rows: Rows behind ``gram``.
         num_skipped: Samples dropped as non-finite.
         action: The group action, to shape generators.
+        exponent: Scale exponent of ``gram`` and ``group_grams``.
+        group_grams: ``(G, m, m)`` partial Gram matrices of the jackknife groups (summing to
+            ``gram``), for the standard errors; ``None`` or ``G < 2`` gives NaN standard errors.
+        group_counts: ``(G,)`` samples per group.
+        tangent_gram: ``(m, m)`` ``sum_x <A_i(x), A_j(x)>`` for the relative variances (scaled by
+            ``4^-tangent_exponent``); ``None`` leaves them out.
+        tangent_exponent: Scale exponent of ``tangent_gram``.
         reference: Orthonormal ``(k, m)`` coefficient vectors of the reference algebra.
         known: ``name -> (m,)`` coefficient vectors for ``known_variances``.
-        nullity_tolerance: See :func:`~liegg_lightning.functional.spectrum.estimate_nullity`.
-        nullity_min_gap: See :func:`~liegg_lightning.functional.spectrum.estimate_nullity`.
+        nullity_tolerance: ``tolerance`` of :func:`~liegg_lightning.functional.spectrum.estimate_nullity`.
+        nullity_confidence: ``confidence`` of :func:`~liegg_lightning.functional.spectrum.estimate_nullity`.
+        warn: Warn when the outputs do not depend on the input.
 
     Example:
         >>> import torch
@@ -94,22 +252,63 @@ def _symmetry_compute(
         (0, 0.25)
     """
     gram = gram.detach().to("cpu", torch.float64)
-    evals, evecs = S.solve_spectrum(gram)
+    scale = 2.0 * float(exponent) if float(exponent) > EMPTY_EXPONENT else 0.0
+    m = gram.shape[0]
     n = max(int(num_samples), 1)
-    variances = evals / n
+    evals, evecs = S.solve_spectrum(gram)
+    variances = _unscale(evals / n, scale)
+    constant = _input_independent(gram, int(num_samples))
+    nan = float("nan")
+    if constant and warn:
+        rank_zero_warn(
+            "LieGG: the outputs do not depend on the input (every polarization row is exactly zero): every "
+            "generator is trivially a symmetry, so the nullity is m and the biases and normalised variances "
+            "are undefined (NaN)."
+        )
     mean = evals.mean()
-    normalized = evals / mean if float(mean) > 0 else torch.zeros_like(evals)
+    normalized = evals / mean if float(mean) > 0 else torch.full_like(evals, nan)
+
+    # jackknife: the spectrum with each group left out in turn
+    stderr = torch.full((m,), nan, dtype=torch.float64)
+    gap_stderr: Optional[Tensor] = None
+    if group_grams is not None and group_counts is not None and group_grams.shape[0] >= 2 and not constant:
+        gg = group_grams.detach().to("cpu", torch.float64)
+        counts = group_counts.detach().to("cpu", torch.float64).reshape(-1)
+        kept = counts > 0
+        if int(kept.sum()) >= 2:
+            reps = torch.stack([torch.linalg.eigvalsh(_symmetric(gram - gg[j])).clamp_min(0.0) for j in range(len(gg))])
+            rep_n = (float(num_samples) - counts).clamp_min(1.0)[:, None]
+            stderr = _unscale(S.jackknife_stderr(evals / n, reps / rep_n, counts), scale)
+            gap_stderr = S.jackknife_stderr(S.log_gaps(evals), S.log_gaps(reps), counts)
+
+    nullity = S.estimate_nullity(evals, gap_stderr, tolerance=nullity_tolerance, confidence=nullity_confidence)
     generators = action.to_generator(evecs.T.contiguous())
-    nullity = S.estimate_nullity(evals, nullity_tolerance, nullity_min_gap)
-    biases = symmetry_bias = sub_bias = None
+    biases: Optional[Tensor] = None
+    symmetry_bias: Optional[float] = None
+    sub_bias: Optional[float] = None
     if reference is not None:
         ref = reference.to(torch.float64)
-        biases = S.reference_biases(evecs, ref)
-        symmetry_bias = float(biases[0])
-        sub_bias = S.subspace_bias(evecs[:, : ref.shape[0]], ref)
-    known_var = S.known_variances(gram, n, known) if known else {}
+        if constant:
+            biases = torch.full((m,), nan, dtype=torch.float64)
+            symmetry_bias = sub_bias = nan
+        else:
+            biases = S.reference_biases(evecs, ref)
+            symmetry_bias = float(biases[0])
+            sub_bias = S.subspace_bias(evecs[:, : ref.shape[0]], ref)
+    known_var = {k: float(_unscale(torch.tensor(v, dtype=torch.float64), scale))
+                 for k, v in S.known_variances(gram, n, known).items()} if known else {}
+
+    relative_variances: Optional[Tensor] = None
+    relative_generators: Optional[Tensor] = None
+    if tangent_gram is not None:
+        t = tangent_gram.detach().to("cpu", torch.float64)
+        rel = S.relative_spectrum(gram, t)
+        t_scale = 2.0 * float(tangent_exponent) if float(tangent_exponent) > EMPTY_EXPONENT else 0.0
+        relative_variances = _unscale(rel.eigenvalues, scale - t_scale)
+        relative_generators = action.to_generator(rel.eigenvectors.T.contiguous())
+
     return SymmetryReport(
-        singular_values=evals.sqrt(),
+        singular_values=_unscale(evals.sqrt(), scale / 2.0),
         variances=variances,
         normalized_variances=normalized,
         generators=generators,
@@ -123,7 +322,15 @@ def _symmetry_compute(
         num_samples=int(num_samples),
         num_rows=int(num_rows),
         num_skipped=int(num_skipped),
+        variance_stderr=stderr,
+        symmetry_variance_stderr=float(stderr[0]) if m else nan,
+        relative_variances=relative_variances,
+        relative_generators=relative_generators,
     )
+
+
+def _symmetric(x: Tensor) -> Tensor:
+    return 0.5 * (x + x.T)
 
 
 def symmetry_report(
@@ -137,6 +344,7 @@ def symmetry_report(
     output_transform: Optional[Callable[[Tensor], Tensor]] = None,
     derivative: DerivativeMode = "auto",
     generator: Optional[torch.Generator] = None,
+    jackknife_groups: int = 8,
 ) -> SymmetryReport:
     """The symmetry report of ``model`` on one batch of ``inputs``: rows, Gram matrix and solve in one call.
 
@@ -153,6 +361,7 @@ def symmetry_report(
         output_transform: Applied to the model output before differentiating.
         derivative: ``"auto"``, ``"reverse"`` or ``"forward"``.
         generator: Random generator for ``"random"``.
+        jackknife_groups: Groups of samples for the standard errors (0: none).
 
     Example:
         >>> import torch
@@ -166,5 +375,12 @@ def symmetry_report(
         model, inputs, action, output_mode=output_mode, num_projections=num_projections, generator=generator,
         output_transform=output_transform, derivative=derivative,
     )
-    gram, num_samples, num_rows, num_skipped = _symmetry_update(rows)
-    return _symmetry_compute(gram, int(num_samples), int(num_rows), int(num_skipped), action, reference=reference)
+    update = _symmetry_update(rows, num_groups=jackknife_groups, group_keys=inputs)
+    with torch.inference_mode(False):
+        x = inputs.detach().to(rows.device)
+        tangent, tangent_exponent = _scaled(action.tangent_gram(x, mask=update.finite.to(x.device)))
+    return _symmetry_compute(
+        update.gram, int(update.num_samples), int(update.num_rows), int(update.num_skipped), action,
+        exponent=float(update.exponent), group_grams=update.group_grams, group_counts=update.group_counts,
+        tangent_gram=tangent, tangent_exponent=float(tangent_exponent), reference=reference,
+    )
