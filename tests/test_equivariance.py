@@ -30,6 +30,11 @@ from liegg_lightning.rendering_layers import layers_figure, layers_table
 pytestmark = pytest.mark.usefixtures("single_thread")
 
 
+def _gram_value(metric: LieGGMetric) -> Tensor:
+    """The accumulated Gram matrix's value: the metric stores it scaled by ``4^-scale_exponent``."""
+    return torch.ldexp(metric.gram, 2 * metric.scale_exponent)
+
+
 def seeded(module: nn.Module, seed: int) -> nn.Module:
     """``module`` in float64 with seeded weights, the global RNG left alone."""
     gen = torch.Generator().manual_seed(seed)
@@ -271,7 +276,8 @@ def test_one_pass_over_layers_equals_each_layer_alone(small_images: Tensor, deri
     for i, (name, out_action) in enumerate(LAYERS.items()):
         alone = LieGGMetric(ImageAction(), output_action=out_action, derivative="reverse")
         alone.update(single_layer_model(model, name), small_images)
-        assert torch.allclose(metric.layer_gram[i], alone.gram, rtol=1e-10, atol=1e-12 * float(alone.gram.abs().max()))
+        alone_gram = _gram_value(alone)
+        assert torch.allclose(metric.layer_gram[i], alone_gram, rtol=1e-10, atol=1e-12 * float(alone_gram.abs().max()))
         assert float(metric.layer_num_samples[i]) == 6
         assert float(metric.layer_num_rows[i]) == float(alone.num_rows)
     reports = metric.compute()
@@ -300,8 +306,8 @@ def test_output_transform_applies_to_the_model_output_only(small_images: Tensor)
     plain.update(model, small_images)
     head = LieGGMetric(ImageAction())
     head.update(model, small_images)  # the head is the last module: its output is the raw logits
-    assert torch.allclose(metric.layer_gram[1], plain.gram, rtol=1e-10)
-    assert torch.allclose(metric.layer_gram[0], head.gram, rtol=1e-10)
+    assert torch.allclose(metric.layer_gram[1], _gram_value(plain), rtol=1e-10)
+    assert torch.allclose(metric.layer_gram[0], _gram_value(head), rtol=1e-10)
     assert not torch.allclose(metric.layer_gram[0], metric.layer_gram[1], rtol=1e-3)
 
 
@@ -330,7 +336,8 @@ def test_auto_derivative_with_an_output_action_starts_in_forward_mode(small_imag
     assert metric._resolved_derivative == "forward" and not calls
     reverse = LieGGMetric(ImageAction(), output_action=ImageAction(), derivative="reverse")
     reverse.update(model.features, small_images)
-    assert calls and torch.allclose(metric.gram, reverse.gram, rtol=1e-9)
+    assert calls
+    assert torch.allclose(_gram_value(metric), _gram_value(reverse), rtol=1e-9)
 
 
 def test_layer_states_merge_like_one_metric(small_images: Tensor) -> None:
