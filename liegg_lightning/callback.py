@@ -22,6 +22,7 @@ from liegg_lightning._errors import InputError
 from liegg_lightning._loggers import log_pictures, save_report
 from liegg_lightning._state import cuda_devices_of, preserved_state
 from liegg_lightning.actions import GroupAction
+from liegg_lightning.functional.layers import MODEL_OUTPUT
 from liegg_lightning.metric import LieGGMetric
 from liegg_lightning.report import SymmetryReport
 
@@ -205,7 +206,8 @@ class LieGGCallback(Callback):
         self.history: List[Dict[str, Any]] = []
         self.spectra: List[Tensor] = []
         self.labels: List[str] = []
-        self.last_report: Optional[SymmetryReport] = None
+        #: The last analysis: a report, or with the metric's ``layers`` a dict ``layer -> report``.
+        self.last_report: Optional[Union[SymmetryReport, Dict[str, SymmetryReport]]] = None
         #: Samples per analysis fixed by the budget (``max_samples="auto"``), once known.
         self.planned_samples: Optional[int] = None
         self._reset_run_state()
@@ -252,8 +254,17 @@ class LieGGCallback(Callback):
             )
         if stage == "fit":
             self._check_monitors(trainer)
+        modules = dict(pl_module.named_modules())
+        if self.metric.layer_actions is not None:
+            if self.layer is not None:
+                raise ValueError("Expected either the callback's `layer` or the metric's `layers`, got both.")
+            missing = [n for n in self.metric.layer_names if n and n not in modules]
+            if missing:
+                raise ValueError(
+                    f"The metric's layers {missing} are not submodules of {type(pl_module).__name__}. "
+                    f"Expected names from: {', '.join([n for n in modules if n][:30])}."
+                )
         if self.layer is not None:
-            modules = dict(pl_module.named_modules())
             if self.layer not in modules:
                 names = [n for n in modules if n]
                 raise ValueError(
@@ -415,7 +426,10 @@ class LieGGCallback(Callback):
                     self.metric.rows(model, probe[:2], derivative=mode)  # one-time costs out of the price
                     _synchronize(pl_module.device)
                     start = time.perf_counter()
-                    rows_per_sample = self.metric.rows(model, probe, derivative=mode).shape[1]
+                    timed = self.metric.rows(model, probe, derivative=mode)
+                    rows_per_sample = (
+                        sum(r.shape[1] for r in timed.values()) if isinstance(timed, dict) else timed.shape[1]
+                    )
                     _synchronize(pl_module.device)
                     timings[mode] = time.perf_counter() - start
             except InputError:
@@ -471,14 +485,20 @@ class LieGGCallback(Callback):
         self._active = False
         started = time.perf_counter()
         try:
-            report = self.metric.compute()  # every rank: compute() syncs the states
+            computed = self.metric.compute()  # every rank: compute() syncs the states
         except Exception as err:
             rank_zero_warn(f"LieGGCallback: the analysis was skipped ({err}).")
             return
         stage = trainer.state.fn.value if trainer.state.fn is not None else "validate"
-        self.last_report = report
-        values = report.summary()
-        values["num_samples"] = float(report.num_samples)
+        reports = computed if isinstance(computed, dict) else {MODEL_OUTPUT: computed}
+        # the report drawn and kept in `spectra`: the model's output, else the first layer
+        report = reports.get(MODEL_OUTPUT, next(iter(reports.values())))
+        self.last_report = computed
+        values: Dict[str, float] = {}
+        for name, layer_report in reports.items():
+            scope = f"{name}/" if name != MODEL_OUTPUT else ""
+            layer_values = {**layer_report.summary(), "num_samples": float(layer_report.num_samples)}
+            values.update({scope + key: value for key, value in layer_values.items()})
         for name, value in values.items():
             if math.isfinite(value):  # undefined values are not logged
                 pl_module.log(self.prefix + name, value, on_step=False, on_epoch=True, sync_dist=False)
@@ -490,15 +510,17 @@ class LieGGCallback(Callback):
             rank_zero_info(f"LieGG {self.describe().splitlines()[-1]}")
         if not trainer.is_global_zero:
             return
-        filename = self._report_name(stage, trainer.current_epoch, trainer.global_step)
         if self.save_reports and trainer.loggers:
-            save_report(list(trainer.loggers), report, filename)
+            for name, layer_report in reports.items():
+                filename = self._report_name(stage, trainer.current_epoch, trainer.global_step, name)
+                save_report(list(trainer.loggers), layer_report, filename)
         if self.log_images and trainer.loggers:
             self._draw(trainer, pl_module, report, always=stage != "fit")
 
-    def _report_name(self, stage: str, epoch: int, step: int) -> str:
+    def _report_name(self, stage: str, epoch: int, step: int, layer: str = MODEL_OUTPUT) -> str:
         prefix = re.sub(r"[^A-Za-z0-9_.-]+", "-", self.prefix).strip("-") or "liegg"
-        return f"{prefix}-report_{stage}_epoch{epoch:04d}_step{step:07d}_{len(self.history):04d}.json"
+        where = f"_layer-{re.sub(r'[^A-Za-z0-9_.-]+', '-', layer)}" if layer != MODEL_OUTPUT else ""
+        return f"{prefix}-report_{stage}_epoch{epoch:04d}_step{step:07d}_{len(self.history):04d}{where}.json"
 
     # ------------------------------------------------------------------ pictures
 
