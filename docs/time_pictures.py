@@ -16,6 +16,7 @@ taken with ``git show REV:liegg_lightning/rendering.py > /tmp/old.py``) on the s
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import inspect
 import statistics
@@ -71,13 +72,13 @@ def main() -> None:
         kwargs = {"spectra": spectra, "labels": labels, "example_input": x[0], "num_generators": 4}
         orbit_line = ""
         if "orbit" in inspect.signature(R.render_pictures).parameters:
-            def outputs() -> Any:
+            def outputs(model: Any = model, action: Any = action, x: Any = x, report: Any = report) -> Any:
                 return current.orbit_outputs(model, action, x[0], report.generators[0], report.generators[-1])
 
             kwargs["orbit"] = outputs()
             model_times = _seconds(outputs, args.repeats)
             orbit_line = f"; orbit_outputs (model) {1e3 * statistics.median(model_times[1:]):.1f} ms"
-        times = _seconds(lambda: R.render_pictures(report, action, **kwargs), args.repeats)
+        times = _seconds(functools.partial(R.render_pictures, report, action, **kwargs), args.repeats)
         print(f"{name}: render_pictures first {times[0]:.3f} s, median {statistics.median(times[1:]):.3f} s "
               f"over {args.repeats}{orbit_line}")
 

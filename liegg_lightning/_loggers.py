@@ -36,17 +36,10 @@ __all__ = ["log_pictures", "save_report"]
 _WARNINGS = WarningCache()
 
 
-def _is_wandb(logger: Logger) -> bool:
-    return isinstance(logger, WandbLogger)
-
-
-def _is_mlflow(logger: Logger) -> bool:
-    return isinstance(logger, MLFlowLogger)
-
-
 def _takes_pictures(logger: Logger) -> bool:
-    return (isinstance(logger, TensorBoardLogger) or _is_wandb(logger) or _is_mlflow(logger)
-            or callable(getattr(logger, "log_image", None)))
+    return isinstance(logger, (TensorBoardLogger, WandbLogger, MLFlowLogger)) or callable(
+        getattr(logger, "log_image", None)
+    )
 
 
 def log_pictures(
@@ -110,9 +103,9 @@ def log_pictures(
         try:
             if isinstance(logger, TensorBoardLogger):
                 _to_tensorboard(logger, images, text, step, prefix)
-            elif _is_wandb(logger):
+            elif isinstance(logger, WandbLogger):
                 _to_wandb(logger, images, text, step, prefix)
-            elif _is_mlflow(logger):
+            elif isinstance(logger, MLFlowLogger):
                 _to_mlflow(logger, images, text, step, prefix)
             else:
                 log_image = getattr(logger, "log_image")  # noqa: B009 - Logger declares no log_image
@@ -159,7 +152,7 @@ def _check_filename(filename: str) -> str:
 
 def _run_dir(logger: Logger) -> Optional[str]:
     """The logger's own run directory on this machine, or None (MLflow takes artifacts instead)."""
-    if _is_wandb(logger):
+    if isinstance(logger, WandbLogger):
         return str(logger.experiment.dir)
     log_dir = getattr(logger, "log_dir", None)
     return str(log_dir) if isinstance(log_dir, (str, os.PathLike)) else None
@@ -188,7 +181,7 @@ def save_report(loggers: Sequence[Logger], report: SymmetryReport, filename: str
     written: List[str] = []
     for logger in loggers:
         try:
-            if _is_mlflow(logger):
+            if isinstance(logger, MLFlowLogger):
                 client, run_id = logger.experiment, logger.run_id
                 with tempfile.TemporaryDirectory() as tmp:
                     local = os.path.join(tmp, os.path.basename(name))
@@ -200,7 +193,9 @@ def save_report(loggers: Sequence[Logger], report: SymmetryReport, filename: str
                 continue
             run_dir = _run_dir(logger)
             if run_dir is None:
-                _WARNINGS.info(f"LieGGCallback: {type(logger).__name__} has no run directory; reports are not saved there.")
+                _WARNINGS.info(
+                    f"LieGGCallback: {type(logger).__name__} has no run directory; reports are not saved there."
+                )
                 continue
             path = os.path.join(run_dir, name)
             if path in written:

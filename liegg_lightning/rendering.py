@@ -199,7 +199,9 @@ def _lut(name: str) -> np.ndarray:
     return np.round(rgba[:, :3] * 255).astype(np.uint8)
 
 
-def _colour(values: np.ndarray, lo: float, hi: float, cmap: str, bad: Tuple[int, int, int] = (255, 255, 255)) -> np.ndarray:
+def _colour(
+    values: np.ndarray, lo: float, hi: float, cmap: str, bad: Tuple[int, int, int] = (255, 255, 255)
+) -> np.ndarray:
     """Values mapped linearly from ``[lo, hi]`` onto a colour map: ``(*values.shape, 3)`` uint8; NaN is ``bad``."""
     scale = (values - lo) / (hi - lo) if hi > lo else np.zeros_like(values)
     idx = np.clip(np.nan_to_num(scale, nan=0.0) * 255.0 + 0.5, 0, 255).astype(np.intp)
@@ -315,8 +317,8 @@ class _Canvas:
                     out[y : y + h, x : x + w] = rgb[:h, :w]
             small = Image.fromarray(out)
         draw = ImageDraw.Draw(small)
-        for x, y, text, size, color, anchor, bold in self._texts:
-            draw.text((x, y), text, fill=color, font=_font(size, bold), anchor=anchor)
+        for tx, ty, text, size, color, anchor, bold in self._texts:
+            draw.text((tx, ty), text, fill=color, font=_font(size, bold), anchor=anchor)
         return np.asarray(small, dtype=np.uint8).copy()
 
 
@@ -601,7 +603,7 @@ def plot_spectrum(report: SymmetryReport, ax: Optional[Axes] = None) -> Tuple[Fi
 
         fig, ax = plt.subplots(figsize=(6.5, 3.6), dpi=_DPI, layout="constrained")
     else:
-        fig = ax.figure
+        fig = ax.figure  # type: ignore[assignment]
 
     variances = _as_numpy(report.variances).reshape(-1)
     m = variances.size
@@ -618,7 +620,7 @@ def plot_spectrum(report: SymmetryReport, ax: Optional[Axes] = None) -> Tuple[Fi
     shown = np.where(at_floor, floor, variances)
     idx = np.arange(m)
     marker = "o" if m <= 64 else None
-    handles = ax.plot(idx, shown, color="C0", marker=marker, markersize=4, lw=1.2, label="variance")
+    handles: List[Any] = list(ax.plot(idx, shown, color="C0", marker=marker, markersize=4, lw=1.2, label="variance"))
     stderr = _stderr(report)
     if stderr is not None:
         err = np.where(np.isfinite(stderr), stderr, 0.0)
@@ -670,7 +672,7 @@ def plot_spectra(reports: Sequence[SymmetryReport], ax: Optional[Axes] = None) -
 
         fig, ax = plt.subplots(figsize=(6.5, 3.6), dpi=_DPI, layout="constrained")
     else:
-        fig = ax.figure
+        fig = ax.figure  # type: ignore[assignment]
     floor = min(_log_floor(_as_numpy(r.variances).reshape(-1)) for r in reports)
     for i, report in enumerate(reports):
         variances = _as_numpy(report.variances).reshape(-1)
@@ -704,7 +706,8 @@ def spectrum_history_table(spectra: Sequence[Union[Tensor, np.ndarray]]) -> np.n
         finite = r[np.isfinite(r)]
         mean = float(finite.mean()) if finite.size else 0.0
         with np.errstate(divide="ignore", invalid="ignore"):
-            table[i, : r.size] = np.log10(np.maximum(r, 0.0) / mean) if mean > 0 else np.where(np.isfinite(r), 0.0, np.nan)
+            scaled = np.log10(np.maximum(r, 0.0) / mean) if mean > 0 else np.where(np.isfinite(r), 0.0, np.nan)
+        table[i, : r.size] = scaled
     return table
 
 
@@ -934,8 +937,7 @@ def _orbit_picture(action: GroupAction, x: Tensor, most: Tensor, least: Tensor, 
         for c, t in enumerate(ts):
             canvas.text(margin + c * (thumb + gap) + thumb / 2, y, f"t = {t:g}", size=_SMALL, color=_GREY, anchor="mt")
         y += 18
-        for r, (row, name, color) in enumerate(zip(pictures, ("most invariant", "least invariant"),
-                                                   (_GREEN, _RED))):
+        for row, name, color in zip(pictures, ("most invariant", "least invariant"), (_GREEN, _RED)):
             canvas.text(margin, y, name, size=_TEXT, bold=True, color=color, anchor="lt")
             y += 18
             for c, pic in enumerate(row):
@@ -1147,7 +1149,9 @@ def orbit_figure(
     """
     picture = orbit_image(action, x, most_invariant, least_invariant, ts, orbit=orbit)
     if picture is None:
-        raise ValueError("Expected `orbit` (from orbit_outputs) for a vector input: its picture is the model's outputs.")
+        raise ValueError(
+            "Expected `orbit` (from orbit_outputs) for a vector input: its picture is the model's outputs."
+        )
     return _array_figure(picture)
 
 
