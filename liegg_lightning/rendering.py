@@ -403,6 +403,7 @@ def _generators_picture(report: SymmetryReport, k: int) -> Tuple[np.ndarray, Dic
     limit = limit if limit > 0 and math.isfinite(limit) else 1.0
     rows, cols = mats[0].shape
     margin, gap = 8, 10
+
     def room(n: int) -> float:
         return (width - 2 * margin - gap * (n - 1)) / n / cols
 
@@ -416,18 +417,12 @@ def _generators_picture(report: SymmetryReport, k: int) -> Tuple[np.ndarray, Dic
     panel_h = int(round(cell_h * rows))
     panel_w = int(round(cell_w * cols)) if cell_w >= 1 else panel_w
     biases = _as_numpy(report.biases).reshape(-1) if report.biases is not None else None
-    stderr = _stderr(report)
     heads = []
     for i in range(count):
         variance = f"var {_short(float(report.variances[i]))}"
-        if stderr is not None and math.isfinite(stderr[i]):
-            variance += f" ±{_short(float(stderr[i]), 1)}"
-        lines = [f"h{i}  {variance}"]
-        if _font(_TEXT).getlength(lines[0]) > panel_w:
-            lines = [f"h{i}", variance]
-        if biases is not None:
-            lines.append(f"bias {_short(float(biases[i]))}")
-        heads.append(lines)
+        heads.append([f"h{i}", variance] + ([f"bias {_short(float(biases[i]))}"] if biases is not None else []))
+    if all(_font(_TEXT).getlength(f"{h[0]}  {h[1]}") <= panel_w for h in heads):  # name and variance on one line
+        heads = [[f"{h[0]}  {h[1]}"] + h[2:] for h in heads]
     head = 16 * max(len(h) for h in heads) + 4
     top = 30
     grid_rows = math.ceil(count / per_row)
@@ -468,9 +463,8 @@ def generators_image(report: SymmetryReport, k: int = 4) -> np.ndarray:
     """Heat maps of the ``k`` most invariant generators, entries written in, as an ``(H, W, 3)`` uint8 array.
 
     One colour scale centred at zero for all panels (the generators have unit norm, so their entries
-    compare). Each panel is titled with its variance (``± standard error`` when the report has
-    them) and its bias when there is a reference algebra. Panels wrap onto more rows when the
-    cells would be too narrow for their numbers.
+    compare). Each panel is titled with its variance and its bias when there is a reference
+    algebra. Panels wrap onto more rows when the cells would be too narrow for their numbers.
 
     Args:
         report: The report to draw.
@@ -739,7 +733,7 @@ def _history_picture(spectra: Sequence[Tensor], labels: Optional[Sequence[str]])
     canvas = _Canvas(width, height)
     canvas.text(width / 2, 6, "spectrum history", size=_TITLE, bold=True, anchor="mt")
     canvas.text(width / 2, 25, "each row ÷ its mean, log colour", size=_SMALL, color=_GREY, anchor="mt")
-    label_step = max(1, math.ceil(14 / row_h))
+    label_step = max(1, math.ceil(17 / row_h))
     shown_rows = list(range(n - 1, -1, -label_step))[::-1]  # always label the newest row
     label_w = max(canvas.text_width(texts[i], _TEXT) for i in shown_rows)
     x0 = int(label_w + 12)
