@@ -791,6 +791,7 @@ def orbit_outputs(
     least: Tensor,
     ts: Sequence[float] = ORBIT_CURVE_TS,
     output_transform: Optional[Callable[[Tensor], Tensor]] = None,
+    device: Optional[Union[str, torch.device]] = None,
 ) -> Dict[str, np.ndarray]:
     """The model's output along the orbits of one input: what :func:`orbit_image` draws beside it.
 
@@ -808,6 +809,8 @@ def orbit_outputs(
         least: The least invariant generator.
         ts: Group parameters ``t`` of ``exp(t h)``.
         output_transform: Applied to the model's output before it is recorded (as the metric's).
+        device: Where to run the model; default: the device and dtype of a module's first
+            parameter, or where ``x`` is for other callables (e.g. a function returning a layer's output).
 
     Returns:
         ``{"ts": (T,), "most": (T, K), "least": (T, K)}`` float64 arrays: the output components
@@ -826,6 +829,8 @@ def orbit_outputs(
     param = next(iter(model.parameters()), None) if isinstance(model, torch.nn.Module) else None
     if param is not None:
         inputs = inputs.to(param.device, param.dtype if inputs.is_floating_point() else inputs.dtype)
+    if device is not None:
+        inputs = inputs.to(device)
     with torch.no_grad():
         out = model(inputs)
         if output_transform is not None:

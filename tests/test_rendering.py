@@ -358,6 +358,10 @@ def test_orbit_outputs_leave_the_model_alone():
     assert not model.training and all(p.grad is None for p in model.parameters())
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
     assert out["most"].dtype == np.float64 and out["most"].shape == (len(R.ORBIT_CURVE_TS), 2)
+    seen = []
+    R.orbit_outputs(lambda x: seen.append(x.device) or torch.zeros(len(x), 2), VectorAction(dim=3, components=2),
+                    torch.randn(6), torch.eye(3), torch.eye(3), device="meta")  # the model runs where it is told
+    assert seen == [torch.device("meta")]
     with pytest.raises(ValueError, match="one row per input"):
         R.orbit_outputs(lambda x: x.sum(), VectorAction(dim=3), torch.randn(3), torch.eye(3), torch.eye(3))
     with pytest.raises(ValueError, match="at least one value"):
