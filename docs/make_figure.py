@@ -1,93 +1,135 @@
-"""Draw ``docs/liegg_tensorboard.png``: the pictures the LieGG callback logs, for a known function.
+"""Make ``docs/liegg_tensorboard.png``: TensorBoard showing the pictures the LieGG callback logs.
 
-No training: the "network" is the O(5) regression target of the LieGG paper,
-``f(x1, x2) = sin|x1| - |x2|^3 / 2 + x1.x2 / (|x1| |x2|)`` on two vectors of R^5, which is exactly
-invariant to so(5), plus a small term ``eps * x1[0]^2`` that breaks the rotations moving the first
-axis. So the truth is known: the 6 rotations of axes 1..4 stay exact symmetries (variance at the
-float64 floor), the 4 rotations involving axis 0 are approximate (variance ~ eps^2), and the 15
-symmetric directions of gl(5) are not symmetries at all.
-
-The image stacks the leading generators (top), the spectrum with the biases to so(5) (bottom
-left) and the spectra for a sweep of ``eps`` (bottom right, one row per value, largest first).
+A small MLP learns the O(5)-invariant regression of the LieGG paper,
+``f(x1, x2) = sin|x1| - |x2|^3 / 2 + x1.x2 / (|x1| |x2|)`` on two vectors of R^5, in a plain
+PyTorch loop. After epochs 1, 2, 4, 8, ... the network is analysed and its pictures are sent to a
+TensorBoard run exactly as the callback sends them (``log_pictures``, with the model's outputs along
+the orbit from ``orbit_outputs``). With ``--screenshot``, TensorBoard is started on that run and
+headless Chromium photographs its Images tab at the size a user sees (this needs the
+``tensorboard`` and ``chromium`` commands).
 
 Usage::
 
-    python docs/make_figure.py [--out docs/liegg_tensorboard.png] [--eps 0.05]
+    python docs/make_figure.py --logdir /tmp/liegg_figure [--screenshot docs/liegg_tensorboard.png]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
 from pathlib import Path
-from typing import Callable, List
+from typing import List
 
-import numpy as np
 import torch
-from torch import Tensor
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch import Tensor, nn
 
 from liegg_lightning import VectorAction, analyze
-from liegg_lightning.rendering import (
-    figure_to_array,
-    generators_figure,
-    spectrum_figure,
-    spectrum_history_figure,
-)
+from liegg_lightning._loggers import log_pictures
+from liegg_lightning.rendering import orbit_outputs
 
 
-def o5_function(eps: float) -> Callable[[Tensor], Tensor]:
-    """The so(5)-invariant target of the paper plus ``eps * x1[0]^2``; input ``(B, 10)``, output ``(B, 1)``."""
-
-    def f(x: Tensor) -> Tensor:
-        x1, x2 = x[:, :5], x[:, 5:]
-        n1, n2 = x1.norm(dim=1), x2.norm(dim=1)
-        out = torch.sin(n1) - n2**3 / 2 + (x1 * x2).sum(1) / (n1 * n2) + eps * x1[:, 0] ** 2
-        return out[:, None]
-
-    return f
+def o5_target(x: Tensor) -> Tensor:
+    """The paper's so(5)-invariant target; input ``(B, 10)``, output ``(B, 1)``."""
+    x1, x2 = x[:, :5], x[:, 5:]
+    n1, n2 = x1.norm(dim=1), x2.norm(dim=1)
+    return (torch.sin(n1) - n2**3 / 2 + (x1 * x2).sum(1) / (n1 * n2))[:, None]
 
 
-def _pad_right(img: np.ndarray, width: int) -> np.ndarray:
-    """Pad an RGB image with white columns, centring it, up to ``width``."""
-    missing = width - img.shape[1]
-    left = missing // 2
-    return np.pad(img, ((0, 0), (left, missing - left), (0, 0)), constant_values=255)
+def train_and_log(logdir: Path, epochs: int) -> Path:
+    """Train the MLP, analysing it at epochs 1, 2, 4, ...; return the TensorBoard run's directory."""
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    x_train, x_val = torch.randn(4000, 10), torch.randn(500, 10)
+    y_train = o5_target(x_train)
+    model = nn.Sequential(nn.Linear(10, 128), nn.Tanh(), nn.Linear(128, 128), nn.Tanh(), nn.Linear(128, 1))
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs * 40)
+    action = VectorAction(dim=5, components=2)
+    logger = TensorBoardLogger(str(logdir), name="o5", version=0)
+    spectra: List[Tensor] = []
+    labels: List[str] = []
+    step = 0
+    for epoch in range(1, epochs + 1):
+        model.train()
+        for idx in torch.randperm(len(x_train)).split(100):  # 40 steps an epoch
+            loss = nn.functional.mse_loss(model(x_train[idx]), y_train[idx])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            step += 1
+        if epoch & (epoch - 1) and epoch != epochs:  # analyse at powers of two and at the end
+            continue
+        model.eval()
+        report = analyze(model, x_val, action, reference_algebra="so")
+        spectra.append(report.variances)
+        labels.append(f"epoch {epoch}")
+        orbit = orbit_outputs(model, action, x_val[0], report.generators[0], report.generators[-1])
+        log_pictures([logger], step, report, action, spectra=spectra, labels=labels, example_input=x_val[0],
+                     orbit=orbit)
+        print(f"epoch {epoch}: loss {loss.item():.4f}, {report}")
+    logger.experiment.flush()
+    return Path(logger.log_dir)
 
 
-def _side_by_side(images: List[np.ndarray]) -> np.ndarray:
-    height = max(img.shape[0] for img in images)
-    padded = [np.pad(img, ((0, height - img.shape[0]), (0, 0), (0, 0)), constant_values=255) for img in images]
-    return np.concatenate(padded, axis=1)
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def screenshot(logdir: Path, out: Path, width: int = 1240, height: int = 1700) -> None:
+    """Photograph TensorBoard's Images tab on ``logdir`` with headless Chromium; write a small PNG.
+
+    The picture is cropped to the cards (TensorBoard's own sizes, nothing rescaled).
+    """
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None or shutil.which("tensorboard") is None:
+        raise SystemExit("--screenshot needs the `tensorboard` and `chromium` commands")
+    port = _free_port()
+    board = subprocess.Popen(
+        ["tensorboard", "--logdir", str(logdir), "--port", str(port), "--samples_per_plugin", "images=100"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        time.sleep(8)  # TensorBoard loads the run
+        with tempfile.TemporaryDirectory() as profile:
+            raw = Path(profile) / "raw.png"
+            subprocess.run(
+                [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
+                 f"--window-size={width},{height}", "--virtual-time-budget=10000", f"--screenshot={raw}",
+                 f"http://localhost:{port}/#images"],
+                check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120,
+            )
+            from PIL import Image
+
+            image = Image.open(raw).convert("RGB")
+            image = image.crop((300, 120, min(width, 1060), min(height, 1250)))  # the cards, not the run selector
+            # a palette of 128 colours keeps the file small; the pictures use few colours anyway
+            image.quantize(128, dither=Image.Dither.NONE).save(out, optimize=True)
+    finally:
+        board.terminate()
+        board.wait(timeout=30)
+    print(f"wrote {out} ({os.path.getsize(out) // 1024} KB)")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path(__file__).with_name("liegg_tensorboard.png"))
-    parser.add_argument("--eps", type=float, default=0.05, help="strength of the symmetry-breaking term")
-    parser.add_argument("--samples", type=int, default=2000)
+    parser.add_argument("--logdir", type=Path, default=Path(tempfile.gettempdir()) / "liegg_figure")
+    parser.add_argument("--epochs", type=int, default=64)
+    parser.add_argument("--screenshot", type=Path, default=None, help="write TensorBoard's Images tab here")
     args = parser.parse_args()
-
-    torch.manual_seed(0)
-    x = torch.randn(args.samples, 10, dtype=torch.float64)
-    action = VectorAction(dim=5, components=2)
-    report = analyze(o5_function(args.eps), x, action, reference_algebra="so")
-    print(report)
-
-    sweep = [1.0, 0.3, 0.1, 0.03, 0.01, 0.0]
-    spectra = [analyze(o5_function(eps), x, action).variances for eps in sweep]
-
-    top = figure_to_array(generators_figure(report, k=4))
-    history = spectrum_history_figure(spectra, [f"eps = {eps:g}" for eps in sweep])
-    history.axes[0].set_title("Spectra as the breaking term shrinks")  # a sweep here, not training
-    bottom = _side_by_side([figure_to_array(spectrum_figure(report)), figure_to_array(history)])
-    width = max(top.shape[1], bottom.shape[1])
-    gap = np.full((12, width, 3), 255, dtype=np.uint8)
-    composite = np.concatenate([_pad_right(top, width), gap, _pad_right(bottom, width)], axis=0)
-
-    import matplotlib.image
-
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    matplotlib.image.imsave(args.out, composite)
-    print(f"wrote {args.out} ({composite.shape[1]}x{composite.shape[0]})")
+    shutil.rmtree(args.logdir, ignore_errors=True)
+    train_and_log(args.logdir, args.epochs)
+    if args.screenshot is not None:
+        screenshot(args.logdir, args.screenshot)
 
 
 if __name__ == "__main__":

@@ -1,18 +1,29 @@
-"""Sending the pictures of a :class:`SymmetryReport` to the trainer's loggers (rank zero only).
+"""Sending a :class:`SymmetryReport`'s pictures, text and JSON file to the trainer's loggers (rank zero only).
 
-The figures come from :mod:`liegg_lightning.rendering`; this module only sends them.
+The pictures come from :mod:`liegg_lightning.rendering`; this module only sends them, each logger
+into its own run:
 
-TensorBoard loggers get images and a text entry; other loggers get the images through their
-``log_image`` where they have one (W&B); loggers with neither get a single notice. Drawing never
-ends a run: a failure becomes a warning.
+=================  =================================  ========================  ==========================
+logger             pictures                           text                      report file
+=================  =================================  ========================  ==========================
+TensorBoard        ``add_image``                      ``add_text``              ``<log_dir>/<filename>``
+W&B                ``wandb.Image``                    ``wandb.Html``            ``<run.dir>/<filename>``
+MLflow             ``MlflowClient.log_image``         ``log_text`` (artifact)   ``log_artifact``
+CSV                (none)                             (none)                    ``<log_dir>/<filename>``
+others             ``log_image`` when they have one   (none)                    ``<log_dir>`` when they have one
+=================  =================================  ========================  ==========================
+
+Loggers that can take nothing get one notice. Nothing here ends a run: a failure becomes a warning.
 """
 
 from __future__ import annotations
 
+import html
 import os
-from typing import List, Optional, Sequence
+import tempfile
+from typing import Any, Dict, List, Optional, Sequence
 
-from lightning.pytorch.loggers import Logger, TensorBoardLogger
+from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.rank_zero import WarningCache
 from torch import Tensor
@@ -25,6 +36,12 @@ __all__ = ["log_pictures", "save_report"]
 _WARNINGS = WarningCache()
 
 
+def _takes_pictures(logger: Logger) -> bool:
+    return isinstance(logger, (TensorBoardLogger, WandbLogger, MLFlowLogger)) or callable(
+        getattr(logger, "log_image", None)
+    )
+
+
 def log_pictures(
     loggers: Sequence[Logger],
     step: int,
@@ -32,65 +49,167 @@ def log_pictures(
     action: GroupAction,
     *,
     spectra: Sequence[Tensor],
-    labels: Optional[List[str]] = None,
+    labels: Optional[Sequence[str]] = None,
     example_input: Optional[Tensor] = None,
+    orbit: Optional[Dict[str, Any]] = None,
     num_generators: int = 4,
     prefix: str = "liegg/",
-) -> None:
-    """Draw the report and send it, at ``step``, to every logger that can take pictures."""
+    layers: Optional[Dict[str, SymmetryReport]] = None,
+) -> Dict[str, Any]:
+    """Draw the report and send pictures and text, at ``step``, to every logger that can hold them.
+
+    Pure drawing and sending: the model is never called here (pass ``orbit`` from
+    :func:`~liegg_lightning.rendering.orbit_outputs`, computed where the model may run), so this
+    may run in a background thread. Never raises: a failure becomes a warning.
+
+    Args:
+        loggers: The trainer's loggers.
+        step: The global step to log at.
+        report: The report to draw.
+        action: Its group action (for the orbit picture).
+        spectra: Variance spectra of the analyses so far, oldest first (the history picture).
+        labels: One label per spectrum, e.g. ``"epoch 3"`` or ``"validate"``.
+        example_input: One input without the batch axis for the orbit picture, or ``None``.
+        orbit: :func:`~liegg_lightning.rendering.orbit_outputs` for ``example_input``, or ``None``.
+        num_generators: How many leading generators to draw.
+        prefix: Prefix of every tag.
+        layers: Per-layer reports (the metric's ``layers``): adds the ``layers`` picture of depth.
+
+    Returns:
+        The pictures drawn, ``tag -> (H, W, 3) uint8`` (tags without the prefix); empty when no
+        logger could take them or drawing failed.
+    """
     capable = []
     for logger in loggers:
-        if isinstance(logger, TensorBoardLogger) or callable(getattr(logger, "log_image", None)):
+        if _takes_pictures(logger):
             capable.append(logger)
         else:
             _WARNINGS.info(
-                f"LieGGCallback: {type(logger).__name__} cannot show images; the scalars are logged, "
-                "the pictures go to TensorBoard loggers and loggers with `log_image`."
+                f"LieGGCallback: {type(logger).__name__} cannot show images; the scalars are logged, the pictures "
+                "go to TensorBoard, W&B, MLflow and loggers with `log_image`."
             )
     if not capable:
-        return
+        return {}
     try:
         from liegg_lightning.rendering import generators_text, render_pictures
 
         images = render_pictures(
-            report, action, spectra=spectra, labels=labels, example_input=example_input,
+            report, action, spectra=spectra, labels=labels, example_input=example_input, orbit=orbit,
             num_generators=num_generators,
         )
         text = generators_text(report, k=max(num_generators, 1))
+        if layers:
+            from liegg_lightning.rendering import figure_to_array
+            from liegg_lightning.rendering_layers import layers_figure
+
+            known = list(report.known_variances) or None
+            images["layers"] = figure_to_array(layers_figure(layers, known=known))
     except Exception as err:  # drawing must never end the training it watches
         rank_zero_warn(f"LieGGCallback: drawing the report failed ({err!r}); pictures skipped.")
-        return
+        return {}
     for logger in capable:
         try:
             if isinstance(logger, TensorBoardLogger):
-                writer = logger.experiment
-                for tag, image in images.items():
-                    writer.add_image(prefix + tag, image, global_step=step, dataformats="HWC")
-                writer.add_text(prefix + "generators_text", text, global_step=step)
-                writer.flush()
+                _to_tensorboard(logger, images, text, step, prefix)
+            elif isinstance(logger, WandbLogger):
+                _to_wandb(logger, images, text, step, prefix)
+            elif isinstance(logger, MLFlowLogger):
+                _to_mlflow(logger, images, text, step, prefix)
             else:
                 log_image = getattr(logger, "log_image")  # noqa: B009 - Logger declares no log_image
                 for tag, image in images.items():
                     log_image(key=prefix + tag, images=[image], step=step)
         except Exception as err:
             rank_zero_warn(f"LieGGCallback: logging pictures to {type(logger).__name__} failed ({err!r}).")
+    return images
+
+
+def _to_tensorboard(logger: TensorBoardLogger, images: Dict[str, Any], text: str, step: int, prefix: str) -> None:
+    writer = logger.experiment
+    for tag, image in images.items():
+        writer.add_image(prefix + tag, image, global_step=step, dataformats="HWC")
+    writer.add_text(prefix + "generators_text", text, global_step=step)
+    writer.flush()
+
+
+def _to_wandb(logger: WandbLogger, images: Dict[str, Any], text: str, step: int, prefix: str) -> None:
+    import wandb
+
+    entries: Dict[str, Any] = {prefix + tag: wandb.Image(image) for tag, image in images.items()}
+    entries[prefix + "generators_text"] = wandb.Html(f"<pre>{html.escape(text)}</pre>")
+    logger.log_metrics(entries, step=step)  # one W&B log call: one row for all of them
+
+
+def _to_mlflow(logger: MLFlowLogger, images: Dict[str, Any], text: str, step: int, prefix: str) -> None:
+    client, run_id = logger.experiment, logger.run_id
+    folder = prefix.strip("/") or "liegg"
+    for tag, image in images.items():
+        try:
+            client.log_image(run_id, image, key=prefix + tag, step=step)  # mlflow >= 2.12: a slider per key
+        except TypeError:  # older mlflow: one artifact file per image
+            client.log_image(run_id, image, f"{folder}/{tag}_step{step:08d}.png")
+    client.log_text(run_id, text, f"{folder}/generators_step{step:08d}.md")
+
+
+def _check_filename(filename: str) -> str:
+    path = os.path.normpath(str(filename))
+    if not path or os.path.isabs(path) or path.startswith(os.pardir) or path == os.curdir:
+        raise ValueError(f"Expected a relative file name inside the run directory, got {filename!r}.")
+    return path
+
+
+def _run_dir(logger: Logger) -> Optional[str]:
+    """The logger's own run directory on this machine, or None (MLflow takes artifacts instead)."""
+    if isinstance(logger, WandbLogger):
+        return str(logger.experiment.dir)
+    log_dir = getattr(logger, "log_dir", None)
+    return str(log_dir) if isinstance(log_dir, (str, os.PathLike)) else None
 
 
 def save_report(loggers: Sequence[Logger], report: SymmetryReport, filename: str) -> List[str]:
-    """Write ``report`` as JSON into each logger's own run directory; return the paths written.
+    """Write ``report`` as JSON into each logger's own run, atomically, and say where.
 
-    A failure to write becomes a warning: a report is never worth a crashed run.
+    TensorBoard and CSV loggers: ``<logger.log_dir>/<filename>``; W&B: the run's files directory
+    (uploaded with the run); MLflow: a run artifact ``<filename>`` (``log_artifact`` from a
+    temporary file); other loggers with a ``log_dir``: there. Two loggers sharing a directory get
+    one file. Never raises for a logger that fails: that becomes a warning.
+
+    Args:
+        loggers: The trainer's loggers; with none, nothing is written.
+        report: The report to write.
+        filename: A relative path such as ``"liegg/report_fit_epoch0003_step000120.json"``.
+
+    Returns:
+        The paths (and, for MLflow, artifact URIs) written, one per logger that took the file.
+
+    Raises:
+        ValueError: ``filename`` is absolute or leaves the run directory.
     """
-    paths: List[str] = []
+    name = _check_filename(filename)
+    written: List[str] = []
     for logger in loggers:
-        directory = getattr(logger, "log_dir", None)
-        if not isinstance(directory, str):
-            continue
-        path = os.path.join(directory, "liegg", filename)
         try:
+            if isinstance(logger, MLFlowLogger):
+                client, run_id = logger.experiment, logger.run_id
+                with tempfile.TemporaryDirectory() as tmp:
+                    local = os.path.join(tmp, os.path.basename(name))
+                    report.save(local)
+                    folder = os.path.dirname(name) or None
+                    client.log_artifact(run_id, local, folder)
+                uri = client.get_run(run_id).info.artifact_uri.rstrip("/")
+                written.append(f"{uri}/{name.replace(os.sep, '/')}")
+                continue
+            run_dir = _run_dir(logger)
+            if run_dir is None:
+                _WARNINGS.info(
+                    f"LieGGCallback: {type(logger).__name__} has no run directory; reports are not saved there."
+                )
+                continue
+            path = os.path.join(run_dir, name)
+            if path in written:
+                continue
             report.save(path)
-        except OSError as err:
-            rank_zero_warn(f"LieGGCallback: could not write the report to {path} ({err}).")
-        else:
-            paths.append(path)
-    return paths
+            written.append(path)
+        except Exception as err:
+            rank_zero_warn(f"LieGGCallback: saving the report to {type(logger).__name__} failed ({err!r}).")
+    return written

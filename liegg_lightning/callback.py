@@ -24,6 +24,7 @@ from liegg_lightning._state import cuda_devices_of, preserved_state
 from liegg_lightning.actions import GroupAction
 from liegg_lightning.functional.layers import MODEL_OUTPUT
 from liegg_lightning.metric import LieGGMetric
+from liegg_lightning.rendering import orbit_outputs
 from liegg_lightning.report import SymmetryReport
 
 __all__ = ["LieGGCallback"]
@@ -233,8 +234,8 @@ class LieGGCallback(Callback):
         self._drawer: Optional[ThreadPoolExecutor] = None
         self._lock = threading.Lock()
         self._running: Optional[Future] = None
-        self._waiting: Optional[Callable[[], None]] = None
-        self._undrawn: Optional[Callable[[], None]] = None
+        self._waiting: Optional[Callable[[], Any]] = None
+        self._undrawn: Optional[Callable[[], Any]] = None
 
     @property
     @override
@@ -513,9 +514,10 @@ class LieGGCallback(Callback):
         if self.save_reports and trainer.loggers:
             for name, layer_report in reports.items():
                 filename = self._report_name(stage, trainer.current_epoch, trainer.global_step, name)
-                save_report(list(trainer.loggers), layer_report, filename)
+                save_report(list(trainer.loggers), layer_report, f"liegg/{filename}")
         if self.log_images and trainer.loggers:
-            self._draw(trainer, pl_module, report, always=stage != "fit")
+            self._draw(trainer, pl_module, report, always=stage != "fit",
+                       layers=reports if len(reports) > 1 or MODEL_OUTPUT not in reports else None)
 
     def _report_name(self, stage: str, epoch: int, step: int, layer: str = MODEL_OUTPUT) -> str:
         prefix = re.sub(r"[^A-Za-z0-9_.-]+", "-", self.prefix).strip("-") or "liegg"
@@ -524,7 +526,29 @@ class LieGGCallback(Callback):
 
     # ------------------------------------------------------------------ pictures
 
-    def _draw(self, trainer: pl.Trainer, pl_module: pl.LightningModule, report: SymmetryReport, always: bool) -> None:
+    def _orbit(self, pl_module: pl.LightningModule, report: SymmetryReport) -> Optional[Dict[str, Any]]:
+        """The model's outputs along the orbit of the example input: here, where the model may run."""
+        if self._example_input is None or len(report.generators) < 2:
+            return None
+        try:
+            with preserved_state(pl_module, self._cuda_devices):
+                return orbit_outputs(self._model(pl_module), self.action, self._example_input, report.generators[0],
+                                     report.generators[-1], output_transform=self.metric.output_transform,
+                                     device=pl_module.device)
+        except Exception:  # no finite transformation, or an output that is not a tensor: no curves
+            return None
+
+    def _draw(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        report: SymmetryReport,
+        always: bool,
+        layers: Optional[Dict[str, SymmetryReport]] = None,
+    ) -> None:
+        started = time.perf_counter()
+        orbit = self._orbit(pl_module, report)
+        self._spent += time.perf_counter() - started
         job = functools.partial(
             log_pictures,
             list(trainer.loggers),
@@ -534,8 +558,10 @@ class LieGGCallback(Callback):
             spectra=list(self.spectra),
             labels=list(self.labels),
             example_input=self._example_input,
+            orbit=orbit,
             num_generators=self.log_generators,
             prefix=self.prefix,
+            layers=layers,
         )
         expected = self._draw_time / self._draws if self._draws else _DRAW_PRIOR
         if not always and self._spent + self._draw_time + expected > self._budget():
@@ -547,7 +573,7 @@ class LieGGCallback(Callback):
         else:
             self._run(job)
 
-    def _run(self, job: Callable[[], None]) -> None:
+    def _run(self, job: Callable[[], Any]) -> None:
         started = time.perf_counter()
         try:
             job()  # log_pictures turns its own failures into warnings
@@ -556,14 +582,14 @@ class LieGGCallback(Callback):
                 self._draw_time += time.perf_counter() - started
                 self._draws += 1
 
-    def _run_then_next(self, job: Callable[[], None]) -> None:
+    def _run_then_next(self, job: Callable[[], Any]) -> None:
         self._run(job)
         with self._lock:
             waiting, self._waiting = self._waiting, None
             if waiting is not None and self._drawer is not None:
                 self._running = self._drawer.submit(self._run_then_next, waiting)
 
-    def _submit(self, job: Callable[[], None]) -> None:
+    def _submit(self, job: Callable[[], Any]) -> None:
         with self._lock:
             if self._running is not None and not self._running.done():
                 self._waiting = job  # replaces an older waiting drawing: the queue never grows

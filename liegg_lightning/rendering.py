@@ -1,14 +1,22 @@
 """Pictures of a :class:`~liegg_lightning.report.SymmetryReport`: spectra, generators, orbits.
 
-Pure functions from reports (and tensors) to matplotlib figures, images and markdown, for
-TensorBoard and notebooks. matplotlib is imported inside the functions, so importing
-``liegg_lightning`` never imports it.
+Two kinds of drawing live here:
 
-Figures made here (except :func:`plot_spectrum` without an ``ax``, which follows TorchMetrics'
-``plot`` and uses pyplot) are plain :class:`matplotlib.figure.Figure` objects drawn with the Agg
-canvas: they never touch pyplot's global state or backend, so a training loop that renders one per
-epoch leaks nothing, even if it never closes them. :func:`figure_to_array` and
-:func:`figure_to_png` close pyplot-managed figures as well.
+- **Card pictures** (:func:`generators_image`, :func:`spectrum_image`,
+  :func:`spectrum_history_image`, :func:`orbit_image`, all four at once with
+  :func:`render_pictures`): ``(H, W, 3)`` uint8 arrays about 400 pixels wide, the width of a
+  TensorBoard image card, so they read without enlarging. They are drawn directly as arrays (numpy
+  colour look-ups and Pillow for lines and text): a full set takes a few tens of milliseconds,
+  against over a second through matplotlib's layout engine. The ``*_figure`` functions wrap the
+  same pictures in a matplotlib :class:`~matplotlib.figure.Figure` for notebooks.
+- **Plots** (:func:`plot_spectrum`, :func:`plot_spectra`): matplotlib axes, following TorchMetrics'
+  ``plot``, for notebooks and papers.
+
+The model is never called here except in :func:`orbit_outputs`, which the caller runs where the
+model may run (the callback: the main thread, at the end of a validation epoch) and passes its
+result on to :func:`orbit_image` / :func:`render_pictures`; the drawing itself only reads arrays, so
+it may run in a background thread. matplotlib and Pillow are imported inside the functions, so
+importing ``liegg_lightning`` imports neither.
 
 Example:
     >>> import torch
@@ -16,15 +24,16 @@ Example:
     >>> from liegg_lightning.functional.symmetry import _symmetry_compute
     >>> gram = torch.diag(torch.arange(4.0, dtype=torch.float64))
     >>> report = _symmetry_compute(gram, 4, 4, 0, VectorAction(dim=2))
-    >>> figure_to_array(generators_figure(report, k=2)).dtype
+    >>> generators_image(report, k=2).dtype
     dtype('uint8')
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import math
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -41,38 +50,95 @@ __all__ = [
     "figure_to_array",
     "figure_to_png",
     "generators_figure",
+    "generators_image",
     "generators_text",
     "orbit_figure",
+    "orbit_image",
+    "orbit_outputs",
     "plot_spectra",
     "plot_spectrum",
     "render_pictures",
     "spectrum_figure",
     "spectrum_history_figure",
+    "spectrum_history_image",
+    "spectrum_image",
 ]
 
-#: Inches per panel and resolution: TensorBoard images of a few hundred pixels a side.
-_PANEL_INCHES = 3.0
-_DPI = 100
-#: Entries are written on a generator heat map when it has at most this many.
-_MAX_ANNOTATED_ENTRIES = 36
+#: Width of the card pictures in pixels: a TensorBoard image card shows about 350, so they are not shrunk.
+CARD_WIDTH = 360
+#: Lines and text are drawn at this multiple of the final size, then averaged down (anti-aliasing).
+_SUPERSAMPLE = 2
+#: Default group parameters of the orbit thumbnails and of the output curves.
+ORBIT_TS = (-0.6, -0.3, 0.0, 0.3, 0.6)
+ORBIT_CURVE_TS = tuple(float(t) for t in np.linspace(-0.6, 0.6, 13))
+#: At most this many output components are drawn along an orbit (those that move most).
+_MAX_CURVES = 8
+
 _DIVERGING = "RdBu_r"
+_SEQUENTIAL = "viridis"
+_INK = (34, 34, 34)
+_GREY = (110, 110, 110)
+_GRID = (225, 225, 225)
+_BLUE = (31, 119, 180)
+_ORANGE = (230, 120, 20)
+_GREEN = (44, 160, 44)
+_RED = (214, 39, 40)
+_SHADE = (222, 242, 222)
+_TAB10 = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
+          (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
+_DPI = 100
+#: Font sizes in pixels: tick labels, text, titles.
+_SMALL, _TEXT, _TITLE = 12, 13, 15
+
+# --------------------------------------------------------------------------------------------- numbers
 
 
-def _new_figure(width: float, height: float) -> Figure:
-    """A figure outside pyplot, with an Agg canvas: no global backend, nothing to leak.
-
-    Constrained layout keeps titles, tick labels and colour bars inside the image.
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=_DPI, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
+def _as_numpy(x: Union[Tensor, np.ndarray, Sequence[float]]) -> np.ndarray:
+    if isinstance(x, Tensor):
+        return x.detach().to("cpu", torch.float64).numpy()
+    return np.asarray(x, dtype=np.float64)
 
 
-def _as_numpy(x: Tensor) -> np.ndarray:
-    return x.detach().to("cpu", torch.float64).numpy()
+def _is_number(value: Any) -> bool:
+    return value is not None and isinstance(value, (int, float)) and math.isfinite(float(value))
+
+
+def _short(value: Optional[float], digits: int = 2) -> str:
+    """Compact text for a measure: ``1.2e-5``, ``0.031``, ``n/a`` for NaN, ``-`` for None."""
+    if value is None:
+        return "-"
+    value = float(value)
+    if math.isnan(value):
+        return "n/a"
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    if value == 0.0:
+        return "0"
+    text = f"{value:.{max(digits - 1, 0)}e}" if abs(value) < 1e-2 or abs(value) >= 1e4 else f"{value:.{digits}g}"
+    if "e" in text:
+        mantissa, exponent = text.split("e")
+        if "." in mantissa:
+            mantissa = mantissa.rstrip("0").rstrip(".")
+        text = f"{mantissa}e{int(exponent)}"
+    return text
+
+
+def _cell_text(value: float) -> str:
+    """An entry of a unit generator in at most four characters: ``.71``, ``-.5``, ``0``."""
+    if not math.isfinite(value):
+        return "nan"
+    rounded = round(value, 2) + 0.0
+    if rounded == 0.0:
+        return "0"
+    if abs(rounded) >= 1.0:
+        return f"{rounded:.1f}"
+    text = f"{rounded:.2f}".rstrip("0")
+    return text.replace("0.", ".", 1)
+
+
+def _fmt(value: float, decimals: int) -> str:
+    """Fixed-point text without a negative zero."""
+    return f"{round(float(value), decimals) + 0.0:.{decimals}f}"
 
 
 def _log_floor(values: np.ndarray) -> float:
@@ -94,24 +160,430 @@ def _as_matrix(generator: Tensor) -> np.ndarray:
     return g.reshape(-1, g.shape[-1])
 
 
-def _fmt(value: float, decimals: int) -> str:
-    """Fixed-point text without a negative zero."""
-    return f"{round(float(value), decimals) + 0.0:.{decimals}f}"
+def _stderr(report: SymmetryReport) -> Optional[np.ndarray]:
+    """The report's standard errors of the variances, when it has them (newer reports do)."""
+    se = getattr(report, "variance_stderr", None)
+    if se is None:
+        return None
+    arr = _as_numpy(se).reshape(-1)
+    return arr if arr.size == len(report.variances) else None
 
 
-def _describe(report: SymmetryReport, i: int) -> Tuple[str, Optional[str]]:
-    variance = f"{float(report.variances[i]):.3g}"
-    bias = f"{float(report.biases[i]):.3g}" if report.biases is not None else None
-    return variance, bias
+def _nice_step(span: float, max_ticks: int) -> int:
+    """An integer tick step from 1, 2, 5, 10, 20, ... giving at most ``max_ticks`` ticks over ``span``."""
+    base = 1
+    while True:
+        for step in (base, 2 * base, 5 * base):
+            if span / step <= max_ticks - 1:
+                return step
+        base *= 10
+
+
+def _index_ticks(count: int, max_ticks: int = 8) -> List[int]:
+    """Integer ticks for an index axis ``0 .. count - 1``."""
+    if count <= 0:
+        return []
+    step = _nice_step(count - 1, max_ticks)
+    return list(range(0, count, step))
+
+
+# --------------------------------------------------------------------------------------------- colours
+
+
+@functools.lru_cache(maxsize=8)
+def _lut(name: str) -> np.ndarray:
+    """A colour map as a ``(256, 3)`` uint8 look-up table."""
+    import matplotlib
+
+    rgba = matplotlib.colormaps[name](np.linspace(0.0, 1.0, 256))
+    return np.round(rgba[:, :3] * 255).astype(np.uint8)
+
+
+def _colour(
+    values: np.ndarray, lo: float, hi: float, cmap: str, bad: Tuple[int, int, int] = (255, 255, 255)
+) -> np.ndarray:
+    """Values mapped linearly from ``[lo, hi]`` onto a colour map: ``(*values.shape, 3)`` uint8; NaN is ``bad``."""
+    scale = (values - lo) / (hi - lo) if hi > lo else np.zeros_like(values)
+    idx = np.clip(np.nan_to_num(scale, nan=0.0) * 255.0 + 0.5, 0, 255).astype(np.intp)
+    out = _lut(cmap)[idx]
+    out[np.isnan(values)] = bad
+    return out
+
+
+def _upscale(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Nearest-neighbour resize of an ``(h, w, 3)`` array: every cell a block of pixels."""
+    rows = np.minimum((np.arange(height) * rgb.shape[0]) // max(height, 1), rgb.shape[0] - 1)
+    cols = np.minimum((np.arange(width) * rgb.shape[1]) // max(width, 1), rgb.shape[1] - 1)
+    return rgb[rows][:, cols]
+
+
+# --------------------------------------------------------------------------------------------- canvas
+
+
+@functools.lru_cache(maxsize=32)
+def _font(size: int, bold: bool = False) -> Any:
+    """DejaVu Sans (shipped with matplotlib) at ``size`` pixels; Pillow's own font if it is missing."""
+    import os
+
+    import matplotlib
+    from PIL import ImageFont
+
+    name = "DejaVuSans-Bold.ttf" if bold else "DejaVuSans.ttf"
+    try:
+        return ImageFont.truetype(os.path.join(matplotlib.get_data_path(), "fonts", "ttf", name), size)
+    except OSError:  # pragma: no cover - a matplotlib without its fonts
+        return ImageFont.load_default(size)
+
+
+class _Canvas:
+    """A white RGB picture drawn at :data:`_SUPERSAMPLE` times its size; coordinates in final pixels."""
+
+    def __init__(self, width: int, height: int) -> None:
+        from PIL import Image, ImageDraw
+
+        self.width, self.height = int(width), int(height)
+        s = _SUPERSAMPLE
+        self.image = Image.new("RGB", (self.width * s, self.height * s), (255, 255, 255))
+        self.draw = ImageDraw.Draw(self.image)
+        self._pasted: List[Tuple[np.ndarray, int, int]] = []
+        self._texts: List[Tuple[float, float, str, int, Tuple[int, int, int], str, bool]] = []
+
+    def text(self, x: float, y: float, text: str, size: int = _TEXT, color: Tuple[int, int, int] = _INK,
+             anchor: str = "la", bold: bool = False) -> None:
+        """Write ``text`` with its ``anchor`` (Pillow's two-letter anchors) at ``(x, y)``, over everything else.
+
+        Text is anti-aliased by the font renderer, so it is drawn at the final size, last.
+        """
+        self._texts.append((x, y, text, size, color, anchor, bold))
+
+    def text_width(self, text: str, size: int = _TEXT, bold: bool = False) -> float:
+        """Width of ``text`` in final pixels."""
+        return float(_font(size, bold).getlength(text))
+
+    def line(self, points: Sequence[Tuple[float, float]], color: Tuple[int, int, int] = _INK,
+             width: float = 1.0) -> None:
+        """A polyline through ``points``."""
+        s = _SUPERSAMPLE
+        if len(points) >= 2:
+            self.draw.line([(x * s, y * s) for x, y in points], fill=color, width=max(1, round(width * s)),
+                           joint="curve")
+
+    def dashed(self, x0: float, y0: float, x1: float, y1: float, color: Tuple[int, int, int],
+               width: float = 1.0, dash: float = 4.0) -> None:
+        """A dashed straight line."""
+        length = math.hypot(x1 - x0, y1 - y0)
+        steps = max(1, int(length // dash))
+        for i in range(0, steps, 2):
+            a, b = i / steps, min(1.0, (i + 1) / steps)
+            self.line([(x0 + a * (x1 - x0), y0 + a * (y1 - y0)), (x0 + b * (x1 - x0), y0 + b * (y1 - y0))],
+                      color, width)
+
+    def rect(self, x0: float, y0: float, x1: float, y1: float, fill: Optional[Tuple[int, int, int]] = None,
+             outline: Optional[Tuple[int, int, int]] = None, width: float = 1.0) -> None:
+        """A rectangle, filled and/or outlined."""
+        s = _SUPERSAMPLE
+        self.draw.rectangle([x0 * s, y0 * s, x1 * s - 1, y1 * s - 1], fill=fill, outline=outline,
+                            width=max(1, round(width * s)))
+
+    def marker(self, x: float, y: float, radius: float, color: Tuple[int, int, int], shape: str = "o",
+               hollow: bool = False) -> None:
+        """A circle (``"o"``) or square (``"s"``) marker centred at ``(x, y)``."""
+        s = _SUPERSAMPLE
+        box = [(x - radius) * s, (y - radius) * s, (x + radius) * s, (y + radius) * s]
+        fill = (255, 255, 255) if hollow else color
+        if shape == "s":
+            self.draw.rectangle(box, fill=fill, outline=color, width=s)
+        else:
+            self.draw.ellipse(box, fill=fill, outline=color, width=s)
+
+    def paste(self, rgb: np.ndarray, x: int, y: int) -> None:
+        """Place an ``(h, w, 3)`` uint8 array with its top-left corner at ``(x, y)``, pixel for pixel.
+
+        Arrays are placed after the down-sampling, so heat maps and images stay sharp.
+        """
+        self._pasted.append((rgb, int(x), int(y)))
+
+    def to_array(self) -> np.ndarray:
+        """The finished ``(H, W, 3)`` uint8 picture."""
+        from PIL import Image, ImageDraw
+
+        small = self.image.reduce(_SUPERSAMPLE) if _SUPERSAMPLE > 1 else self.image
+        if self._pasted:
+            out = np.array(small, dtype=np.uint8)
+            for rgb, x, y in self._pasted:
+                h = min(rgb.shape[0], out.shape[0] - y)
+                w = min(rgb.shape[1], out.shape[1] - x)
+                if h > 0 and w > 0:
+                    out[y : y + h, x : x + w] = rgb[:h, :w]
+            small = Image.fromarray(out)
+        draw = ImageDraw.Draw(small)
+        for tx, ty, text, size, color, anchor, bold in self._texts:
+            draw.text((tx, ty), text, fill=color, font=_font(size, bold), anchor=anchor)
+        return np.asarray(small, dtype=np.uint8).copy()
+
+
+# --------------------------------------------------------------------------------------------- axes
+
+
+class _Axes:
+    """A plotting box on a canvas: data ``(x, y)`` to pixels, with ``y`` linear or already log10."""
+
+    def __init__(self, canvas: _Canvas, box: Tuple[float, float, float, float], xlim: Tuple[float, float],
+                 ylim: Tuple[float, float]) -> None:
+        self.canvas, self.box = canvas, box
+        self.xlim, self.ylim = xlim, ylim
+
+    def px(self, x: float, y: float) -> Tuple[float, float]:
+        x0, y0, x1, y1 = self.box
+        (a, b), (c, d) = self.xlim, self.ylim
+        fx = (x - a) / (b - a) if b > a else 0.5
+        fy = (y - c) / (d - c) if d > c else 0.5
+        return x0 + fx * (x1 - x0), y1 - fy * (y1 - y0)
+
+    def frame(self) -> None:
+        x0, y0, x1, y1 = self.box
+        self.canvas.rect(x0, y0, x1 + 1, y1 + 1, outline=(160, 160, 160))
+
+    def xticks(self, ticks: Sequence[float], labels: Sequence[str], size: int = _SMALL, inward: bool = False) -> None:
+        x0, y0, x1, y1 = self.box
+        for tick, label in zip(ticks, labels):
+            px, _ = self.px(tick, self.ylim[0])
+            self.canvas.line([(px, y1), (px, y1 + 3)], _GREY)
+            anchor = "mt"
+            if inward and tick == self.xlim[0]:
+                anchor = "lt"
+            elif inward and tick == self.xlim[1]:
+                anchor = "rt"
+            self.canvas.text(px, y1 + 4, label, size=size, color=_GREY, anchor=anchor)
+
+    def yticks(self, ticks: Sequence[float], labels: Sequence[str], right: bool = False, size: int = _SMALL,
+               color: Tuple[int, int, int] = _GREY, grid: bool = True) -> None:
+        x0, y0, x1, y1 = self.box
+        for tick, label in zip(ticks, labels):
+            _, py = self.px(self.xlim[0], tick)
+            if grid:
+                self.canvas.line([(x0, py), (x1, py)], _GRID)
+            if right:
+                self.canvas.text(x1 + 4, py, label, size=size, color=color, anchor="lm")
+            else:
+                self.canvas.text(x0 - 4, py, label, size=size, color=color, anchor="rm")
+
+
+def _decade_label(exponent: int) -> str:
+    return {0: "1", 1: "10", -1: "0.1"}.get(exponent, f"1e{exponent}")
+
+
+def _decade_ticks(lo: float, hi: float, max_ticks: int = 6) -> List[int]:
+    """Integer exponents between ``lo`` and ``hi`` (log10 units), thinned to at most ``max_ticks``."""
+    first, last = math.ceil(lo - 1e-9), math.floor(hi + 1e-9)
+    if last < first:
+        return [round((lo + hi) / 2)]
+    step = max(1, math.ceil((last - first + 1) / max_ticks))
+    ticks = list(range(last, first - 1, -step))[::-1]
+    return ticks
+
+
+# --------------------------------------------------------------------------------------------- generators
+
+
+def _generators_picture(report: SymmetryReport, k: int) -> Tuple[np.ndarray, Dict[str, Any]]:
+    """The generators picture and its layout (panel boxes, cell sizes, colour limit) for tests."""
+    gens = report.generators
+    count = max(0, min(int(k), gens.shape[0]))
+    width = CARD_WIDTH
+    title = f"generators   nullity {report.nullity}   N {report.num_samples}"
+    if count == 0:
+        canvas = _Canvas(width, 80)
+        canvas.text(width / 2, 12, title, size=_TITLE, bold=True, anchor="mt")
+        canvas.text(width / 2, 50, "no generators", size=_TEXT, color=_GREY, anchor="mm")
+        return canvas.to_array(), {"panels": [], "limit": 1.0}
+
+    mats = [_as_matrix(gens[i]) for i in range(count)]
+    limit = max(float(np.nanmax(np.abs(mat))) if mat.size and np.isfinite(mat).any() else 0.0 for mat in mats)
+    limit = limit if limit > 0 and math.isfinite(limit) else 1.0
+    rows, cols = mats[0].shape
+    margin, gap = 8, 10
+
+    def room(n: int) -> float:
+        return (width - 2 * margin - gap * (n - 1)) / n / cols
+
+    # as many panels a row as leave the cells room for their numbers; too many columns for
+    # numbers at all: two panels a row, colour only
+    per_row = next((n for n in range(count, 0, -1) if room(n) >= 26), min(count, 2))
+    panel_w = int((width - 2 * margin - gap * (per_row - 1)) / per_row)
+    cell_w = panel_w / cols
+    cell_h = min(max(cell_w, 22.0), 300.0 / rows) if rows > 1 else max(min(cell_w, 40.0), 22.0)
+    cell_h = max(cell_h, 2.0)
+    panel_h = int(round(cell_h * rows))
+    panel_w = int(round(cell_w * cols)) if cell_w >= 1 else panel_w
+    biases = _as_numpy(report.biases).reshape(-1) if report.biases is not None else None
+    heads = []
+    for i in range(count):
+        variance = f"var {_short(float(report.variances[i]))}"
+        heads.append([f"h{i}", variance] + ([f"bias {_short(float(biases[i]))}"] if biases is not None else []))
+    if all(_font(_TEXT).getlength(f"{h[0]}  {h[1]}") <= panel_w for h in heads):  # name and variance on one line
+        heads = [[f"{h[0]}  {h[1]}"] + h[2:] for h in heads]
+    head = 16 * max(len(h) for h in heads) + 4
+    top = 30
+    grid_rows = math.ceil(count / per_row)
+    height = top + grid_rows * (head + panel_h + gap) + 30
+    canvas = _Canvas(width, height)
+    canvas.text(width / 2, 8, title, size=_TITLE, bold=True, anchor="mt")
+    numbers = cell_w >= 26 and cell_h >= 16
+    size = int(min(15, cell_h * 0.5, cell_w / 2.6)) if numbers else 0
+    panels = []
+    used_w = per_row * panel_w + gap * (per_row - 1)
+    left = (width - used_w) / 2
+    for i, mat in enumerate(mats):
+        r, c = divmod(i, per_row)
+        x = int(left + c * (panel_w + gap))
+        y = int(top + r * (head + panel_h + gap))
+        for j, line in enumerate(heads[i]):
+            is_bias = biases is not None and j == len(heads[i]) - 1
+            canvas.text(x + panel_w / 2, y + 16 * j, line, size=_TEXT, color=_ORANGE if is_bias else _INK,
+                        bold=j == 0 and not is_bias and len(heads[i][0]) <= 3, anchor="mt")
+        py = y + head
+        heat = _colour(np.where(np.isfinite(mat), mat, np.nan), -limit, limit, _DIVERGING, bad=(200, 200, 200))
+        canvas.paste(_upscale(heat, panel_h, panel_w), x, py)
+        panels.append({"box": (x, py, x + panel_w, py + panel_h), "shape": mat.shape})
+        if numbers:
+            for (rr, cc), value in np.ndenumerate(mat):
+                ink = (255, 255, 255) if abs(value) > 0.55 * limit else _INK
+                canvas.text(x + (cc + 0.5) * cell_w, py + (rr + 0.5) * cell_h, _cell_text(value), size, ink, "mm")
+    # colour key
+    key_y = height - 20
+    key = _colour(np.linspace(-limit, limit, 160)[None, :], -limit, limit, _DIVERGING)
+    canvas.paste(_upscale(key, 8, 160), int(width / 2 - 80), key_y)
+    canvas.text(width / 2 - 86, key_y + 4, f"-{_short(limit)}", size=_SMALL, color=_GREY, anchor="rm")
+    canvas.text(width / 2 + 86, key_y + 4, f"+{_short(limit)}", size=_SMALL, color=_GREY, anchor="lm")
+    return canvas.to_array(), {"panels": panels, "limit": limit, "numbers": numbers}
+
+
+def generators_image(report: SymmetryReport, k: int = 4) -> np.ndarray:
+    """Heat maps of the ``k`` most invariant generators, entries written in, as an ``(H, W, 3)`` uint8 array.
+
+    One colour scale centred at zero for all panels (the generators have unit norm, so their entries
+    compare). Each panel is titled with its variance and its bias when there is a reference
+    algebra. Panels wrap onto more rows when the cells would be too narrow for their numbers.
+
+    Args:
+        report: The report to draw.
+        k: How many leading generators to draw (fewer if the report has fewer).
+    """
+    return _generators_picture(report, k)[0]
+
+
+# --------------------------------------------------------------------------------------------- spectrum
+
+
+def _spectrum_title(report: SymmetryReport) -> Tuple[str, str]:
+    """The two title lines of the spectrum picture: nullity and N, then the leading measures."""
+    stderr = _stderr(report)
+    first = f"spectrum   nullity {report.nullity}   N {report.num_samples}"
+    parts = [f"var {_short(report.symmetry_variance)}"]
+    if stderr is not None and stderr.size and math.isfinite(stderr[0]):
+        parts[0] += f" ±{_short(float(stderr[0]), 1)}"
+    if report.symmetry_bias is not None:
+        parts.append(f"bias {_short(report.symmetry_bias)}")
+    if report.closure_error is not None:
+        parts.append(f"closure {_short(report.closure_error)}")
+    return first, "   ".join(parts)
+
+
+def _spectrum_picture(report: SymmetryReport) -> Tuple[np.ndarray, Dict[str, Any]]:
+    variances = _as_numpy(report.variances).reshape(-1)
+    m = variances.size
+    width, height = CARD_WIDTH, 270
+    canvas = _Canvas(width, height)
+    first, second = _spectrum_title(report)
+    canvas.text(width / 2, 6, first, size=_TITLE, bold=True, anchor="mt")
+    canvas.text(width / 2, 26, second, size=_TEXT, anchor="mt")
+    if m == 0:
+        canvas.text(width / 2, height / 2, "empty spectrum", size=_TEXT, color=_GREY, anchor="mm")
+        return canvas.to_array(), {}
+    biases = _as_numpy(report.biases).reshape(-1) if report.biases is not None else None
+    stderr = _stderr(report)
+    floor = _log_floor(variances)
+    at_floor = ~(variances > floor)  # zero, tiny, or NaN
+    shown = np.where(at_floor, floor, variances)
+    logs = np.log10(shown)
+    upper = logs.copy()
+    lower = logs.copy()
+    if stderr is not None:
+        ok = np.isfinite(stderr) & (stderr > 0)
+        upper = np.where(ok, np.log10(np.maximum(shown + np.where(ok, stderr, 0.0), floor)), logs)
+        lower = np.where(ok, np.log10(np.maximum(shown - np.where(ok, stderr, 0.0), floor)), logs)
+    lo, hi = float(np.min(lower)), float(np.max(upper))
+    if hi - lo < 1.0:
+        lo, hi = lo - 0.5, hi + 0.5
+    pad = 0.06 * (hi - lo)
+    lo, hi = lo - pad, hi + pad
+    exps = _decade_ticks(lo, hi)
+    label_w = max(canvas.text_width(_decade_label(e), _SMALL) for e in exps)
+    box = (label_w + 10, 62.0, width - (34.0 if biases is not None else 12.0), height - 24.0)
+    ax = _Axes(canvas, box, (-0.5, m - 0.5), (lo, hi))
+    k = int(report.nullity)
+    if k > 0:
+        x0, _ = ax.px(-0.5, lo)
+        x1, _ = ax.px(min(k, m) - 0.5, lo)
+        canvas.rect(x0, box[1], x1, box[3], fill=_SHADE)
+    ax.yticks(exps, [_decade_label(e) for e in exps])
+    ticks = _index_ticks(m)
+    ax.xticks(ticks, [str(t) for t in ticks])
+    if 0 < k < m:
+        xk, _ = ax.px(k - 0.5, lo)
+        canvas.dashed(xk, box[1], xk, box[3], _GREEN, width=1.5)
+    canvas.text(box[0], box[1] - 4, "variance", size=_TEXT, color=_BLUE, anchor="lb")
+    if biases is not None:
+        canvas.text(box[2], box[1] - 4, "bias", size=_TEXT, color=_ORANGE, anchor="rb")
+        bax = _Axes(canvas, box, (-0.5, m - 0.5), (-0.05, 1.05))
+        bax.yticks([0.0, 0.5, 1.0], ["0", ".5", "1"], right=True, color=_ORANGE, grid=False)
+    ax.frame()
+    radius = 3.0 if m <= 40 else (2.0 if m <= 100 else 0.0)
+    points = [ax.px(i, float(v)) for i, v in enumerate(logs)]
+    canvas.line(points, _BLUE, width=1.5)
+    if stderr is not None:
+        for i in range(m):
+            if upper[i] > lower[i]:
+                (x, y0), (_, y1) = ax.px(i, float(lower[i])), ax.px(i, float(upper[i]))
+                canvas.line([(x, y0), (x, y1)], _BLUE, width=1.0)
+                canvas.line([(x - 2.5, y0), (x + 2.5, y0)], _BLUE, width=1.0)
+                canvas.line([(x - 2.5, y1), (x + 2.5, y1)], _BLUE, width=1.0)
+    for i, (x, y) in enumerate(points):
+        if radius > 0 or at_floor[i]:
+            canvas.marker(x, y, max(radius, 2.5), _BLUE, hollow=bool(at_floor[i]))
+    if biases is not None:
+        for i, b in enumerate(biases):
+            if math.isfinite(b):
+                x, y = bax.px(i, float(min(max(b, 0.0), 1.0)))
+                canvas.marker(x, y, 2.5, _ORANGE, shape="s")
+    return canvas.to_array(), {"box": box, "ylim": (lo, hi), "xlim": (-0.5, m - 0.5), "floor": floor}
+
+
+def spectrum_image(report: SymmetryReport) -> np.ndarray:
+    """The variance spectrum on a log scale as an ``(H, W, 3)`` uint8 array.
+
+    The title holds the numbers that matter: nullity, number of samples, the leading variance
+    (``± standard error`` when the report has ``variance_stderr``), its bias and the closure error
+    (``n/a`` when NaN). The ``nullity`` most invariant generators are shaded, with a dashed line at
+    the gap; error bars show the standard errors; zero variances are hollow markers at a floor; the
+    biases (0 = inside the reference algebra, 1 = orthogonal to it) are orange squares on the right
+    axis.
+
+    Args:
+        report: The report to draw.
+    """
+    return _spectrum_picture(report)[0]
 
 
 def plot_spectrum(report: SymmetryReport, ax: Optional[Axes] = None) -> Tuple[Figure, Axes]:
-    """The symmetry-variance spectrum on a log scale, the learned symmetries shaded.
+    """The symmetry-variance spectrum on a log scale with matplotlib, the learned symmetries shaded.
 
-    Zero variances are drawn at a floor (open markers) so the log axis holds them. The
-    ``nullity`` most invariant generators are shaded, with a line between index ``nullity - 1`` and
-    ``nullity``. With reference biases, they are drawn on a second y axis (0 = inside the reference
-    algebra).
+    Zero variances are drawn at a floor (open markers) so the log axis holds them; standard errors
+    (when the report has ``variance_stderr``) as error bars. The ``nullity`` most invariant
+    generators are shaded, with a line between index ``nullity - 1`` and ``nullity``. With
+    reference biases, they are drawn on a second y axis (0 = inside the reference algebra); NaN
+    biases are left out.
 
     Args:
         report: The report to draw.
@@ -123,14 +595,15 @@ def plot_spectrum(report: SymmetryReport, ax: Optional[Axes] = None) -> Tuple[Fi
     if ax is None:
         import matplotlib.pyplot as plt
 
-        fig, ax = plt.subplots(figsize=(2 * _PANEL_INCHES, 1.2 * _PANEL_INCHES), dpi=_DPI, layout="constrained")
+        fig, ax = plt.subplots(figsize=(6.5, 3.6), dpi=_DPI, layout="constrained")
     else:
-        fig = ax.figure
+        fig = ax.figure  # type: ignore[assignment]
 
     variances = _as_numpy(report.variances).reshape(-1)
     m = variances.size
-    ax.set_title(f"Symmetry-variance spectrum (N = {report.num_samples}, nullity = {report.nullity})")
-    ax.set_xlabel("eigen-index i (most invariant first)")
+    first, second = _spectrum_title(report)
+    ax.set_title(f"{first}\n{second}", fontsize=10)
+    ax.set_xlabel("generator index (most invariant first)")
     ax.set_ylabel(r"variance $\sigma_i^2 / N$")
     if m == 0:
         ax.text(0.5, 0.5, "empty spectrum", ha="center", va="center", transform=ax.transAxes)
@@ -141,17 +614,24 @@ def plot_spectrum(report: SymmetryReport, ax: Optional[Axes] = None) -> Tuple[Fi
     shown = np.where(at_floor, floor, variances)
     idx = np.arange(m)
     marker = "o" if m <= 64 else None
-    handles = ax.plot(idx, shown, color="C0", marker=marker, markersize=4, lw=1.2, label="variance")
+    handles: List[Any] = list(ax.plot(idx, shown, color="C0", marker=marker, markersize=4, lw=1.2, label="variance"))
+    stderr = _stderr(report)
+    if stderr is not None:
+        err = np.where(np.isfinite(stderr), stderr, 0.0)
+        below = np.minimum(err, shown - floor)  # keep the lower bar on the log axis
+        ax.errorbar(idx, shown, yerr=np.stack([below, err]), fmt="none", ecolor="C0", elinewidth=1, capsize=2)
     if at_floor.any():
         handles += ax.plot(idx[at_floor], shown[at_floor], ls="none", marker="o", mfc="white", color="C0",
                            markersize=6, label=f"at floor ({floor:.0e})")
     ax.set_yscale("log")
     ax.set_xlim(-0.5, m - 0.5)
     ax.grid(True, which="major", alpha=0.3)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
     k = int(report.nullity)
     if k > 0:
-        # the estimated learned symmetries: indices 0..k-1
         shade = ax.axvspan(-0.5, min(k, m) - 0.5, color="C2", alpha=0.15, lw=0, label=f"learned symmetries ({k})")
         handles.append(shade)
         if k < m:
@@ -163,7 +643,8 @@ def plot_spectrum(report: SymmetryReport, ax: Optional[Axes] = None) -> Tuple[Fi
         handles += bax.plot(np.arange(biases.size), biases, color="C1", ls="none", marker="s", markersize=4,
                             label="bias to reference")
         bax.set_ylabel("bias (distance to reference)")
-        bax.set_ylim(-0.05, max(1.05, float(np.nanmax(biases)) * 1.05 if biases.size else 1.05))
+        finite = biases[np.isfinite(biases)]
+        bax.set_ylim(-0.05, max(1.05, float(finite.max()) * 1.05 if finite.size else 1.05))
     ax.legend(handles=handles, loc="lower right", fontsize="small", framealpha=0.8)
     return fig, ax
 
@@ -183,132 +664,189 @@ def plot_spectra(reports: Sequence[SymmetryReport], ax: Optional[Axes] = None) -
     if ax is None:
         import matplotlib.pyplot as plt
 
-        fig, ax = plt.subplots(figsize=(2 * _PANEL_INCHES, 1.2 * _PANEL_INCHES), dpi=_DPI, layout="constrained")
+        fig, ax = plt.subplots(figsize=(6.5, 3.6), dpi=_DPI, layout="constrained")
     else:
-        fig = ax.figure
+        fig = ax.figure  # type: ignore[assignment]
     floor = min(_log_floor(_as_numpy(r.variances).reshape(-1)) for r in reports)
     for i, report in enumerate(reports):
         variances = _as_numpy(report.variances).reshape(-1)
         ax.plot(np.arange(variances.size), np.where(variances > floor, variances, floor), marker="o", markersize=3,
                 lw=1.0, label=f"report {i} (nullity {report.nullity})")
     ax.set_yscale("log")
-    ax.set_xlabel("eigen-index i (most invariant first)")
+    ax.set_xlabel("generator index (most invariant first)")
     ax.set_ylabel(r"variance $\sigma_i^2 / N$")
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(fontsize="small")
     return fig, ax  # type: ignore[return-value]
 
 
-def spectrum_figure(report: SymmetryReport) -> Figure:
-    """:func:`plot_spectrum` on a new figure outside pyplot."""
-    fig = _new_figure(2 * _PANEL_INCHES + 0.5, 1.2 * _PANEL_INCHES)
-    plot_spectrum(report, ax=fig.add_subplot(1, 1, 1))
-    return fig
+# --------------------------------------------------------------------------------------------- history
 
 
-def _annotate(ax: Any, matrix: np.ndarray, limit: float) -> None:
-    """Write the entries on a small heat map, light text on dark cells."""
-    for (r, c), value in np.ndenumerate(matrix):
-        color = "white" if abs(value) > 0.6 * limit else "black"
-        ax.text(c, r, _fmt(value, 2), ha="center", va="center", fontsize=7, color=color)
+def spectrum_history_table(spectra: Sequence[Union[Tensor, np.ndarray]]) -> np.ndarray:
+    """The history picture's colour values: ``log10(variance / mean of its row)``, NaN where a row is short.
 
-
-def generators_figure(report: SymmetryReport, k: int = 4) -> Figure:
-    """Heat maps of the ``k`` most invariant generators on one colour scale centred at zero.
-
-    The generators have unit norm, so one symmetric scale for all panels keeps their entries
-    comparable. Each panel is titled with its variance (and bias when there is a reference).
+    Dividing each row by its own mean (the report's ``normalized_variances``) makes the rows
+    comparable while the network's outputs grow: a symmetry being learned is a column turning
+    dark, not a row turning dark. Zeros become ``-inf``.
 
     Args:
-        report: The report to draw.
-        k: How many leading generators to draw (fewer if the report has fewer).
+        spectra: Variance spectra ``(m,)``, oldest first; shorter ones are padded with NaN.
     """
-    gens = report.generators
-    count = max(0, min(int(k), gens.shape[0]))
-    fig = _new_figure(_PANEL_INCHES * max(count, 1) + 0.8, _PANEL_INCHES + 0.9)
-    if count == 0:
-        ax = fig.add_subplot(1, 1, 1)
-        ax.set_axis_off()
-        ax.text(0.5, 0.5, "no generators", ha="center", va="center", transform=ax.transAxes)
-        return fig
-
-    mats = [_as_matrix(gens[i]) for i in range(count)]
-    limit = max(float(np.nanmax(np.abs(mat))) if mat.size else 0.0 for mat in mats)
-    limit = limit if limit > 0 and math.isfinite(limit) else 1.0
-    axes = fig.subplots(1, count, squeeze=False)[0]
-    image = None
-    for i, (ax, mat) in enumerate(zip(axes, mats)):
-        rows, cols = mat.shape
-        aspect = "equal" if max(rows, cols) <= 4 * min(rows, cols) else "auto"
-        image = ax.imshow(mat, cmap=_DIVERGING, vmin=-limit, vmax=limit, aspect=aspect, interpolation="nearest")
-        if mat.size <= _MAX_ANNOTATED_ENTRIES:
-            _annotate(ax, mat, limit)
-        variance, bias = _describe(report, i)
-        title = f"$h_{{{i}}}$  var {variance}"
-        if bias is not None:
-            title += f"\nbias {bias}"
-        ax.set_title(title, fontsize=10)
-        ax.set_xticks(range(cols) if cols <= 12 else [])
-        ax.set_yticks(range(rows) if rows <= 12 else [])
-        ax.tick_params(labelsize=7)
-    fig.suptitle(f"{count} most invariant generators (nullity {report.nullity})", fontsize=11)
-    fig.colorbar(image, ax=list(axes), fraction=0.03, pad=0.02)
-    return fig
+    rows = [_as_numpy(s).reshape(-1) for s in spectra]
+    width = max((r.size for r in rows), default=0)
+    table = np.full((len(rows), max(width, 1)), np.nan)
+    for i, r in enumerate(rows):
+        finite = r[np.isfinite(r)]
+        mean = float(finite.mean()) if finite.size else 0.0
+        with np.errstate(divide="ignore", invalid="ignore"):
+            scaled = np.log10(np.maximum(r, 0.0) / mean) if mean > 0 else np.where(np.isfinite(r), 0.0, np.nan)
+        table[i, : r.size] = scaled
+    return table
 
 
-def spectrum_history_figure(spectra: Sequence[Tensor], labels: Optional[Sequence[str]] = None) -> Figure:
-    """All analyses so far as one image: analysis (rows) by eigen-index (columns), log colour scale.
+def _history_limits(table: np.ndarray) -> Tuple[float, float]:
+    """The colour range: the largest value down to a robust low end (at most 12 decades below)."""
+    finite = table[np.isfinite(table)]
+    if finite.size == 0:
+        return -1.0, 0.0
+    hi = float(finite.max())
+    lo = max(float(np.percentile(finite, 1.0)), hi - 12.0)
+    if hi - lo < 1.0:
+        lo = hi - 1.0
+    return lo, hi
 
-    Symmetries the network learns show up as columns on the left growing dark over the rows.
 
-    Args:
-        spectra: Variance spectra ``(m,)``, oldest first; shorter ones are padded (blank).
-        labels: One label per spectrum (e.g. ``"epoch 3"``); default ``"0", "1", ...``.
-    """
-    from matplotlib.colors import LogNorm
-
+def _history_picture(spectra: Sequence[Tensor], labels: Optional[Sequence[str]]) -> Tuple[np.ndarray, Dict[str, Any]]:
     if len(spectra) == 0:
         raise ValueError("Expected at least one spectrum, got none.")
     if labels is not None and len(labels) != len(spectra):
         raise ValueError(f"Expected one label per spectrum ({len(spectra)}), got {len(labels)}.")
-    rows = [_as_numpy(torch.as_tensor(s)).reshape(-1) for s in spectra]
-    width = max(r.size for r in rows)
-    table = np.full((len(rows), max(width, 1)), np.nan)
-    for i, r in enumerate(rows):
-        table[i, : r.size] = r
-    floor = _log_floor(table)
-    table = np.where(np.isnan(table), np.nan, np.maximum(table, floor))
-    finite = table[np.isfinite(table)]
-    vmin = float(finite.min()) if finite.size else floor
-    vmax = float(finite.max()) if finite.size else floor * 10
-    if vmax <= vmin:
-        vmax = vmin * 10.0
+    table = spectrum_history_table(spectra)
+    lo, hi = _history_limits(table)
+    n, m = table.shape
+    texts = [str(t) for t in labels] if labels is not None else [str(i + 1) for i in range(n)]
+    width = CARD_WIDTH
+    row_h = int(min(26, max(3, 240 // n)))
+    plot_h = row_h * n
+    height = 40 + plot_h + 24 + 34
+    canvas = _Canvas(width, height)
+    canvas.text(width / 2, 6, "spectrum history", size=_TITLE, bold=True, anchor="mt")
+    canvas.text(width / 2, 25, "each row ÷ its mean, log colour", size=_SMALL, color=_GREY, anchor="mt")
+    label_step = max(1, math.ceil(17 / row_h))
+    shown_rows = list(range(n - 1, -1, -label_step))[::-1]  # always label the newest row
+    label_w = max(canvas.text_width(texts[i], _TEXT) for i in shown_rows)
+    x0 = int(label_w + 12)
+    plot_w = int(width - x0 - 10)
+    y0 = 42
+    values = np.where(np.isneginf(table), lo, table)
+    heat = _colour(np.clip(values, lo, hi), lo, hi, _SEQUENTIAL)
+    canvas.paste(_upscale(heat, plot_h, plot_w), x0, y0)
+    for i in shown_rows:
+        canvas.text(x0 - 6, y0 + (i + 0.5) * row_h, texts[i], size=_TEXT, anchor="rm")
+    ax = _Axes(canvas, (x0, y0, x0 + plot_w, y0 + plot_h), (-0.5, m - 0.5), (0.0, 1.0))
+    ticks = _index_ticks(m)
+    ax.xticks(ticks, [str(t) for t in ticks])
+    # colour key: decades of variance / row mean
+    key_y = y0 + plot_h + 26
+    key_x, key_w = x0 + 30, plot_w - 60
+    key = _colour(np.linspace(lo, hi, 200)[None, :], lo, hi, _SEQUENTIAL)
+    canvas.paste(_upscale(key, 8, key_w), key_x, key_y)
+    exps = [float(e) for e in _decade_ticks(lo, hi, max_ticks=5)]
+    marks = [(e, _decade_label(int(e))) for e in exps]
+    if len(exps) < 2:  # less than two decades: label the ends with their ratios
+        marks = [(lo, _short(10**lo)), (hi, _short(10**hi))]
+    for e, text in marks:
+        px = key_x + (e - lo) / (hi - lo) * key_w
+        canvas.text(px, key_y + 10, text, size=_SMALL, color=_GREY, anchor="mt")
+    layout = {"box": (x0, y0, x0 + plot_w, y0 + plot_h), "row_height": row_h, "limits": (lo, hi),
+              "labelled_rows": shown_rows}
+    return canvas.to_array(), layout
 
-    n = len(rows)
-    fig = _new_figure(2 * _PANEL_INCHES + 0.8, min(1.6 + 0.25 * n, 8.0))
-    ax = fig.add_subplot(1, 1, 1)
-    cmap = _colormap("viridis", bad="white")
-    image = ax.imshow(table, aspect="auto", cmap=cmap, norm=LogNorm(vmin=vmin, vmax=vmax), interpolation="nearest")
-    ax.set_xlabel("eigen-index i (most invariant first)")
-    ax.set_ylabel("analysis")
-    ax.set_title("Symmetry-variance spectra over training")
-    texts = list(labels) if labels is not None else [str(i) for i in range(n)]
-    step = max(1, math.ceil(n / 12))  # at most ~12 labelled rows
-    ticks = list(range(0, n, step))
-    ax.set_yticks(ticks)
-    ax.set_yticklabels([texts[i] for i in ticks], fontsize=8)
-    fig.colorbar(image, ax=ax, label=r"variance $\sigma_i^2 / N$")
-    return fig
+
+def spectrum_history_image(spectra: Sequence[Tensor], labels: Optional[Sequence[str]] = None) -> np.ndarray:
+    """All analyses so far as one ``(H, W, 3)`` uint8 picture: analysis (rows) by generator index (columns).
+
+    Each row is divided by its own mean and drawn on a log colour scale
+    (:func:`spectrum_history_table`), so a symmetry being learned shows as columns on the left
+    turning dark over the rows, whatever the scale of the outputs does meanwhile.
+
+    Args:
+        spectra: Variance spectra ``(m,)``, oldest first; shorter ones are padded (white).
+        labels: One label per spectrum, as the caller numbers its analyses (e.g. ``"epoch 3"``,
+            ``"validate"``); default ``"1", "2", ...``. Rows too thin for every label get every
+            few, always including the newest.
+    """
+    return _history_picture(spectra, labels)[0]
 
 
-def _colormap(name: str, bad: str) -> Any:
-    import matplotlib
+# --------------------------------------------------------------------------------------------- orbits
 
-    return matplotlib.colormaps[name].with_extremes(bad=bad)
+
+def orbit_outputs(
+    model: Callable[[Tensor], Any],
+    action: GroupAction,
+    x: Tensor,
+    most: Tensor,
+    least: Tensor,
+    ts: Sequence[float] = ORBIT_CURVE_TS,
+    output_transform: Optional[Callable[[Tensor], Tensor]] = None,
+    device: Optional[Union[str, torch.device]] = None,
+) -> Dict[str, np.ndarray]:
+    """The model's output along the orbits of one input: what :func:`orbit_image` draws beside it.
+
+    Runs ``model`` once on the ``2 * len(ts)`` inputs ``exp(t h) x`` for the most and the least
+    invariant generator ``h``, under :func:`torch.no_grad`, with the model in whatever mode it is
+    in (call it where the model is in eval mode, as at the end of a validation epoch: a model in
+    training mode would update its batch-norm statistics). Call it in the thread that may run the
+    model and pass the result to :func:`orbit_image` or :func:`render_pictures`, which only draw.
+
+    Args:
+        model: The network (or any callable from a batch of inputs to a tensor of outputs).
+        action: The group action; its ``transform`` may raise :class:`NotImplementedError`.
+        x: One input without the batch axis.
+        most: The most invariant generator.
+        least: The least invariant generator.
+        ts: Group parameters ``t`` of ``exp(t h)``.
+        output_transform: Applied to the model's output before it is recorded (as the metric's).
+        device: Where to run the model; default: the device and dtype of a module's first
+            parameter, or where ``x`` is for other callables (e.g. a function returning a layer's output).
+
+    Returns:
+        ``{"ts": (T,), "most": (T, K), "least": (T, K)}`` float64 arrays: the output components
+        along each orbit (flattened per sample).
+
+    Raises:
+        NotImplementedError: The action cannot apply finite transformations.
+        ValueError: ``ts`` is empty or the model does not return a tensor with one row per input.
+    """
+    ts = [float(t) for t in ts]
+    if not ts:
+        raise ValueError("Expected at least one value in `ts`.")
+    batch = x.detach()[None]
+    moved = [action.transform(batch, g, t) for g in (most, least) for t in ts]
+    inputs = torch.cat(moved, dim=0)
+    param = next(iter(model.parameters()), None) if isinstance(model, torch.nn.Module) else None
+    if param is not None:
+        inputs = inputs.to(param.device, param.dtype if inputs.is_floating_point() else inputs.dtype)
+    if device is not None:
+        inputs = inputs.to(device)
+    with torch.no_grad():
+        out = model(inputs)
+        if output_transform is not None:
+            out = output_transform(out)
+    if not isinstance(out, Tensor) or out.ndim == 0 or out.shape[0] != inputs.shape[0]:
+        raise ValueError(
+            "Expected the model to return a tensor with one row per input for the orbit picture, got "
+            f"{type(out).__name__}{tuple(out.shape) if isinstance(out, Tensor) else ''}."
+        )
+    values = out.detach().reshape(out.shape[0], -1).to("cpu", torch.float64).numpy()
+    steps = len(ts)
+    return {"ts": np.asarray(ts, dtype=np.float64), "most": values[:steps].copy(), "least": values[steps:].copy()}
 
 
 def _to_picture(img: np.ndarray) -> np.ndarray:
-    """An image sample ``(C, H, W)`` or ``(H, W)`` as ``(H, W)`` or ``(H, W, 3)`` for ``imshow``."""
+    """An image sample ``(C, H, W)`` or ``(H, W)`` as ``(H, W)`` or ``(H, W, 3)``."""
     if img.ndim == 2:
         return img
     if img.ndim == 3 and img.shape[0] == 3:
@@ -318,88 +856,157 @@ def _to_picture(img: np.ndarray) -> np.ndarray:
     return img.reshape(-1, img.shape[-1])
 
 
-def orbit_figure(
+def _gray(pic: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """A picture scaled from ``[lo, hi]`` to uint8 RGB (grey for one channel)."""
+    scaled = np.clip((np.nan_to_num(pic, nan=lo) - lo) / (hi - lo), 0.0, 1.0)
+    u8 = np.round(scaled * 255).astype(np.uint8)
+    return u8 if u8.ndim == 3 else np.repeat(u8[..., None], 3, axis=2)
+
+
+def _check_orbit(orbit: Any) -> Dict[str, np.ndarray]:
+    try:
+        ts = np.asarray(orbit["ts"], dtype=np.float64).reshape(-1)
+        most = np.asarray(orbit["most"], dtype=np.float64)
+        least = np.asarray(orbit["least"], dtype=np.float64)
+    except (KeyError, TypeError) as err:
+        raise ValueError(f"Expected `orbit` to be the dict orbit_outputs returns, got {type(orbit).__name__}.") from err
+    most, least = most.reshape(ts.size, -1), least.reshape(ts.size, -1)
+    if ts.size == 0 or most.shape != least.shape:
+        raise ValueError(f"Expected `orbit` outputs of one shape (T, K), got {most.shape} and {least.shape}.")
+    return {"ts": ts, "most": most, "least": least}
+
+
+def _curves_panel(canvas: _Canvas, box: Tuple[float, float, float, float], ts: np.ndarray, values: np.ndarray,
+                  shown: Sequence[int], ylim: Tuple[float, float], title: str, color: Tuple[int, int, int],
+                  change: float, left_labels: bool) -> None:
+    """One orbit's output components against ``t``."""
+    x0, y0, x1, y1 = box
+    canvas.text((x0 + x1) / 2, y0 - 22, title, size=_TEXT, bold=True, color=color, anchor="mb")
+    canvas.text((x0 + x1) / 2, y0 - 5, f"max change {_short(change)}", size=_SMALL, anchor="mb")
+    ax = _Axes(canvas, box, (float(ts.min()), float(ts.max())), ylim)
+    lo, hi = ylim
+    ticks = [lo + (hi - lo) * f for f in (0.1, 0.5, 0.9)]
+    ax.yticks(ticks, [_short(t) for t in ticks] if left_labels else ["", "", ""])
+    tmin, tmax = float(ts.min()), float(ts.max())
+    xt = sorted({tmin, 0.0, tmax}) if tmin < 0 < tmax else [tmin, tmax]
+    ax.xticks(xt, [f"{t:g}" for t in xt], inward=True)
+    if tmin < 0 < tmax:
+        zx, _ = ax.px(0.0, lo)
+        canvas.dashed(zx, y0, zx, y1, (180, 180, 180), width=1.0, dash=3.0)
+    for n, j in enumerate(shown):
+        canvas.line([ax.px(float(t), float(v)) for t, v in zip(ts, values[:, j])], _TAB10[n % 10], width=1.5)
+    ax.frame()
+
+
+def _orbit_picture(action: GroupAction, x: Tensor, most: Tensor, least: Tensor, ts: Sequence[float],
+                   orbit: Optional[Dict[str, Any]]) -> Tuple[Optional[np.ndarray], Dict[str, Any]]:
+    ts = [float(t) for t in ts]
+    if not ts:
+        raise ValueError("Expected at least one value in `ts`.")
+    outputs = _check_orbit(orbit) if orbit is not None else None
+    is_image = action.draws_input_as(x) == "image"
+    if not is_image and outputs is None:
+        return None, {}  # a vector's orbit says nothing without the outputs along it
+    width = CARD_WIDTH
+    pictures: List[List[np.ndarray]] = []
+    if is_image:
+        batch = x.detach()[None]
+        pictures = [[_to_picture(_as_numpy(action.transform(batch, g, t)[0])) for t in ts] for g in (most, least)]
+    margin, gap = 8, 6
+    thumb = int((width - 2 * margin - gap * (len(ts) - 1)) / len(ts)) if is_image else 0
+    if is_image:
+        h0, w0 = pictures[0][0].shape[:2]
+        thumb_h = max(8, int(round(thumb * h0 / max(w0, 1))))
+        thumb_h = min(thumb_h, 2 * thumb)
+    else:
+        thumb_h = 0
+    images_h = (20 + 2 * (thumb_h + 20)) if is_image else 0
+    plots_h = (170 if is_image else 200) if outputs is not None else 0
+    height = 30 + images_h + plots_h + 8
+    canvas = _Canvas(width, height)
+    layout: Dict[str, Any] = {"thumbs": [], "panels": [], "intensity": None}
+    canvas.text(width / 2, 6, "orbit of an input", size=_TITLE, bold=True, anchor="mt")
+    y = 30
+    if is_image:
+        values = np.concatenate([p.reshape(-1) for row in pictures for p in row])
+        values = values[np.isfinite(values)]
+        lo, hi = (float(values.min()), float(values.max())) if values.size else (0.0, 1.0)
+        hi = hi if hi > lo else lo + 1.0
+        layout["intensity"] = (lo, hi)
+        for c, t in enumerate(ts):
+            canvas.text(margin + c * (thumb + gap) + thumb / 2, y, f"t = {t:g}", size=_SMALL, color=_GREY, anchor="mt")
+        y += 18
+        for row, name, color in zip(pictures, ("most invariant", "least invariant"), (_GREEN, _RED)):
+            canvas.text(margin, y, name, size=_TEXT, bold=True, color=color, anchor="lt")
+            y += 18
+            for c, pic in enumerate(row):
+                canvas.paste(_upscale(_gray(pic, lo, hi), thumb_h, thumb), margin + c * (thumb + gap), y)
+                layout["thumbs"].append((margin + c * (thumb + gap), y, thumb, thumb_h))
+            y += thumb_h + 2
+    if outputs is not None:
+        t_arr, most_v, least_v = outputs["ts"], outputs["most"], outputs["least"]
+        both = np.concatenate([most_v, least_v], axis=0)
+        moving = np.nanmax(both, axis=0) - np.nanmin(both, axis=0) if both.size else np.zeros(0)
+        order = np.argsort(-np.nan_to_num(moving, nan=-1.0), kind="stable")
+        shown = sorted(int(j) for j in order[:_MAX_CURVES])
+        finite = both[:, shown][np.isfinite(both[:, shown])]
+        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+        if hi - lo < 1e-12 * max(1.0, abs(hi)):
+            lo, hi = lo - 0.5, hi + 0.5
+        pad = 0.08 * (hi - lo)
+        ylim = (lo - pad, hi + pad)
+        centre = int(np.argmin(np.abs(t_arr)))
+        change = [float(np.nanmax(np.abs(v - v[centre]))) if v.size else 0.0 for v in (most_v, least_v)]
+        tick_w = max(canvas.text_width(_short(ylim[0] + (ylim[1] - ylim[0]) * f), 11) for f in (0.1, 0.5, 0.9))
+        left = tick_w + 10
+        panel_gap = 24
+        panel_w = (width - left - 12 - panel_gap) / 2
+        top = y + 42
+        bottom = y + plots_h - 22
+        names = ("most invariant", "least invariant")
+        for i, (vals, name, color) in enumerate(zip((most_v, least_v), names, (_GREEN, _RED))):
+            x0 = left + i * (panel_w + panel_gap)
+            layout["panels"].append({"box": (x0, top, x0 + panel_w, bottom), "ylim": ylim, "shown": shown,
+                                     "change": change[i]})
+            _curves_panel(canvas, (x0, top, x0 + panel_w, bottom), t_arr, vals, shown, ylim, name, color, change[i],
+                          left_labels=i == 0)
+    return canvas.to_array(), layout
+
+
+def orbit_image(
     action: GroupAction,
     x: Tensor,
     most_invariant: Tensor,
     least_invariant: Tensor,
-    ts: Sequence[float] = (-0.6, -0.3, 0.0, 0.3, 0.6),
-) -> Figure:
-    """One input moved along two generators: ``action.transform(x[None], h, t)`` for each ``t``.
+    ts: Sequence[float] = ORBIT_TS,
+    orbit: Optional[Dict[str, Any]] = None,
+) -> Optional[np.ndarray]:
+    """One input moved along the most and the least invariant generator, and the model's output along both.
 
-    The top row follows the most invariant generator (the network should not care), the bottom
-    row the least invariant one. Images are drawn as pictures (RGB for three channels, else the
-    only or the mean channel) on one intensity scale; vector inputs as heat maps with one row per
-    ``t`` and one block of columns per component vector.
+    Images are drawn as thumbnails ``action.transform(x[None], h, t)`` at each ``t`` (RGB for
+    three channels, else the only or the mean channel, on one intensity scale). With ``orbit``
+    (the result of :func:`orbit_outputs`), two panels follow: the output components against ``t``
+    along each generator, on one y scale, so an invariant direction is a flat line and the other
+    one moves; each is titled with the largest change ``Δ`` from ``t = 0``. At most
+    :data:`_MAX_CURVES` components are drawn (those that move most). Vector inputs are drawn by
+    their outputs only: without ``orbit`` there is nothing to draw and ``None`` is returned.
 
     Args:
-        action: The group action; its :meth:`~liegg_lightning.actions.GroupAction.transform` may
-            raise :class:`NotImplementedError`, which propagates.
+        action: The group action; its ``transform`` may raise :class:`NotImplementedError`,
+            which propagates.
         x: One input without the batch dimension, e.g. ``(C, H, W)``, ``(H, W)`` or ``(c * dim,)``.
         most_invariant: The most invariant generator.
         least_invariant: The least invariant generator.
-        ts: Group parameters ``t`` of ``exp(t h)``.
+        ts: Group parameters ``t`` of the thumbnails.
+        orbit: The outputs along the orbits from :func:`orbit_outputs`, or ``None``.
+
+    Returns:
+        An ``(H, W, 3)`` uint8 array, or ``None`` for a vector input without ``orbit``.
     """
-    ts = [float(t) for t in ts]
-    if not ts:
-        raise ValueError("Expected at least one value in `ts`.")
-    gens = [("most invariant", most_invariant), ("least invariant", least_invariant)]
-    batch = x.detach()[None]
-    # transform first: an action without transform raises before any figure exists
-    moved = [[_as_numpy(action.transform(batch, g, t)[0]) for t in ts] for _, g in gens]
-
-    if action.draws_input_as(x) == "image":
-        return _orbit_images(moved, ts, [name for name, _ in gens])
-    return _orbit_vectors(moved, ts, [name for name, _ in gens], action.vector_block)
+    return _orbit_picture(action, x, most_invariant, least_invariant, ts, orbit)[0]
 
 
-def _orbit_images(moved: List[List[np.ndarray]], ts: List[float], names: List[str]) -> Figure:
-    pictures = [[_to_picture(img) for img in row] for row in moved]
-    values = np.concatenate([p.reshape(-1) for row in pictures for p in row])
-    values = values[np.isfinite(values)]
-    lo, hi = (float(values.min()), float(values.max())) if values.size else (0.0, 1.0)
-    hi = hi if hi > lo else lo + 1.0
-    cols = len(ts)
-    panel = 0.6 * _PANEL_INCHES
-    fig = _new_figure(panel * cols + 0.4, 2 * panel + 0.6)
-    axes = fig.subplots(2, cols, squeeze=False)
-    for r, (row, name) in enumerate(zip(pictures, names)):
-        for c, (pic, t) in enumerate(zip(row, ts)):
-            ax = axes[r, c]
-            if pic.ndim == 3:  # RGB, scaled jointly to [0, 1]
-                ax.imshow(np.clip((pic - lo) / (hi - lo), 0.0, 1.0), interpolation="nearest")
-            else:
-                ax.imshow(pic, cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
-            ax.set_xticks([])
-            ax.set_yticks([])
-            ax.set_title(f"t = {t:g}", fontsize=9, fontweight="bold" if t == 0 else "normal")
-        axes[r, 0].set_ylabel(name, fontsize=9)
-    fig.suptitle("Orbits of an input", fontsize=10)
-    return fig
-
-
-def _orbit_vectors(moved: List[List[np.ndarray]], ts: List[float], names: List[str], dim: Optional[int]) -> Figure:
-    tables = [np.stack([v.reshape(-1) for v in row]) for row in moved]  # (len(ts), D) per generator
-    values = np.concatenate([tb.reshape(-1) for tb in tables])
-    values = values[np.isfinite(values)]
-    limit = float(np.abs(values).max()) if values.size else 1.0
-    limit = limit if limit > 0 else 1.0
-    width = tables[0].shape[1]
-    fig = _new_figure(2 * _PANEL_INCHES + 0.8, 2 * (0.6 + 0.3 * len(ts)) + 0.6)
-    axes = fig.subplots(2, 1, squeeze=False)[:, 0]
-    image = None
-    for ax, table, name in zip(axes, tables, names):
-        image = ax.imshow(table, cmap=_DIVERGING, vmin=-limit, vmax=limit, aspect="auto", interpolation="nearest")
-        ax.set_yticks(range(len(ts)))
-        ax.set_yticklabels([f"t = {t:g}" for t in ts], fontsize=8)
-        if dim is not None and dim < width:  # separate the component vectors
-            for edge in range(dim, width, dim):
-                ax.axvline(edge - 0.5, color="black", lw=1.5)
-        ax.set_title(f"{name} generator", fontsize=10)
-        ax.tick_params(axis="x", labelsize=7)
-    axes[-1].set_xlabel("input coordinate" + (f" (blocks of {dim})" if dim is not None and dim < width else ""))
-    fig.colorbar(image, ax=list(axes), fraction=0.04, pad=0.02)
-    return fig
+# --------------------------------------------------------------------------------------------- text
 
 
 def generators_text(report: SymmetryReport, k: int = 4, decimals: int = 3) -> str:
@@ -411,21 +1018,28 @@ def generators_text(report: SymmetryReport, k: int = 4, decimals: int = 3) -> st
         decimals: Digits after the decimal point.
     """
     count = max(0, min(int(k), report.generators.shape[0]))
-    lines = [
-        f"**LieGG**: nullity {report.nullity}, symmetry variance {report.symmetry_variance:.3e}, "
-        f"{report.num_samples} samples"
-    ]
+    stderr = _stderr(report)
+    head = f"**LieGG**: nullity {report.nullity}, symmetry variance {_short(report.symmetry_variance, 3)}"
+    if stderr is not None and stderr.size:
+        head += f" ± {_short(float(stderr[0]), 2)}"
+    if report.symmetry_bias is not None:
+        head += f", bias {_short(report.symmetry_bias, 3)}"
+    if report.closure_error is not None:
+        head += f", closure error {_short(report.closure_error, 3)}"
+    lines = [head + f", {report.num_samples} samples"]
+    biases = _as_numpy(report.biases).reshape(-1) if report.biases is not None else None
     for i in range(count):
-        variance, bias = _describe(report, i)
-        head = f"**h{i}**: variance {variance}"
-        if bias is not None:
-            head += f", bias {bias}"
+        line = f"**h{i}**: variance {_short(float(report.variances[i]), 3)}"
+        if biases is not None:
+            line += f", bias {_short(float(biases[i]), 3)}"
         mat = _as_matrix(report.generators[i])
         cols = mat.shape[1]
-        lines += ["", head, "", "| " + " | ".join(f"c{j}" for j in range(cols)) + " |",
-                  "|" + "---:|" * cols]
+        lines += ["", line, "", "| " + " | ".join(f"c{j}" for j in range(cols)) + " |", "|" + "---:|" * cols]
         lines += ["| " + " | ".join(_fmt(v, decimals) for v in row) + " |" for row in mat]
     return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------- all of them
 
 
 def render_pictures(
@@ -435,38 +1049,118 @@ def render_pictures(
     spectra: Sequence[Tensor],
     labels: Optional[Sequence[str]] = None,
     example_input: Optional[Tensor] = None,
+    orbit: Optional[Dict[str, Any]] = None,
     num_generators: int = 4,
 ) -> Dict[str, np.ndarray]:
     """All of a report's pictures as ``tag -> (H, W, 3) uint8`` arrays (tags without the logger prefix).
+
+    Pure drawing: it never calls the model, so it may run in a background thread.
 
     Args:
         report: The report to draw.
         action: Its action, to move ``example_input`` along the generators.
         spectra: Variance spectra of the analyses so far, for the history.
-        labels: One label per spectrum.
+        labels: One label per spectrum (e.g. ``"epoch 3"``, ``"validate"``).
         example_input: One input (no batch axis) for the orbit picture, or ``None``.
+        orbit: :func:`orbit_outputs` of the model along the first and the last generator of
+            ``report``, or ``None`` (images then show the orbit alone; vectors have no orbit picture).
         num_generators: How many leading generators to draw.
     """
     images: Dict[str, np.ndarray] = {}
     if num_generators > 0:
-        images["generators"] = figure_to_array(generators_figure(report, k=num_generators))
-    images["spectrum"] = figure_to_array(spectrum_figure(report))
+        images["generators"] = generators_image(report, k=num_generators)
+    images["spectrum"] = spectrum_image(report)
     if spectra:
-        images["spectrum_history"] = figure_to_array(spectrum_history_figure(list(spectra), labels))
+        images["spectrum_history"] = spectrum_history_image(list(spectra), labels)
     if example_input is not None and len(report.generators) > 1:
         try:
-            fig = orbit_figure(action, example_input, report.generators[0], report.generators[-1])
+            picture = orbit_image(action, example_input, report.generators[0], report.generators[-1], orbit=orbit)
         except NotImplementedError:
-            pass  # the action cannot apply finite transformations
-        else:
-            images["orbit"] = figure_to_array(fig)
+            picture = None  # the action cannot apply finite transformations
+        if picture is not None:
+            images["orbit"] = picture
     return images
+
+
+# --------------------------------------------------------------------------------------------- matplotlib
+
+
+def _array_figure(rgb: np.ndarray) -> Figure:
+    """A figure outside pyplot (Agg canvas) showing ``rgb`` pixel for pixel."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(rgb.shape[1] / _DPI, rgb.shape[0] / _DPI), dpi=_DPI)
+    FigureCanvasAgg(fig)
+    fig.figimage(rgb, 0, 0, origin="upper")
+    return fig
+
+
+def generators_figure(report: SymmetryReport, k: int = 4) -> Figure:
+    """:func:`generators_image` in a matplotlib figure (outside pyplot), for notebooks.
+
+    Args:
+        report: The report to draw.
+        k: How many leading generators to draw.
+    """
+    return _array_figure(generators_image(report, k))
+
+
+def spectrum_figure(report: SymmetryReport) -> Figure:
+    """:func:`spectrum_image` in a matplotlib figure (outside pyplot), for notebooks.
+
+    Args:
+        report: The report to draw.
+    """
+    return _array_figure(spectrum_image(report))
+
+
+def spectrum_history_figure(spectra: Sequence[Tensor], labels: Optional[Sequence[str]] = None) -> Figure:
+    """:func:`spectrum_history_image` in a matplotlib figure (outside pyplot), for notebooks.
+
+    Args:
+        spectra: Variance spectra ``(m,)``, oldest first.
+        labels: One label per spectrum.
+    """
+    return _array_figure(spectrum_history_image(spectra, labels))
+
+
+def orbit_figure(
+    action: GroupAction,
+    x: Tensor,
+    most_invariant: Tensor,
+    least_invariant: Tensor,
+    ts: Sequence[float] = ORBIT_TS,
+    orbit: Optional[Dict[str, Any]] = None,
+) -> Figure:
+    """:func:`orbit_image` in a matplotlib figure (outside pyplot), for notebooks.
+
+    Args:
+        action: The group action.
+        x: One input without the batch dimension.
+        most_invariant: The most invariant generator.
+        least_invariant: The least invariant generator.
+        ts: Group parameters ``t`` of the thumbnails.
+        orbit: :func:`orbit_outputs` along the two generators; required for vector inputs.
+
+    Raises:
+        ValueError: A vector input without ``orbit`` (its picture is the outputs along the orbit).
+    """
+    picture = orbit_image(action, x, most_invariant, least_invariant, ts, orbit=orbit)
+    if picture is None:
+        raise ValueError(
+            "Expected `orbit` (from orbit_outputs) for a vector input: its picture is the model's outputs."
+        )
+    return _array_figure(picture)
 
 
 def figure_to_array(fig: Figure) -> np.ndarray:
     """Render a figure to an ``(H, W, 3)`` uint8 RGB array and close it.
 
     For TensorBoard: ``writer.add_image(tag, array, step, dataformats="HWC")``.
+
+    Args:
+        fig: The figure.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
@@ -478,7 +1172,11 @@ def figure_to_array(fig: Figure) -> np.ndarray:
 
 
 def figure_to_png(fig: Figure) -> bytes:
-    """Encode a figure as PNG bytes and close it."""
+    """Encode a figure as PNG bytes and close it.
+
+    Args:
+        fig: The figure.
+    """
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=fig.dpi, facecolor="white")
     _close(fig)

@@ -15,7 +15,6 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import scipy.linalg  # noqa: E402
 import torch  # noqa: E402
-from matplotlib.colors import LogNorm  # noqa: E402
 
 from liegg_lightning import ImageAction, TangentAction, VectorAction  # noqa: E402
 from liegg_lightning import rendering as R  # noqa: E402
@@ -69,7 +68,152 @@ def _images(fig) -> list:
     return [im for ax in fig.axes for im in ax.get_images()]
 
 
+# ---------------------------------------------------------------- card pictures: shared checks
+
+
+def _mpl_colour(name, fraction):
+    """matplotlib's own colour for ``fraction`` in [0, 1], as 0..255 floats (the independent reference)."""
+    return np.asarray(matplotlib.colormaps[name](float(np.clip(fraction, 0.0, 1.0)))[:3]) * 255.0
+
+
+def _close(pixel, expected, tol=6.0):
+    return np.abs(np.asarray(pixel, dtype=float) - expected).max() <= tol
+
+
+def test_card_pictures_fit_a_tensorboard_card():
+    action = VectorAction(dim=3)
+    report = _report([0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0], action, reference=_so_reference(3))
+    pictures = [R.generators_image(report), R.spectrum_image(report), R.spectrum_history_image([report.variances])]
+    for picture in pictures:
+        _assert_picture(picture)
+        assert picture.shape[1] == R.CARD_WIDTH <= 400  # shown about 1:1 in a ~350 px card, not shrunk
+
+
+# ---------------------------------------------------------------- generators
+
+
+def test_generators_image_cells_have_the_colour_of_their_entries():
+    action = VectorAction(dim=3)
+    eigs = [0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]
+    q = _orthogonal(9, seed=1)
+    report = _report(eigs, action, num_samples=5, reference=_so_reference(3), basis=q)
+    picture, layout = R._generators_picture(report, 4)
+    _assert_picture(picture)
+    # one scale for all panels, from the largest entry of the shown unit generators (sign-free)
+    limit = np.abs(q[:, :4]).max()
+    assert layout["limit"] == pytest.approx(limit)
+    assert len(layout["panels"]) == 4 and layout["numbers"]
+    for i, panel in enumerate(layout["panels"]):
+        x0, y0, x1, y1 = panel["box"]
+        cell_w, cell_h = (x1 - x0) / 3, (y1 - y0) / 3
+        gen = report.generators[i].numpy()
+        for r in range(3):
+            for c in range(3):
+                # a pixel near the cell's corner: the entry's number is written in its middle
+                px = picture[int(y0 + r * cell_h + 2), int(x0 + c * cell_w + 2)]
+                assert _close(px, _mpl_colour("RdBu_r", (gen[r, c] + limit) / (2 * limit))), (i, r, c)
+
+
+def test_generators_image_symmetric_scale_for_one_signed_generator():
+    action = VectorAction(dim=2)
+    # the null direction is (1, 1, 1, 1) / 2: a generator whose entries all have one sign
+    basis = np.linalg.qr(np.column_stack([np.ones(4), _orthogonal(4, seed=3)[:, :3]]))[0]
+    report = _report([0.0, 1.0, 2.0, 3.0], action, num_samples=4, basis=basis)
+    lead = report.generators[0].numpy()
+    assert np.all(lead > 0) or np.all(lead < 0)
+    picture, layout = R._generators_picture(report, 1)
+    assert layout["limit"] == pytest.approx(0.5)
+    x0, y0, _, _ = layout["panels"][0]["box"]
+    # +-0.5 is an end of the diverging map, not its centre: a saturated red or blue cell
+    expected = _mpl_colour("RdBu_r", 1.0 if lead[0, 0] > 0 else 0.0)
+    assert _close(picture[int(y0) + 2, int(x0) + 2], expected)
+
+
+@pytest.mark.parametrize(("shape", "drawn"), [((3,), (1, 3)), ((2, 2, 2), (4, 2)), ((2, 3), (2, 3))])
+def test_generators_image_other_generator_shapes(shape, drawn):
+    m = int(np.prod(shape))
+    action = TangentAction(lambda x: x[:, None].expand(-1, m, *x.shape[1:]), generator_shape=shape)
+    report = _report(np.arange(m, dtype=float), action)
+    picture, layout = R._generators_picture(report, 2)
+    assert [p["shape"] for p in layout["panels"]] == [drawn, drawn]
+    _assert_picture(picture)
+
+
+def test_generators_image_large_generators_wrap_and_drop_numbers():
+    action = VectorAction(dim=16)
+    report = _report(np.arange(256, dtype=float), action)
+    picture, layout = R._generators_picture(report, 4)
+    assert not layout["numbers"]  # 16 columns in a card: colour only
+    boxes = [p["box"] for p in layout["panels"]]
+    assert len({b[1] for b in boxes}) == 2, "4 panels of 16x16 wrap onto two rows"
+    assert picture.shape[1] == R.CARD_WIDTH
+    small = _report(np.arange(4, dtype=float), VectorAction(dim=2))
+    _, small_layout = R._generators_picture(small, 4)
+    assert small_layout["numbers"] and len({p["box"][1] for p in small_layout["panels"]}) == 1
+
+
+def test_generators_image_k_larger_than_m_and_zero():
+    report = _report([0.0, 1.0, 2.0, 3.0], VectorAction(dim=2))
+    assert len(R._generators_picture(report, 10)[1]["panels"]) == 4
+    assert R._generators_picture(report, 0)[1]["panels"] == []
+
+
+def test_cell_text_is_short_and_rounded():
+    assert [R._cell_text(v) for v in (0.7071, -0.5, 0.001, -0.004, 1.0, -0.999)] == [".71", "-.5", "0", "0", "1.0",
+                                                                                      "-1.0"]
+
+
 # ---------------------------------------------------------------- spectrum
+
+
+def test_spectrum_image_markers_sit_at_the_log_variances_with_error_bars():
+    action = VectorAction(dim=3)
+    eigs = np.array([0.0, 1e-6, 2e-6] + [10.0 * (i + 1) for i in range(6)])
+    report = _report(eigs, action, num_samples=10, reference=_so_reference(3))
+    report.variance_stderr = torch.from_numpy(np.where(eigs > 0, 0.5 * eigs / 10, 0.0))  # as a newer report has
+    picture, layout = R._spectrum_picture(report)
+    _assert_picture(picture)
+    (x0, y0, x1, y1), (lo, hi) = layout["box"], layout["ylim"]
+
+    def at(i, log_value):
+        fx = (i + 0.5) / len(eigs)
+        return int(round(x0 + fx * (x1 - x0))), int(round(y1 - (log_value - lo) / (hi - lo) * (y1 - y0)))
+
+    blue = np.array([31, 119, 180], dtype=float)
+    for i, v in enumerate(eigs / 10):
+        if v > 0:
+            x, y = at(i, np.log10(v))
+            assert _close(picture[y, x], blue, tol=40), i
+            # the error bar's upper end (v + se) is drawn too, above the marker
+            xe, ye = at(i, np.log10(1.5 * v))
+            assert _close(picture[ye, xe], blue, tol=60), i
+    # zeros sit at the floor: a hollow marker (white centre, blue ring) at the floor's height
+    x, y = at(0, np.log10(layout["floor"]))
+    assert picture[y, x].min() > 200
+
+
+def test_spectrum_title_holds_the_numbers_and_survives_nan():
+    report = _report([0.0, 0.0, 0.0] + [10.0 * (i + 1) for i in range(6)], VectorAction(dim=3), num_samples=10,
+                     reference=_so_reference(3))
+    first, second = R._spectrum_title(report)
+    assert "nullity 3" in first and "N 10" in first
+    assert "bias" in second and "closure" in second and "±" not in second
+    report.closure_error = float("nan")
+    report.symmetry_bias = float("nan")
+    report.biases = torch.full_like(report.biases, float("nan"))
+    report.variance_stderr = torch.full_like(report.variances, 0.25)
+    first, second = R._spectrum_title(report)
+    assert "closure n/a" in second and "bias n/a" in second and "±0.2" in second
+    _assert_picture(R.spectrum_image(report))  # NaN biases are left out, not drawn at 0
+    fig, _ = R.plot_spectrum(report)
+    R.figure_to_array(fig)
+
+
+def test_spectrum_image_empty_and_all_zero():
+    _assert_picture(R.spectrum_image(_report([0.0] * 4, VectorAction(dim=2))))
+    empty = _report([0.0], VectorAction(dim=1))
+    empty.variances = torch.zeros(0, dtype=torch.float64)
+    assert R.spectrum_image(empty).shape[1] == R.CARD_WIDTH
 
 
 def test_plot_spectrum_log_floor_nullity_and_biases():
@@ -88,13 +232,12 @@ def test_plot_spectrum_log_floor_nullity_and_biases():
     expected = np.asarray(eigs) / 10.0  # variances = eigenvalues / N
     assert np.allclose(y[3:], expected[3:], rtol=1e-9)
     assert np.all(y[:3] < 1e-10)
-    # the boundary between the learned symmetries and the rest
     boundaries = [ln for ln in ax.get_lines() if list(ln.get_xdata()) == [2.5, 2.5]]
     assert len(boundaries) == 1
-    # biases live on a second axis, between 0 and 1
     assert len(fig.axes) == 2
     bias_y = np.asarray(fig.axes[1].get_lines()[0].get_ydata(), dtype=float)
     assert np.allclose(bias_y, report.biases.numpy())
+    assert all(float(t).is_integer() for t in ax.get_xticks())
     _assert_picture(R.figure_to_array(fig))
     assert plt.get_fignums() == []
 
@@ -110,105 +253,61 @@ def test_plot_spectrum_into_given_axes_without_biases():
     _assert_picture(R.figure_to_array(fig))
 
 
-def test_spectrum_figure_all_zero_spectrum():
-    report = _report([0.0] * 4, VectorAction(dim=2))
-    assert report.nullity == 4  # a zero Gram matrix: everything is a symmetry
-    fig = R.spectrum_figure(report)
-    y = np.asarray(fig.axes[0].get_lines()[0].get_ydata(), dtype=float)
-    assert np.all(y > 0) and np.all(np.isfinite(y))
-    _assert_picture(R.figure_to_array(fig))
-
-
-# ---------------------------------------------------------------- generators
-
-
-def test_generators_figure_symmetric_colour_scale_for_one_signed_generator():
-    action = VectorAction(dim=2)
-    # the null direction is (1, 1, 1, 1) / 2: a generator whose entries all have one sign
-    basis = np.linalg.qr(np.column_stack([np.ones(4), _orthogonal(4, seed=3)[:, :3]]))[0]
-    report = _report([0.0, 1.0, 2.0, 3.0], action, num_samples=4, basis=basis)
-    lead = report.generators[0].numpy()
-    assert np.all(lead > 0) or np.all(lead < 0)
-
-    fig = R.generators_figure(report, k=1)
-    (image,) = _images(fig)
-    assert image.get_cmap().name == "RdBu_r"
-    lo, hi = image.get_clim()
-    assert lo == pytest.approx(-0.5) and hi == pytest.approx(0.5)
-    _assert_picture(R.figure_to_array(fig))
-
-
-def test_generators_figure_titles_and_shared_scale():
-    action = VectorAction(dim=3)
-    eigs = [0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]
-    q = _orthogonal(9, seed=1)
-    report = _report(eigs, action, num_samples=5, reference=_so_reference(3), basis=q)
-    fig = R.generators_figure(report, k=4)
-    images = _images(fig)
-    assert len(images) == 4
-    # one scale for all panels, set by the largest entry of the shown (unit) generators;
-    # eigenvectors are defined up to sign, so the largest |entry| is sign-free
-    limit = np.abs(q[:, :4]).max()
-    for im in images:
-        assert im.get_clim() == pytest.approx((-limit, limit))
-        assert im.get_array().shape == (3, 3)
-    titles = [ax.get_title() for ax in fig.axes if ax.get_images()]
-    for i, title in enumerate(titles):
-        assert f"{eigs[i] / 5:.3g}" in title  # the variance, from the eigenvalues passed in
-        assert "bias" in title
-    _assert_picture(R.figure_to_array(fig))
-
-
-@pytest.mark.parametrize(("shape", "drawn"), [((3,), (1, 3)), ((2, 2, 2), (4, 2)), ((2, 3), (2, 3))])
-def test_generators_figure_other_generator_shapes(shape, drawn):
-    m = int(np.prod(shape))
-    action = TangentAction(lambda x: x[:, None].expand(-1, m, *x.shape[1:]), generator_shape=shape)
-    report = _report(np.arange(m, dtype=float), action)
-    fig = R.generators_figure(report, k=2)
-    images = _images(fig)
-    assert [im.get_array().shape for im in images] == [drawn, drawn]
-    assert np.allclose(images[0].get_array(), report.generators[0].numpy().reshape(drawn))
-    assert "bias" not in fig.axes[0].get_title()
-    _assert_picture(R.figure_to_array(fig))
-
-
-def test_generators_figure_k_larger_than_m():
-    report = _report([0.0, 1.0, 2.0, 3.0], VectorAction(dim=2))
-    fig = R.generators_figure(report, k=10)
-    assert len(_images(fig)) == 4
-    _assert_picture(R.figure_to_array(fig))
-
-
 # ---------------------------------------------------------------- history
 
 
-@pytest.mark.parametrize("count", [1, 3])
-def test_spectrum_history_figure(count):
-    rng = np.random.default_rng(count)
-    spectra = [torch.from_numpy(np.sort(rng.random(6)) * 10.0 ** (-i)) for i in range(count)]
-    spectra[0][0] = 0.0  # a zero needs the log floor
-    labels = [f"epoch {i}" for i in range(count)]
-    fig = R.spectrum_history_figure(spectra, labels)
-    (image,) = _images(fig)
-    assert isinstance(image.norm, LogNorm)
-    data = np.ma.getdata(image.get_array())
-    assert data.shape == (count, 6)
-    expected = np.stack([s.numpy() for s in spectra])
-    positive = expected > 0
-    assert np.allclose(data[positive], expected[positive])
-    assert np.all(data[~positive] > 0), "zeros are drawn at a positive floor"
-    ticklabels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
-    assert ticklabels == labels
-    _assert_picture(R.figure_to_array(fig))
+def test_history_scales_each_row_so_the_untrained_row_does_not_dominate():
+    # untrained: small outputs, a flat spectrum; trained: larger outputs, two symmetries learned
+    untrained = torch.tensor([1.0e-3, 1.1e-3, 1.2e-3, 1.3e-3, 1.4e-3, 1.5e-3], dtype=torch.float64)
+    trained = torch.tensor([1e-5, 2e-5, 10.0, 11.0, 12.0, 13.0], dtype=torch.float64)
+    table = R.spectrum_history_table([untrained, trained])
+    # independent reference: log10(variance / mean of its own row)
+    for row, spectrum in zip(table, (untrained, trained)):
+        assert np.allclose(row, np.log10(spectrum.numpy() / spectrum.numpy().mean()), atol=1e-12)
+    # scaling a row does not change it: the picture shows the spectrum's shape, not the outputs' size
+    assert np.allclose(R.spectrum_history_table([1e6 * untrained, trained]), table)
+
+    picture, layout = R._history_picture([untrained, trained], ["epoch 1", "epoch 2"])
+    x0, y0, x1, _ = layout["box"]
+    row_h = layout["row_height"]
+    col_w = (x1 - x0) / 6
+
+    def luminance(r, c):
+        return picture[int(y0 + (r + 0.5) * row_h), int(x0 + (c + 0.5) * col_w)].astype(float).mean()
+
+    # the learned symmetries are the darkest cells; the untrained row's first column is not
+    assert luminance(1, 0) < luminance(0, 0) - 60
+    assert luminance(1, 1) < luminance(0, 0) - 60
+    lo, hi = layout["limits"]
+    for r, c in [(0, 0), (1, 0), (1, 3)]:
+        fraction = (np.clip(table[r, c], lo, hi) - lo) / (hi - lo)
+        assert _close(picture[int(y0 + (r + 0.5) * row_h), int(x0 + (c + 0.5) * col_w)],
+                      _mpl_colour("viridis", fraction))
 
 
-def test_spectrum_history_figure_ragged_and_bad_labels():
-    fig = R.spectrum_history_figure([torch.ones(3), torch.arange(1.0, 5.0)])
-    data = np.ma.getdata(_images(fig)[0].get_array())
-    assert data.shape == (2, 4) and np.isnan(data[0, 3])
-    _assert_picture(R.figure_to_array(fig))
+def test_history_labels_and_integer_ticks():
+    spectra = [torch.linspace(1.0, 2.0, 7) * (i + 1) for i in range(40)]
+    labels = [f"epoch {i + 1}" for i in range(39)] + ["validate"]
+    picture, layout = R._history_picture(spectra, labels)
+    _assert_picture(picture)
+    shown = layout["labelled_rows"]
+    assert shown[-1] == 39, "the newest analysis is always labelled"
+    assert len(shown) < 40 and len(set(np.diff(shown))) == 1
+    assert R._index_ticks(7) == [0, 1, 2, 3, 4, 5, 6]
+    assert R._index_ticks(25) == [0, 5, 10, 15, 20]
+    assert R._index_ticks(1024) == [0, 200, 400, 600, 800, 1000]
+    assert all(isinstance(t, int) for t in R._index_ticks(100))
+
+
+def test_history_ragged_zero_and_bad_labels():
+    table = R.spectrum_history_table([torch.tensor([0.0, 1.0, 2.0]), torch.arange(1.0, 5.0)])
+    assert table.shape == (2, 4) and np.isnan(table[0, 3]) and np.isneginf(table[0, 0])
+    _assert_picture(R.spectrum_history_image([torch.tensor([0.0, 1.0, 2.0]), torch.arange(1.0, 5.0)]))
+    _assert_picture(R.spectrum_history_image([torch.zeros(3)]))
     with pytest.raises(ValueError, match="one label per spectrum"):
-        R.spectrum_history_figure([torch.ones(3)], ["a", "b"])
+        R.spectrum_history_image([torch.ones(3)], ["a", "b"])
+    with pytest.raises(ValueError, match="at least one spectrum"):
+        R.spectrum_history_image([])
 
 
 # ---------------------------------------------------------------- orbits
@@ -225,63 +324,117 @@ ROTATION = torch.tensor([[0.0, -1.0], [1.0, 0.0]]) / 2**0.5
 SCALING = torch.eye(2) / 2**0.5
 
 
-@pytest.mark.parametrize("channels", [None, 1, 2, 3])
-def test_orbit_figure_images(channels):
-    action = ImageAction()
-    x = _square_image(1)[0] if channels is None else _square_image(channels)
-    ts = (-0.5, 0.0, 0.5)
-    fig = R.orbit_figure(action, x, ROTATION, SCALING, ts=ts)
-    images = _images(fig)
-    assert len(images) == 2 * len(ts)
-    for row, gen in enumerate((ROTATION, SCALING)):
-        for col, t in enumerate(ts):
-            moved = action.transform(x[None], gen, t)[0].numpy()
-            if channels is None:
-                expected = moved
-            elif channels == 3:  # RGB, scaled jointly
-                expected = np.moveaxis(moved, 0, -1)
-            else:
-                expected = moved.mean(axis=0)
-            shown = np.asarray(images[row * len(ts) + col].get_array())
-            if channels == 3:
-                assert shown.shape == expected.shape
-                # a joint affine rescaling to [0, 1]: shown = (expected - lo) / (hi - lo)
-                assert np.corrcoef(shown.reshape(-1), expected.reshape(-1))[0, 1] > 0.999
-            else:
-                assert np.allclose(shown, expected, atol=1e-6)
-    # the t = 0 panel is the input itself
-    identity = np.asarray(images[1].get_array())
-    raw = x.numpy() if channels is None else (x.numpy().mean(0) if channels != 3 else None)
-    if raw is not None:
-        assert np.allclose(identity, raw, atol=1e-5)
-    _assert_picture(R.figure_to_array(fig))
+def _vector_model():
+    # |r1| and r1.r2 are so(3)-invariant; r1[0] is not
+    def f(x):
+        r1, r2 = x[:, :3], x[:, 3:]
+        return torch.stack([r1.norm(dim=1), (r1 * r2).sum(1), r1[:, 0]], 1)
+
+    return f
 
 
-def test_orbit_figure_vectors_match_matrix_exponential():
+def test_orbit_outputs_match_the_model_on_matrix_exponentials():
     action = VectorAction(dim=3, components=2)
     x = torch.tensor([1.0, -0.5, 0.25, 0.3, 2.0, -1.0], dtype=torch.float64)
     rot = torch.tensor([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0]], dtype=torch.float64)
     shear = torch.tensor([[0.0, 1.0, 1.0], [0.0, 0.0, 0.0], [1.0, 0.0, 0.0]], dtype=torch.float64)
-    ts = (-0.6, -0.3, 0.0, 0.3, 0.6)
-    fig = R.orbit_figure(action, x, rot, shear, ts=ts)
-    images = _images(fig)
-    assert len(images) == 2
-    for image, gen in zip(images, (rot, shear)):
-        table = np.asarray(image.get_array())
-        assert table.shape == (len(ts), 6)
-        for row, t in zip(table, ts):
+    ts = (-0.6, 0.0, 0.3)
+    out = R.orbit_outputs(_vector_model(), action, x, rot, shear, ts=ts)
+    assert set(out) == {"ts", "most", "least"} and out["most"].shape == (3, 3)
+    for key, gen in (("most", rot), ("least", shear)):
+        for row, t in zip(out[key], ts):
             g = scipy.linalg.expm(t * gen.numpy())
-            expected = (x.numpy().reshape(2, 3) @ g.T).reshape(-1)
-            assert np.allclose(row, expected, atol=1e-10)
-        lo, hi = image.get_clim()
-        assert lo == pytest.approx(-hi)
-    _assert_picture(R.figure_to_array(fig))
+            r1, r2 = g @ x.numpy()[:3], g @ x.numpy()[3:]
+            assert np.allclose(row, [np.linalg.norm(r1), r1 @ r2, r1[0]], atol=1e-10)
+    # the invariant components stay flat along the rotation; the shear moves them
+    assert np.ptp(out["most"][:, :2], axis=0).max() < 1e-10
+    assert np.ptp(out["least"][:, :2], axis=0).min() > 1e-2
 
 
-def test_orbit_figure_propagates_not_implemented():
+def test_orbit_outputs_leave_the_model_alone():
+    model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Dropout(0.5), torch.nn.Linear(8, 2)).eval()
+    before = [p.detach().clone() for p in model.parameters()]
+    out = R.orbit_outputs(model, VectorAction(dim=3, components=2), torch.randn(6), torch.eye(3), -torch.eye(3))
+    assert not model.training and all(p.grad is None for p in model.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert out["most"].dtype == np.float64 and out["most"].shape == (len(R.ORBIT_CURVE_TS), 2)
+    seen = []
+    R.orbit_outputs(lambda x: seen.append(x.device) or torch.zeros(len(x), 2), VectorAction(dim=3, components=2),
+                    torch.randn(6), torch.eye(3), torch.eye(3), device="meta")  # the model runs where it is told
+    assert seen == [torch.device("meta")]
+    with pytest.raises(ValueError, match="one row per input"):
+        R.orbit_outputs(lambda x: x.sum(), VectorAction(dim=3), torch.randn(3), torch.eye(3), torch.eye(3))
+    with pytest.raises(ValueError, match="at least one value"):
+        R.orbit_outputs(model, VectorAction(dim=3, components=2), torch.randn(6), torch.eye(3), torch.eye(3), ts=())
+
+
+@pytest.mark.parametrize("channels", [None, 1, 2, 3])
+def test_orbit_image_thumbnails_are_the_transformed_input(channels):
+    action = ImageAction()
+    x = _square_image(1)[0] if channels is None else _square_image(channels)
+    ts = (-0.5, 0.0, 0.5)
+    picture, layout = R._orbit_picture(action, x, ROTATION, SCALING, ts, None)
+    _assert_picture(picture)
+    assert len(layout["thumbs"]) == 2 * len(ts) and layout["panels"] == []
+    lo, hi = layout["intensity"]
+    for k, (gen, t) in enumerate([(g, t) for g in (ROTATION, SCALING) for t in ts]):
+        moved = action.transform(x[None], gen, t)[0].numpy()
+        if channels is None:
+            expected = moved[..., None].repeat(3, -1)
+        elif channels == 3:
+            expected = np.moveaxis(moved, 0, -1)
+        else:
+            expected = moved.mean(axis=0)[..., None].repeat(3, -1)
+        expected = np.clip((expected - lo) / (hi - lo), 0, 1) * 255
+        x0, y0, w, h = layout["thumbs"][k]
+        rows, cols = expected.shape[:2]
+        for r, c in [(rows // 2, cols // 2), (5, 6), (rows - 1, 0)]:
+            shown = picture[int(y0 + (r + 0.5) * h / rows), int(x0 + (c + 0.5) * w / cols)]
+            assert np.abs(shown - expected[r, c]).max() <= 1.0, (k, r, c)
+
+
+def test_orbit_image_with_outputs_draws_both_orbits_on_one_scale():
+    action = ImageAction()
+    x = _square_image(1)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(320, 3)).eval()
+    orbit = R.orbit_outputs(model, action, x, ROTATION, SCALING)
+    picture, layout = R._orbit_picture(action, x, ROTATION, SCALING, R.ORBIT_TS, orbit)
+    _assert_picture(picture)
+    most, least = layout["panels"]
+    assert most["ylim"] == least["ylim"]  # one scale: a flat line looks flat next to a moving one
+    both = np.concatenate([orbit["most"], orbit["least"]])
+    assert most["ylim"][0] < both.min() and most["ylim"][1] > both.max()
+    centre = int(np.argmin(np.abs(orbit["ts"])))
+    assert most["change"] == pytest.approx(np.abs(orbit["most"] - orbit["most"][centre]).max())
+
+
+def test_orbit_image_vectors_need_outputs_and_keep_the_most_moving_components():
+    action = VectorAction(dim=3, components=2)
+    x = torch.tensor([1.0, -0.5, 0.25, 0.3, 2.0, -1.0])
+    rot = torch.tensor([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    assert R.orbit_image(action, x, rot, torch.eye(3)) is None
+    with pytest.raises(ValueError, match="orbit_outputs"):
+        R.orbit_figure(action, x, rot, torch.eye(3))
+    ts = np.linspace(-0.6, 0.6, 5)
+    still = np.ones((5, 12))
+    moving = np.ones((5, 12))
+    moving[:, 3] += ts  # only component 3 moves
+    picture, layout = R._orbit_picture(action, x, rot, torch.eye(3), R.ORBIT_TS,
+                                       {"ts": ts, "most": still, "least": moving})
+    _assert_picture(picture)
+    shown = layout["panels"][0]["shown"]
+    assert len(shown) == R._MAX_CURVES and 3 in shown
+    assert layout["panels"][0]["change"] == 0.0 and layout["panels"][1]["change"] == pytest.approx(0.6)
+    with pytest.raises(ValueError, match="orbit_outputs"):
+        R.orbit_image(action, x, rot, rot, orbit={"most": still})
+
+
+def test_orbit_propagates_not_implemented():
     action = TangentAction(lambda x: x[:, None].expand(-1, 4, *x.shape[1:]), generator_shape=(2, 2))
     with pytest.raises(NotImplementedError):
-        R.orbit_figure(action, torch.ones(4), torch.eye(2), torch.eye(2))
+        R.orbit_image(action, torch.ones(2, 4, 4), torch.eye(2), torch.eye(2))
+    with pytest.raises(NotImplementedError):
+        R.orbit_outputs(lambda x: x, action, torch.ones(4), torch.eye(2), torch.eye(2))
 
 
 # ---------------------------------------------------------------- text
@@ -341,12 +494,58 @@ def test_figure_to_array_and_png_close_pyplot_figures():
     assert plt.get_fignums() == []
 
 
-def test_figures_made_here_stay_out_of_pyplot():
+def test_figures_show_the_card_pictures_pixel_for_pixel_outside_pyplot():
     report = _report([0.0, 1.0, 2.0, 3.0], VectorAction(dim=2))
-    figs = [R.spectrum_figure(report), R.generators_figure(report), R.spectrum_history_figure([report.variances])]
+    pairs = [(R.spectrum_figure(report), R.spectrum_image(report)),
+             (R.generators_figure(report), R.generators_image(report)),
+             (R.spectrum_history_figure([report.variances]), R.spectrum_history_image([report.variances]))]
     assert plt.get_fignums() == []
-    for fig in figs:
-        _assert_picture(R.figure_to_array(fig))
+    for fig, picture in pairs:
+        assert np.array_equal(R.figure_to_array(fig), picture)
+
+
+def _image_report():
+    from liegg_lightning import analyze
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3, padding=1), torch.nn.Tanh(), torch.nn.Flatten(),
+                                torch.nn.Linear(2 * 16 * 20, 3)).eval()
+    x = torch.stack([_square_image(1) * (1 + 0.1 * i) for i in range(8)])
+    return model, x, analyze(model, x, ImageAction(), reference_algebra="rotation")
+
+
+def test_render_pictures_all_four_and_orbit_only_with_what_it_needs():
+    model, x, report = _image_report()
+    action = ImageAction()
+    orbit = R.orbit_outputs(model, action, x[0], report.generators[0], report.generators[-1])
+    pictures = R.render_pictures(report, action, spectra=[report.variances] * 3, labels=["epoch 1", "epoch 2",
+                                 "validate"], example_input=x[0], orbit=orbit)
+    assert set(pictures) == {"generators", "spectrum", "spectrum_history", "orbit"}
+    for picture in pictures.values():
+        _assert_picture(picture)
+    without = R.render_pictures(report, action, spectra=[], example_input=None, num_generators=0)
+    assert set(without) == {"spectrum"}
+    vec = _report([0.0, 1.0, 2.0, 3.0], VectorAction(dim=2))
+    assert "orbit" not in R.render_pictures(vec, VectorAction(dim=2), spectra=[vec.variances],
+                                            example_input=torch.ones(2))
+
+
+def test_one_full_set_of_pictures_is_cheap():
+    # issue 10: the pictures must fit a 10 % overhead budget; through matplotlib they took 1.1-1.8 s
+    import time
+
+    model, x, report = _image_report()
+    action = ImageAction()
+    orbit = R.orbit_outputs(model, action, x[0], report.generators[0], report.generators[-1])
+    spectra = [report.variances * (1 + 0.1 * i) for i in range(20)]
+    kwargs = dict(spectra=spectra, labels=[f"epoch {i + 1}" for i in range(20)], example_input=x[0], orbit=orbit)
+    R.render_pictures(report, action, **kwargs)  # fonts and colour maps loaded once
+    times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        R.render_pictures(report, action, **kwargs)
+        times.append(time.perf_counter() - start)
+    assert sorted(times)[1] < 0.75, times
 
 
 def test_rendering_imports_matplotlib_lazily():
@@ -359,6 +558,6 @@ def test_rendering_imports_matplotlib_lazily():
             if isinstance(sub, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 break
             if isinstance(sub, ast.Import):
-                assert not any(a.name.startswith("matplotlib") for a in sub.names)
+                assert not any(a.name.startswith(("matplotlib", "PIL")) for a in sub.names)
             if isinstance(sub, ast.ImportFrom):
-                assert not (sub.module or "").startswith("matplotlib")
+                assert not (sub.module or "").startswith(("matplotlib", "PIL"))

@@ -1,0 +1,87 @@
+"""Time one full set of the callback's pictures (generators, spectrum, spectrum history, orbit).
+
+Two cases: a small CNN on 28x28 images (10 outputs, gl(2)) and an MLP on the O(5) inputs (two
+vectors of R^5, gl(5)), each with a 20-analysis history. Prints the first call (fonts and colour
+maps loaded) and the median of the next ``--repeats`` calls of ``render_pictures``, and the
+model-side ``orbit_outputs``. One torch thread.
+
+Usage::
+
+    python docs/time_pictures.py [--repeats 10] [--rendering path/to/other/rendering.py]
+
+``--rendering`` times another version of ``liegg_lightning/rendering.py`` (e.g. an older one
+taken with ``git show REV:liegg_lightning/rendering.py > /tmp/old.py``) on the same reports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import importlib.util
+import inspect
+import statistics
+import time
+from types import ModuleType
+from typing import Any, Callable, List
+
+import torch
+from torch import nn
+
+from liegg_lightning import ImageAction, VectorAction, analyze
+from liegg_lightning import rendering as current
+
+
+def _load(path: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location("other_rendering", path)
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _seconds(fn: Callable[[], Any], repeats: int) -> List[float]:
+    out = []
+    for _ in range(repeats + 1):
+        start = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--rendering", default=None, help="another rendering.py to time instead")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    R = _load(args.rendering) if args.rendering else current
+
+    cnn = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.Tanh(), nn.AdaptiveAvgPool2d(7), nn.Flatten(),
+                        nn.Linear(392, 10)).eval()
+    mlp = nn.Sequential(nn.Linear(10, 64), nn.Tanh(), nn.Linear(64, 1)).eval()
+    cases = [
+        ("images 28x28, CNN, gl(2)", ImageAction(), torch.randn(256, 1, 28, 28), cnn, "rotation"),
+        ("O(5) vectors, MLP, gl(5)", VectorAction(dim=5, components=2), torch.randn(512, 10), mlp, "so"),
+    ]
+    for name, action, x, model, reference in cases:
+        report = analyze(model, x, action, reference_algebra=reference, batch_size=256)
+        spectra = [report.variances * (1.0 + 0.1 * i) for i in range(20)]
+        labels = [f"epoch {i + 1}" for i in range(20)]
+        kwargs = {"spectra": spectra, "labels": labels, "example_input": x[0], "num_generators": 4}
+        orbit_line = ""
+        if "orbit" in inspect.signature(R.render_pictures).parameters:
+            def outputs(model: Any = model, action: Any = action, x: Any = x, report: Any = report) -> Any:
+                return current.orbit_outputs(model, action, x[0], report.generators[0], report.generators[-1])
+
+            kwargs["orbit"] = outputs()
+            model_times = _seconds(outputs, args.repeats)
+            orbit_line = f"; orbit_outputs (model) {1e3 * statistics.median(model_times[1:]):.1f} ms"
+        times = _seconds(functools.partial(R.render_pictures, report, action, **kwargs), args.repeats)
+        print(f"{name}: render_pictures first {times[0]:.3f} s, median {statistics.median(times[1:]):.3f} s "
+              f"over {args.repeats}{orbit_line}")
+
+
+if __name__ == "__main__":
+    main()
