@@ -99,8 +99,8 @@ def run(device: torch.device, quick: bool, repeats: int, log: Callable[[str], No
 def render(section: Dict[str, Any]) -> str:
     """Markdown table of the section and the guard's answers."""
     rows = [{"m": r["m"], "so(d) nullity": r["nullity"], "Gram MB": r["gram_bytes"] / 2**20, "eigh (s)": r["eigh_s"],
-             "report (s)": r["report_s"], "report / eigh": r["report_s"] / r["eigh_s"],
-             "closure pairs": f"{r['closure_pairs']} of {r['all_pairs']}"}
+             "report (s)": r["report_s"], "report / eigh": r["report_s"] / r["eigh_s"] if r["report_s"] else None,
+             "closure pairs": f"{r['closure_pairs']} of {r['all_pairs']}" if "closure_pairs" in r else "-"}
             for r in section["rows"]]
     cols = ["m", "so(d) nullity", "Gram MB", "eigh (s)", "report (s)", "report / eigh", "closure pairs"]
     text = table(rows, cols, "solve: the epoch-end solve against m (so(d) null space)")
