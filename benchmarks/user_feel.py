@@ -203,12 +203,16 @@ def _probe_class() -> type:
             if analysed and prefix + "symmetry_variance" in metrics:
                 entry["symmetry_variance"] = float(metrics[prefix + "symmetry_variance"])
             if analysed and self.make_metric is not None:
+                # a DataLoader draws its base seed from the global RNG: restore it, so training goes on as
+                # in the timed runs and their logged values can be compared with these epoch by epoch
+                rng = torch.random.get_rng_state()
                 metric = self.make_metric().to(pl_module.device)
                 loaders = trainer.val_dataloaders
                 for loader in loaders if isinstance(loaders, (list, tuple)) else [loaders]:
                     for batch in loader:
                         metric.update(pl_module, batch[0].to(pl_module.device))
                 full = metric.compute()
+                torch.random.set_rng_state(rng)
                 entry["full_set_samples"] = int(full.num_samples)
                 entry["full_set_symmetry_variance"] = float(full.symmetry_variance)
             self.epochs.append(entry)
@@ -333,6 +337,7 @@ def measure_case(case: Dict[str, Any], device: torch.device, root: str, repeats:
     row["pictures_logged"] = _count_pictures(runs["with"][-1]["log_dir"])
     check = runs["with"][-1] if quick else fit_once(case, device, root, f"{tag}_full_set_check", True, full_set=True)
     row.update(_against_full_set(check))
+    row["per_epoch_last_run"], row["per_epoch_full_set_check"] = runs["with"][-1]["epochs"], check["epochs"]
     return row
 
 

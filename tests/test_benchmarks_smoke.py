@@ -67,6 +67,9 @@ def test_quick_benchmark_writes_every_section(tmp_path: Path) -> None:
     # the quick O(5) data has 200 validation samples; the digits' one validation batch holds 400 images
     assert all(n <= 200 for n in o5["samples_per_epoch"]) and all(n <= 400 for n in digits["samples_per_epoch"])
     assert len(o5["symmetry_variances"]) == 2 and o5["symmetry_variance_std"] >= 0
+    # the probe analysed the whole validation set on the same weights and compared the logged value with it
+    assert o5["full_set_samples"] == 200 and digits["full_set_samples"] == 400
+    assert o5["max_rel_err_vs_full_set"] >= 0 and digits["max_rel_err_vs_full_set"] >= 0
 
     for heading in ("### overhead", "### methods", "### solve", "### user_feel"):
         assert heading in proc.stdout
