@@ -1,4 +1,4 @@
-"""Shared pieces of the benchmarks: timing, machine description, models and derivative floors.
+"""Shared pieces of the benchmarks: timing, machine description and markdown tables.
 
 Every number the benchmarks report is a ratio of two times measured in the same run, so the
 helpers here favour robustness over absolute precision: a warm-up, several repeats, the median,
@@ -14,7 +14,6 @@ import time
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
 import torch
-from torch import Tensor, nn
 
 # ----------------------------------------------------------------------------------------------
 # timing
@@ -126,99 +125,6 @@ def proc_status_kb(field: str) -> Optional[int]:
     except OSError:
         pass
     return None
-
-
-# ----------------------------------------------------------------------------------------------
-# models
-
-
-def paper_mlp(out_features: int = 1, in_features: int = 10, width: int = 384, depth: int = 3) -> nn.Module:
-    """The paper's O(5) regression network: ``in -> width x depth -> out`` with SiLU."""
-    layers: List[nn.Module] = []
-    d = in_features
-    for _ in range(depth):
-        layers += [nn.Linear(d, width), nn.SiLU()]
-        d = width
-    layers.append(nn.Linear(d, out_features))
-    return nn.Sequential(*layers)
-
-
-def small_cnn(size: int = 28, channels: int = 1, classes: int = 10) -> nn.Module:
-    """Two strided convolutions and a linear classifier, for ``size x size`` images."""
-    after = (size + 1) // 2
-    after = (after + 1) // 2
-    return nn.Sequential(
-        nn.Conv2d(channels, 16, 3, stride=2, padding=1),
-        nn.SiLU(),
-        nn.Conv2d(16, 32, 3, stride=2, padding=1),
-        nn.SiLU(),
-        nn.Flatten(),
-        nn.Linear(32 * after * after, classes),
-    )
-
-
-# ----------------------------------------------------------------------------------------------
-# derivative floors: the least work that produces what the method needs, and nothing more
-
-
-def floor_reverse_loop(model: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
-    """Per-sample input gradients ``(K, B, *in)``: one forward, then one backward per output."""
-    with torch.enable_grad():
-        xg = x.detach().requires_grad_(True)
-        out = model(xg).reshape(x.shape[0], -1)
-        k = out.shape[1]
-        grads = [torch.autograd.grad(out[:, j].sum(), xg, retain_graph=j < k - 1)[0] for j in range(k)]
-    return torch.stack(grads)
-
-
-def floor_reverse_vmap(model: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
-    """Per-sample Jacobians ``(B, K, *in)`` with ``vmap(jacrev)`` over single samples."""
-
-    def one(xi: Tensor) -> Tensor:
-        return model(xi.unsqueeze(0)).reshape(-1)
-
-    return torch.func.vmap(torch.func.jacrev(one))(x.detach())
-
-
-def floor_forward(model: Callable[[Tensor], Tensor], x: Tensor, tangents: Tensor) -> Tensor:
-    """Jacobian-vector products ``(m, B, K)``: ``vmap`` over precomputed tangents ``(B, m, *in)``.
-
-    Runs under ``no_grad``: forward-mode AD does not need the backward graph, and recording it
-    (parameters require grad) costs about 15% on the CNN case.
-    """
-    xd = x.detach()
-
-    def f(inp: Tensor) -> Tensor:
-        return model(inp).reshape(inp.shape[0], -1)
-
-    def jvp_one(t: Tensor) -> Tensor:
-        return torch.func.jvp(f, (xd,), (t,))[1]
-
-    with torch.no_grad():
-        return torch.func.vmap(jvp_one, in_dims=1)(tangents)
-
-
-def floor_variants(
-    model: Callable[[Tensor], Tensor], batches: Sequence[Tensor], tangents: Sequence[Tensor]
-) -> Dict[str, Callable[[], None]]:
-    """The three floor candidates as zero-argument callables over all ``batches``.
-
-    The tangents are computed before timing (a generous floor: the method has to make them).
-    """
-
-    def reverse_loop() -> None:
-        for x in batches:
-            floor_reverse_loop(model, x)
-
-    def reverse_vmap() -> None:
-        for x in batches:
-            floor_reverse_vmap(model, x)
-
-    def forward() -> None:
-        for x, t in zip(batches, tangents):
-            floor_forward(model, x, t)
-
-    return {"floor_reverse_loop": reverse_loop, "floor_reverse_vmap": reverse_vmap, "floor_forward": forward}
 
 
 # ----------------------------------------------------------------------------------------------

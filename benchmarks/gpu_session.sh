@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# One prepared GPU session (how benchmarks/results/cuda.json was made): a correctness check of the
-# engine on CUDA against the CPU, the --quick smoke, then each benchmark section with its own time limit.
+# One prepared GPU session (how benchmarks/results/cuda.json is made): a correctness check of the
+# engine on CUDA against the CPU, the --quick smoke, then each benchmark section with its own time limit
+# (SECTION_LIMIT seconds each, USER_FEEL_LIMIT for the ResNet-18 fits, which need torchvision).
 # Usage: OUT=/some/folder bash benchmarks/gpu_session.sh
 set -u
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore
@@ -24,7 +25,9 @@ rev = analyze(cnn, img, ImageAction(), derivative="reverse")
 print("forward vs reverse on cuda, max rel err:", float((fwd.variances - rev.variances).abs().max() / rev.variances.max()))
 PY
 python3 benchmarks/run.py --device cuda --quick --out /tmp/liegg_quick > "$OUT/quick.txt" 2>&1; echo "quick rc=$?" | tee -a "$OUT/quick.txt"
-for section in overhead solve methods epoch; do
-  timeout "${SECTION_LIMIT:-150}" python3 benchmarks/run.py --device cuda --only "$section" --out "$OUT" > "$OUT/$section.txt" 2>&1
+for section in overhead solve methods user_feel; do
+  limit="${SECTION_LIMIT:-150}"
+  [ "$section" = user_feel ] && limit="${USER_FEEL_LIMIT:-300}"
+  timeout "$limit" python3 benchmarks/run.py --device cuda --only "$section" --out "$OUT" > "$OUT/$section.txt" 2>&1
   echo "$section rc=$?" | tee -a "$OUT/$section.txt"
 done

@@ -1,13 +1,12 @@
-"""Section 2: the streaming float64 Gram against the other ways of getting the spectrum.
+"""Section ``methods``: the streaming float64 Gram against the original dense float32 SVD.
 
-Three ways to the smallest singular value of the polarization matrix E (N rows, m columns):
+Two ways to the smallest singular value of the polarization matrix E (N rows, m columns):
 
 * ``dense``: the original algorithm. Every row is kept in a float32 E, and one
   ``torch.linalg.svd(E, full_matrices=False)`` runs at the end;
-* ``loop``: a per-sample Python loop, one ``torch.autograd.grad`` call per sample and output,
-  then the row, then the Gram update (float64). Above 10,000 samples only the first 2,000 are
-  timed and the time extrapolated linearly (said so in the table);
 * ``ours``: ``LieGGMetric.update`` over the batches (streaming float64 Gram), then ``compute()``.
+
+Questions: is sigma_min accurate where float32 is not, and is the memory flat in N?
 
 The model has a known near-symmetry: ``F(x) = phi(inner products of x) + eps * psi(x)`` is
 so(dim)-invariant up to ``eps``, so sigma_min is small and float32 struggles. The reference
@@ -25,13 +24,12 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import os
 import statistics
 import subprocess
 import sys
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List
 
 import torch
 from common import proc_status_kb, sync, table
@@ -111,33 +109,14 @@ def method_dense(ctx: Dict[str, Any], x: Tensor, warmup: bool = False) -> Dict[s
     return {"sigma_min": float(s[-1]), "sigma_max": float(s[0]), "kept_bytes": e.numel() * 4}
 
 
-def method_loop(ctx: Dict[str, Any], x: Tensor, warmup: bool = False) -> Dict[str, Any]:
-    """One ``autograd.grad`` call per sample (and output), then its row, then the float64 Gram."""
-    m = ctx["dim"] ** 2
-    gram = torch.zeros(m, m, dtype=torch.float64, device=x.device)
-    model = ctx["model"]
-    with torch.enable_grad():
-        for i in range(x.shape[0]):
-            xi = x[i:i + 1].detach().requires_grad_(True)
-            out = model(xi).reshape(-1)
-            for k in range(out.shape[0]):
-                (g,) = torch.autograd.grad(out[k], xi, retain_graph=k < out.shape[0] - 1)
-                r = _vector_rows(xi.detach().double(), g.double(), ctx["dim"])
-                gram += r.T @ r
-    lam = torch.linalg.eigvalsh(gram).clamp_min(0)
-    return {"sigma_min": float(lam[0].sqrt()), "sigma_max": float(lam[-1].sqrt()), "kept_bytes": m * m * 8}
-
-
 def method_ours(ctx: Dict[str, Any], x: Tensor, warmup: bool = False) -> Dict[str, Any]:
     """``LieGGMetric``: streaming float64 Gram, ``derivative="auto"``, then ``compute()``.
 
-    The phases are timed apart: the updates, ``eigh`` of the Gram alone, and the whole
-    ``compute()`` (eigh plus every measure of the report). The warm-up stops before ``compute()``:
+    The updates and ``compute()`` are timed apart. The warm-up stops before ``compute()``:
     on fewer samples than m the spectrum has a spurious null space of at least m - N directions
     (``compute()`` warns), which is not the case being measured.
     """
     from liegg_lightning import LieGGMetric
-    from liegg_lightning.functional.spectrum import solve_spectrum
 
     metric = LieGGMetric(ctx["action"], sync_on_compute=False).to(x.device)
     device = x.device
@@ -150,21 +129,18 @@ def method_ours(ctx: Dict[str, Any], x: Tensor, warmup: bool = False) -> Dict[st
     # the peak so far belongs to the streaming part alone; compute() may add its own
     peak_updates = (torch.cuda.max_memory_allocated(device) / 1024 if device.type == "cuda"
                     else proc_status_kb("VmHWM"))
-    solve_spectrum(metric.gram)
-    sync(device)
-    t2 = time.perf_counter()
     if warmup:
         return {}
     report = metric.compute()
     sync(device)
-    t3 = time.perf_counter()
+    t2 = time.perf_counter()
     m = ctx["dim"] ** 2
     return {"sigma_min": float(report.singular_values[0]), "sigma_max": float(report.singular_values[-1]),
-            "kept_bytes": m * m * 8, "update_s": t1 - t0, "eigh_s": t2 - t1, "compute_s": t3 - t2,
-            "nullity": report.nullity, "method_time_s": (t1 - t0) + (t3 - t2), "peak_after_updates_kb": peak_updates}
+            "kept_bytes": m * m * 8, "update_s": t1 - t0, "compute_s": t2 - t1,
+            "nullity": report.nullity, "peak_after_updates_kb": peak_updates}
 
 
-METHODS = {"dense": method_dense, "loop": method_loop, "ours": method_ours}
+METHODS = {"dense": method_dense, "ours": method_ours}
 
 
 def reference(ctx: Dict[str, Any], x: Tensor) -> Dict[str, Any]:
@@ -215,49 +191,37 @@ def _peak_growth(device: torch.device, start: Dict[str, Any]) -> Dict[str, Any]:
     return {"peak_mb": max(hwm - start["rss_kb"], 0) / 1024, "peak_kind": kind}
 
 
-def measure(method: str, case: str, n: int, device: torch.device, repeats: int, subset: int,
-            fresh_process: bool, loop_full_limit: int = 10_000) -> Dict[str, Any]:
-    """Time, memory and sigma of one method on ``n`` rows.
-
-    The loop runs all ``n`` samples up to ``loop_full_limit``, else the first ``subset``.
-    """
+def measure(method: str, case: str, n: int, device: torch.device, repeats: int, fresh_process: bool) -> Dict[str, Any]:
+    """Time, memory and sigma of one method on ``n`` rows."""
     import liegg_lightning  # noqa: F401  (imported before the memory baseline: module code is not the method's)
 
     ctx = build(case, device)
-    run_n = n if method != "loop" or n <= loop_full_limit else subset
-    x = make_inputs(case, run_n, device)
+    x = make_inputs(case, n, device)
     fn = METHODS[method]
     # the memory baseline comes before the warm-up: buffers the warm-up allocates first and the run
     # reuses are the method's memory too; one-off lazy initialisation shows as warmup_peak_mb
     start = _peak_start(device) if fresh_process or device.type == "cuda" else None
-    fn(ctx, x[: min(run_n, 256)], warmup=True)  # kernels, allocator, lazy imports
+    fn(ctx, x[:256], warmup=True)  # kernels, allocator, lazy imports
     warm = _peak_growth(device, start) if start is not None else {"peak_mb": None}
-    sync(device)
-    t0 = time.perf_counter()
-    out = fn(ctx, x)
-    sync(device)
-    # "ours" times its phases itself, leaving out the extra eigh it runs for the phase table
-    times = [out.pop("method_time_s", time.perf_counter() - t0)]
-    after_updates = out.pop("peak_after_updates_kb", None)
-    if start is not None:
-        out.update(_peak_growth(device, start))
-        out["warmup_peak_mb"] = warm["peak_mb"]
-        if after_updates is not None:
-            base_kb = start["cuda_allocated"] / 1024 if device.type == "cuda" else start["rss_kb"]
-            out["updates_peak_mb"] = max(after_updates - base_kb, 0) / 1024
-    else:
-        out.update({"peak_mb": None, "peak_kind": "not measured (in-process)"})
-    for _ in range(repeats - 1):
+    times = []
+    for i in range(repeats):
         sync(device)
         t0 = time.perf_counter()
         again = fn(ctx, x)
         sync(device)
-        times.append(again.get("method_time_s", time.perf_counter() - t0))
-    t = statistics.median(times)
-    out.update(method=method, case=case, n=n, m=ctx["dim"] ** 2, timed_n=run_n, times=times,
-               time_s=t * n / run_n, extrapolated=run_n < n)
-    if run_n < n:
-        out["sigma_min"] = out["sigma_max"] = None  # a subset's spectrum is not the full one
+        times.append(time.perf_counter() - t0)
+        if i == 0:  # memory and sigma from the first run
+            out = again
+            after_updates = out.pop("peak_after_updates_kb", None)
+            if start is not None:
+                out.update(_peak_growth(device, start))
+                out["warmup_peak_mb"] = warm["peak_mb"]
+                if after_updates is not None:
+                    base_kb = start["cuda_allocated"] / 1024 if device.type == "cuda" else start["rss_kb"]
+                    out["updates_peak_mb"] = max(after_updates - base_kb, 0) / 1024
+            else:
+                out.update({"peak_mb": None, "peak_kind": "not measured (in-process)"})
+    out.update(method=method, case=case, n=n, m=ctx["dim"] ** 2, times=times, time_s=statistics.median(times))
     return out
 
 
@@ -267,9 +231,7 @@ def _worker(argv: List[str]) -> None:
     p.add_argument("--worker", required=True)
     spec = json.loads(p.parse_args(argv).worker)
     torch.set_num_threads(spec["threads"])
-    device = torch.device(spec["device"])
-    out = measure(spec["method"], spec["case"], spec["n"], device, spec["repeats"], spec["subset"], True,
-                  spec["loop_full_limit"])
+    out = measure(spec["method"], spec["case"], spec["n"], torch.device(spec["device"]), spec["repeats"], True)
     print(json.dumps(out))
 
 
@@ -289,13 +251,9 @@ def dense_bytes(n: int, m: int) -> int:
 
 def run(device: torch.device, quick: bool, repeats: int, log: Callable[[str], None], dense_limit_gb: float,
         threads: int) -> Dict[str, Any]:
-    """Every (N, m) with every method; returns the JSON section."""
+    """Every (N, m) with both methods; returns the JSON section."""
     sizes = [1000, 3000] if quick else [10_000, 100_000, 1_000_000]
     cases = ["m25"] if quick else list(CASES)  # N must exceed m; m=1024 at N >= 2000 is not quick
-    subset, loop_full_limit = (100, 1000) if quick else (2000, 10_000)
-    if device.type == "cuda" and not quick:
-        # one kernel launch per sample and output makes the loop slow on a GPU: time a subset
-        subset, loop_full_limit = 500, 500
     rows: List[Dict[str, Any]] = []
     for case in cases:
         ctx = build(case, device)
@@ -318,12 +276,12 @@ def run(device: torch.device, quick: bool, repeats: int, log: Callable[[str], No
                     log(f"  {case} N={n} {method}: skipped ({row['skipped']})")
                     continue
                 # whole-N repeats only where they are cheap; the rest is long enough to time once
-                reps = min(repeats, 3) if n <= 10_000 and m <= 25 and method != "loop" else 1
+                reps = min(repeats, 3) if n <= 10_000 and m <= 25 else 1
                 if quick:
-                    out = measure(method, case, n, device, reps, subset, False, loop_full_limit)
+                    out = measure(method, case, n, device, reps, False)
                 else:
                     spec = {"method": method, "case": case, "n": n, "device": device.type, "threads": threads,
-                            "repeats": reps, "subset": subset, "loop_full_limit": loop_full_limit}
+                            "repeats": reps}
                     out = _in_subprocess(spec, timeout=600)
                 row.update(out)
                 if row.get("sigma_min") is not None:
@@ -332,72 +290,25 @@ def run(device: torch.device, quick: bool, repeats: int, log: Callable[[str], No
                 log(f"  {case} N={n} {method}: {row.get('time_s', float('nan')):.3g} s, "
                     f"peak {row.get('peak_mb')} MB, rel err {row.get('rel_err_sigma_min')}"
                     + (f" ERROR {row['error']}" if "error" in row else ""))
-    summary = _summarize(rows)
-    return {"batch": BATCH, "sizes": sizes, "loop_subset": subset, "loop_full_limit": loop_full_limit,
-            "dense_limit_gb": dense_limit_gb,
+    return {"batch": BATCH, "sizes": sizes, "dense_limit_gb": dense_limit_gb,
             "cases": {k: {kk: vv for kk, vv in v.items() if kk != "hidden"} for k, v in CASES.items()},
-            "rows": rows, "summary": summary}
-
-
-def _summarize(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
-    """Per (m, N): ours against dense and loop (speed-up factors, memory, accuracy)."""
-    out = []
-    by_key: Dict[Any, Dict[str, Dict[str, Any]]] = {}
-    for r in rows:
-        by_key.setdefault((r["m"], r["n"]), {})[r["method"]] = r
-    for (m, n), d in sorted(by_key.items()):
-        ours, dense, loop = d.get("ours", {}), d.get("dense", {}), d.get("loop", {})
-        t_ours = ours.get("time_s")
-        s = {"m": m, "N": n,
-             "ref sigma_min/sigma_max": _ratio(ours.get("ref_sigma_min"), ours.get("ref_sigma_max")),
-             "dense time / ours": _ratio(dense.get("time_s"), t_ours),
-             "dense time / ours (update+eigh)": _ratio(dense.get("time_s"), _stream_time(ours)),
-             "loop time / ours": _ratio(loop.get("time_s"), t_ours),
-             "loop time / ours (update+eigh)": _ratio(loop.get("time_s"), _stream_time(ours)),
-             "loop extrapolated": loop.get("extrapolated"),
-             "ours peak MB": ours.get("peak_mb"), "ours peak MB, updates only": ours.get("updates_peak_mb"),
-             "dense peak MB": dense.get("peak_mb"),
-             "ours rel err": ours.get("rel_err_sigma_min"), "dense rel err": dense.get("rel_err_sigma_min"),
-             "dense": "skipped" if "skipped" in dense else ""}
-        out.append(s)
-    return out
-
-
-def _stream_time(ours: Dict[str, Any]) -> Optional[float]:
-    """Ours without the report's extra measures: the updates plus one eigh."""
-    if ours.get("update_s") is None:
-        return None
-    return ours["update_s"] + ours["eigh_s"]
-
-
-def _ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
-    if a is None or b is None or b == 0 or (isinstance(a, float) and math.isnan(a)):
-        return None
-    return a / b
+            "rows": rows}
 
 
 def render(section: Dict[str, Any]) -> str:
-    """Markdown tables of the section."""
-    cols = ["m", "N", "method", "time (s)", "kept MB", "peak MB", "warm-up peak MB", "sigma_min", "rel err", "note"]
+    """Markdown table of the section, each (m, N) with ours over dense."""
+    cols = ["m", "N", "method", "time (s)", "/ dense", "kept MB", "peak MB", "warm-up peak MB", "sigma_min",
+            "rel err", "note"]
+    dense_time = {(r["m"], r["n"]): r.get("time_s") for r in section["rows"] if r["method"] == "dense"}
     rows = []
     for r in section["rows"]:
-        note = r.get("skipped") or r.get("error") or (
-            f"timed {r['timed_n']} samples, extrapolated" if r.get("extrapolated") else "")
+        base = dense_time.get((r["m"], r["n"]))
         rows.append({"m": r["m"], "N": r["n"], "method": r["method"], "time (s)": r.get("time_s"),
+                     "/ dense": r["time_s"] / base if base and r.get("time_s") else None,
                      "kept MB": (r.get("kept_bytes") or 0) / 2**20, "peak MB": r.get("peak_mb"),
-                     "warm-up peak MB": r.get("warmup_peak_mb"),
-                     "sigma_min": r.get("sigma_min"), "rel err": r.get("rel_err_sigma_min"), "note": note})
-    text = table(rows, cols, "2. Dense float32 SVD vs per-sample loop vs streaming float64 Gram (ours)")
-    phases = [{"m": r["m"], "N": r["n"], "updates (s)": r.get("update_s"), "eigh (s)": r.get("eigh_s"),
-               "compute() (s)": r.get("compute_s"), "nullity": r.get("nullity")}
-              for r in section["rows"] if r["method"] == "ours" and "update_s" in r]
-    text += "\n" + table(phases, ["m", "N", "updates (s)", "eigh (s)", "compute() (s)", "nullity"],
-                         "2a. Ours by phase (one run; compute() = eigh + nullity, biases, closure error)")
-    scols = ["m", "N", "ref sigma_min/sigma_max", "dense time / ours", "dense time / ours (update+eigh)",
-             "loop time / ours", "loop time / ours (update+eigh)", "loop extrapolated",
-             "ours peak MB", "ours peak MB, updates only", "dense peak MB", "ours rel err", "dense rel err", "dense"]
-    text += "\n" + table(section["summary"], scols, "2b. Ours against the others")
-    return text
+                     "warm-up peak MB": r.get("warmup_peak_mb"), "sigma_min": r.get("sigma_min"),
+                     "rel err": r.get("rel_err_sigma_min"), "note": r.get("skipped") or r.get("error") or ""})
+    return table(rows, cols, "methods: dense float32 SVD vs streaming float64 Gram (ours)")
 
 
 if __name__ == "__main__":

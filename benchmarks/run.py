@@ -2,17 +2,19 @@
 
 Usage::
 
-    python benchmarks/run.py                    # full CPU run (about 10 minutes)
+    python benchmarks/run.py                    # full CPU run
     python benchmarks/run.py --quick            # tiny sizes, under 30 s: checks the script works
     python benchmarks/run.py --device cuda      # on a GPU
-    python benchmarks/run.py --only overhead    # one section (merged into an existing JSON)
+    python benchmarks/run.py --only user_feel   # one section (merged into an existing JSON)
 
-Sections: ``overhead`` (monitoring cost over the derivative floor), ``methods`` (dense float32 SVD,
-per-sample loop and the streaming Gram: time, memory, accuracy), ``solve`` (eigh cost against m,
-memory-budget guard), ``epoch`` (training epoch time with and without the callback).
+Sections: ``overhead`` (the engine against the derivative floor), ``methods`` (the streaming
+float64 Gram against the dense float32 SVD: accuracy of sigma_min, memory against N), ``solve``
+(the epoch-end solve against m, the memory-budget guard), ``user_feel`` (``fit`` with and without
+``LieGGCallback`` at its defaults on the examples).
 
 Every figure is a ratio of times taken in the same run, medians of interleaved repeats after a
-warm-up, with a fixed number of torch threads (reported).
+warm-up, with a fixed number of torch threads (reported). The package is imported from this
+checkout (the folder above this script), not from wherever else it may be installed.
 """
 
 from __future__ import annotations
@@ -25,15 +27,16 @@ import time
 import warnings
 from typing import Any, Dict, List
 
-import torch
-
 HERE = os.path.dirname(os.path.abspath(__file__))
-if HERE not in sys.path:  # the section modules sit beside this script
-    sys.path.insert(0, HERE)
+ROOT = os.path.dirname(HERE)
+for _path in (ROOT, HERE):  # this checkout's package first, then the section modules beside this script
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
+# the same for the subprocesses (methods.py measures each case in a fresh process)
+if ROOT not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))
 
-import common  # noqa: E402
-
-SECTIONS = ("overhead", "methods", "solve", "epoch")
+SECTIONS = ("overhead", "methods", "solve", "user_feel")
 
 # glibc returns freed heap tops and large blocks to the kernel and page-faults them back on the next
 # batch; on this workload that sys time was up to 3x the compute and varied run to run. Pinning the
@@ -79,7 +82,9 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
 
 def main(argv: List[str]) -> int:
     args = parse_args(argv)
-    _reexec_with_pinned_malloc(argv)
+    _reexec_with_pinned_malloc(argv)  # before torch is imported: the restart then costs almost nothing
+    import common
+    import torch
     warnings.filterwarnings("ignore", ".*LeafSpec.*")
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     warnings.filterwarnings("ignore", ".*smaller than the logging interval.*")
@@ -115,11 +120,15 @@ def main(argv: List[str]) -> int:
         kwargs: Dict[str, Any] = {"device": device, "quick": args.quick, "repeats": repeats, "log": log}
         if name == "methods":
             kwargs.update(dense_limit_gb=dense_limit, threads=threads)
+        if name == "user_feel":  # whole fits: 3 repeats unless --repeats says otherwise
+            kwargs.update(explicit_repeats=args.repeats)
         log(f"[{name}] ...")
+        load = os.getloadavg() if hasattr(os, "getloadavg") else None
         start = time.perf_counter()
         section = module.run(**kwargs)
         section["wall_s"] = round(time.perf_counter() - start, 2)
         section["measured_at"] = time.strftime("%Y-%m-%d %H:%M:%S")
+        section["load_average_at_start"] = [round(x, 2) for x in load] if load else None  # a shared machine
         section["quick"] = args.quick
         section["torch_threads"] = threads
         results[name] = section

@@ -220,7 +220,6 @@ class LieGGCallback(Callback):
         self._seen = 0
         self._per_batch: Optional[int] = None
         self._example_input: Optional[Tensor] = None
-        self._orbit: Any = None
         self._forward: Optional[Callable[[Tensor], Tensor]] = None
         self._cuda_devices: List[int] = []
         # the budget's clocks (seconds)
@@ -337,7 +336,6 @@ class LieGGCallback(Callback):
         self.metric.place_on(pl_module.device)
         self._seen = 0
         self._example_input = None
-        self._orbit = None
         self._failed = False
         self._per_batch = self._batch_share(trainer, trainer.state.fn == "test")
 
@@ -526,7 +524,7 @@ class LieGGCallback(Callback):
 
     # ------------------------------------------------------------------ pictures
 
-    def _orbit(self, pl_module: pl.LightningModule, report: SymmetryReport) -> Optional[Dict[str, Any]]:
+    def _orbit_curves(self, pl_module: pl.LightningModule, report: SymmetryReport) -> Optional[Dict[str, Any]]:
         """The model's outputs along the orbit of the example input: here, where the model may run."""
         if self._example_input is None or len(report.generators) < 2:
             return None
@@ -547,7 +545,7 @@ class LieGGCallback(Callback):
         layers: Optional[Dict[str, SymmetryReport]] = None,
     ) -> None:
         started = time.perf_counter()
-        orbit = self._orbit(pl_module, report)
+        orbit = self._orbit_curves(pl_module, report)
         self._spent += time.perf_counter() - started
         job = functools.partial(
             log_pictures,
