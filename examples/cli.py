@@ -8,7 +8,8 @@ Run::
     python examples/cli.py fit --help                     # every option, the callback's included
 
 The callback, its metric (group action, reference algebra, output mode) are all set in
-``config.yaml`` (see ``trainer.callbacks``). torch uses one thread (``LIEGG_THREADS`` to change). After ``fit`` the final model is validated once more, so the callback
+``config.yaml`` (see ``trainer.callbacks``). torch uses one thread (``LIEGG_THREADS`` to change).
+After ``fit`` the final model is validated once more, so the callback
 analyses it whatever ``every_n_epochs`` is; the last line printed is one JSON object with the
 callback's latest measures (``{}`` if it made no analysis).
 """

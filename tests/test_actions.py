@@ -257,7 +257,8 @@ _DIMS = {
 def test_algebra_bases_orthonormal_with_expected_dimension(name: str) -> None:
     shape, homogeneous, dim = _DIMS[name]
     b = algebras.basis(name, shape, homogeneous=homogeneous)
-    assert b.dtype == torch.float64 and b.shape == (dim, *shape)
+    assert b.dtype == torch.float64
+    assert b.shape == (dim, *shape)
     flat = b.reshape(dim, -1)
     torch.testing.assert_close(flat @ flat.T, torch.eye(dim, dtype=torch.float64), rtol=0, atol=1e-12)
     if homogeneous:
@@ -290,11 +291,11 @@ def test_named_generators() -> None:
 
 
 def test_unknown_names_list_allowed_values() -> None:
-    with pytest.raises(ValueError) as info:
+    with pytest.raises(ValueError, match="Unknown algebra") as info:
         algebras.basis("lorentz", (4, 4))
     for allowed in algebras.ALGEBRA_NAMES:
         assert allowed in str(info.value)
-    with pytest.raises(ValueError) as info:
+    with pytest.raises(ValueError, match="Unknown generator") as info:
         algebras.generator("twist", (2, 2))
     for allowed in algebras.GENERATOR_NAMES:
         assert allowed in str(info.value)

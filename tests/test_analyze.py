@@ -238,7 +238,8 @@ def test_tensor_dataloader_and_dict_batches_agree(o5_inputs: Tensor) -> None:
     keyed = analyze(model, dicts, O5, reference_algebra="so", input_key="x")
     grouped = analyze(model, o5_inputs.reshape(-1, 2, 5), O5, reference_algebra="so", batch_size=100)
     for other in (batched, keyed, grouped):
-        assert other.num_samples == 256 and other.num_rows == 768
+        assert other.num_samples == 256
+        assert other.num_rows == 768
         assert relative(gram_of(other, O5), gram_of(whole, O5)) < 1e-5
         torch.testing.assert_close(other.variances, whole.variances, rtol=1e-4, atol=0)
     # max_samples stops part-way through a batch
@@ -334,7 +335,8 @@ def test_report_serialises_and_round_trips(o5_model: O5Model, o5_inputs: Tensor,
         for name in rep.__dataclass_fields__:
             a, b = getattr(rep, name), getattr(back, name)
             if isinstance(a, Tensor):
-                assert b.dtype == torch.float64 and torch.equal(a, b), name
+                assert b.dtype == torch.float64, name
+                assert torch.equal(a, b), name
             else:
                 assert a == b, name
         assert back.generator_shape == (5, 5)
@@ -351,7 +353,8 @@ def test_analyze_restores_train_mode_and_leaves_grads_alone(o5_inputs: Tensor) -
     model.train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     report = analyze(model, o5_inputs, O5)
-    assert model.training and all(m.training for m in model.modules())
+    assert model.training
+    assert all(m.training for m in model.modules())
     assert all(p.grad is None for p in model.parameters())
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k  # weights and batch-norm statistics untouched

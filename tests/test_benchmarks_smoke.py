@@ -35,17 +35,21 @@ def test_quick_benchmark_writes_every_section(tmp_path: Path) -> None:
     overhead = data["overhead"]
     assert len(overhead["cases"]) == 3
     for case in overhead["cases"]:
-        assert case["floor_s"] > 0 and case["engine_s"] > 0
+        assert case["floor_s"] > 0
+        assert case["engine_s"] > 0
         assert all(t > 0 for t in case["breakdown_s"].values())
     # m=4 < K=10 on the CNN: "auto" must pick forward mode, and K=1 on the MLP reverse mode
     modes = {(c["K"], c["m"]): c["derivative_mode"] for c in overhead["cases"]}
-    assert modes[(1, 25)] == "reverse" and modes[(10, 4)] == "forward"
+    assert modes[(1, 25)] == "reverse"
+    assert modes[(10, 4)] == "forward"
 
     methods = data["methods"]
     assert {r["method"] for r in methods["rows"]} == {"dense", "ours"}
     for row in methods["rows"]:
         assert "error" not in row, row.get("error")
-        assert row["time_s"] > 0 and row["ref_sigma_min"] > 0 and row["rel_err_sigma_min"] >= 0
+        assert row["time_s"] > 0
+        assert row["ref_sigma_min"] > 0
+        assert row["rel_err_sigma_min"] >= 0
     ours = [r for r in methods["rows"] if r["method"] == "ours"]
     assert all(r["kept_bytes"] == r["m"] ** 2 * 8 for r in ours)
 
@@ -60,16 +64,21 @@ def test_quick_benchmark_writes_every_section(tmp_path: Path) -> None:
     assert [s["case"] for s in feel["skipped"]] == ["ResNet-18 32x32"]  # no CUDA here
     assert len(feel["rows"]) == 2
     for row in feel["rows"]:
-        assert row["fit_without_s"] > 0 and row["fit_with_s"] > 0
+        assert row["fit_without_s"] > 0
+        assert row["fit_with_s"] > 0
         assert row["analyses"] == row["epochs"] == len(row["samples_per_epoch"])
         assert all(n > 0 for n in row["samples_per_epoch"])
     o5, digits = feel["rows"]
     # the quick O(5) data has 200 validation samples; the digits' one validation batch holds 400 images
-    assert all(n <= 200 for n in o5["samples_per_epoch"]) and all(n <= 400 for n in digits["samples_per_epoch"])
-    assert len(o5["symmetry_variances"]) == 2 and o5["symmetry_variance_std"] >= 0
+    assert all(n <= 200 for n in o5["samples_per_epoch"])
+    assert all(n <= 400 for n in digits["samples_per_epoch"])
+    assert len(o5["symmetry_variances"]) == 2
+    assert o5["symmetry_variance_std"] >= 0
     # the probe analysed the whole validation set on the same weights and compared the logged value with it
-    assert o5["full_set_samples"] == 200 and digits["full_set_samples"] == 400
-    assert o5["max_rel_err_vs_full_set"] >= 0 and digits["max_rel_err_vs_full_set"] >= 0
+    assert o5["full_set_samples"] == 200
+    assert digits["full_set_samples"] == 400
+    assert o5["max_rel_err_vs_full_set"] >= 0
+    assert digits["max_rel_err_vs_full_set"] >= 0
 
     for heading in ("### overhead", "### methods", "### solve", "### user_feel"):
         assert heading in proc.stdout

@@ -72,7 +72,8 @@ def test_radial_map_is_exactly_so5_equivariant(radial_inputs: Tensor, derivative
                      output_action=VectorAction(dim=5), derivative=derivative, progress=False)
     assert isinstance(report, SymmetryReport)
     assert report.nullity == 10  # dim so(5)
-    assert report.subspace_bias is not None and report.subspace_bias < 1e-12
+    assert report.subspace_bias is not None
+    assert report.subspace_bias < 1e-12
     assert float(report.variances[9]) < 1e-12 * float(report.variances[10])
     # and the ten generators are antisymmetric: the projector onto so(5) keeps them
     vecs = report.generators[:10].reshape(10, 25)
@@ -91,7 +92,8 @@ def test_radial_map_is_invariant_to_no_rotation(radial_inputs: Tensor) -> None:
                      known_generators={"r01": a}, progress=False)
     assert isinstance(report, SymmetryReport)
     assert report.nullity == 0
-    assert report.subspace_bias is not None and report.subspace_bias > 0.5
+    assert report.subspace_bias is not None
+    assert report.subspace_bias > 0.5
     with torch.no_grad():
         g = model.g((radial_inputs**2).sum(1, keepdim=True))[:, 0]
     expected = float(((g**2) * ((radial_inputs @ a.T) ** 2).sum(1)).mean() / (a**2).sum())
@@ -194,15 +196,18 @@ def test_blur_then_pointwise_is_rotation_and_translation_equivariant(pool: bool)
               "progress": False}
     eq = analyze(BlurTanh(pool=pool), images, act, output_action=ImageAction(affine=True), **common)
     inv = analyze(BlurTanh(pool=pool), images, act, **common)
-    assert isinstance(eq, SymmetryReport) and isinstance(inv, SymmetryReport)
+    assert isinstance(eq, SymmetryReport)
+    assert isinstance(inv, SymmetryReport)
     ratio = {k: eq.known_variances[k] / inv.known_variances[k] for k in KNOWN}
     limit = 1e-2 if pool else 1e-3
     for name in ("rotation", "translation_x", "translation_y"):
         assert ratio[name] < limit, ratio
     for name in ("scaling", "shear", "stretch"):
         assert ratio[name] > 5e-2, ratio
-    assert eq.subspace_bias is not None and eq.subspace_bias < (0.05 if pool else 0.01)
-    assert inv.subspace_bias is not None and inv.subspace_bias > 0.5  # invariant to none of them
+    assert eq.subspace_bias is not None
+    assert eq.subspace_bias < (0.05 if pool else 0.01)
+    assert inv.subspace_bias is not None
+    assert inv.subspace_bias > 0.5
     if not pool:
         assert eq.nullity == 3
 
@@ -281,7 +286,8 @@ def test_one_pass_over_layers_equals_each_layer_alone(small_images: Tensor, deri
         assert float(metric.layer_num_samples[i]) == 6
         assert float(metric.layer_num_rows[i]) == float(alone.num_rows)
     reports = metric.compute()
-    assert isinstance(reports, dict) and list(reports) == list(LAYERS)
+    assert isinstance(reports, dict)
+    assert list(reports) == list(LAYERS)
     assert all(isinstance(r, SymmetryReport) for r in reports.values())
 
 
@@ -333,7 +339,8 @@ def test_auto_derivative_with_an_output_action_starts_in_forward_mode(small_imag
     model.features[3].register_full_backward_hook(lambda *args: calls.append(1))
     metric = LieGGMetric(ImageAction(), output_action=ImageAction())
     metric.update(model.features, small_images)
-    assert metric._resolved_derivative == "forward" and not calls
+    assert metric._resolved_derivative == "forward"
+    assert not calls
     reverse = LieGGMetric(ImageAction(), output_action=ImageAction(), derivative="reverse")
     reverse.update(model.features, small_images)
     assert calls
@@ -362,10 +369,13 @@ def test_layer_states_merge_like_one_metric(small_images: Tensor) -> None:
 def test_analyze_returns_a_report_per_layer(radial_inputs: Tensor) -> None:
     reports = analyze(Radial(), radial_inputs, VectorAction(dim=5), reference_algebra="so",
                       layers={"g": None, "": VectorAction(dim=5)}, progress=False)
-    assert isinstance(reports, dict) and list(reports) == ["g", ""]
+    assert isinstance(reports, dict)
+    assert list(reports) == ["g", ""]
     # g(|x|^2) is O(5)-invariant, and the whole map O(5)-equivariant
     for report in reports.values():
-        assert report.nullity == 10 and report.subspace_bias is not None and report.subspace_bias < 1e-12
+        assert report.nullity == 10
+        assert report.subspace_bias is not None
+        assert report.subspace_bias < 1e-12
 
 
 # ----------------------------------------------------------------------------- bad configuration
@@ -456,7 +466,8 @@ def test_analyze_progress_bar_is_opt_in_for_non_terminals(radial_inputs: Tensor,
     assert capsys.readouterr().err == ""
     analyze(Radial(), radial_inputs, VectorAction(dim=5), batch_size=50, progress=True)
     err = capsys.readouterr().err
-    assert "LieGG" in err and "200" in err
+    assert "LieGG" in err
+    assert "200" in err
     with pytest.raises(ValueError, match="progress"):
         analyze(Radial(), radial_inputs, VectorAction(dim=5), progress="yes")  # type: ignore[arg-type]
 
@@ -468,7 +479,8 @@ def test_layers_figure_shows_each_layer_and_its_numbers(radial_inputs: Tensor) -
                       layers={"g.0": None, "g": None, "": VectorAction(dim=5)}, progress=False)
     assert isinstance(reports, dict)
     values, rows, cols = layers_table(reports, k=3)
-    assert rows == ["g.0", "g", "output"] and values.shape == (3, 3)
+    assert rows == ["g.0", "g", "output"]
+    assert values.shape == (3, 3)
     for i, report in enumerate(reports.values()):
         assert values[i].tolist() == report.normalized_variances[:3].tolist()
     values, _, cols = layers_table(reports, known=["rot", "scale"])

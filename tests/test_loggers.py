@@ -54,7 +54,9 @@ def _same_report(path: Any, report: SymmetryReport) -> None:
 
 def _is_picture(data: bytes) -> np.ndarray:
     pixels = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
-    assert pixels.ndim == 3 and min(pixels.shape[:2]) >= 64 and pixels.std() > 5.0
+    assert pixels.ndim == 3
+    assert min(pixels.shape[:2]) >= 64
+    assert pixels.std() > 5.0
     return pixels
 
 
@@ -148,7 +150,9 @@ def test_mlflow_run_gets_images_text_and_the_report_artifact(tmp_path: Path, ana
     text = Path(client.download_artifacts(run_id, "liegg/generators_step00000040.md", str(tmp_path / "dl")))
     assert f"{float(analysed['report'].generators[0][0, 1]):.3f}" in text.read_text()
     assert FILENAME in artifacts
-    assert len(uris) == 1 and uris[0].endswith(FILENAME) and run_id in uris[0]
+    assert len(uris) == 1
+    assert uris[0].endswith(FILENAME)
+    assert run_id in uris[0]
     _same_report(client.download_artifacts(run_id, FILENAME, str(tmp_path / "dl2")), analysed["report"])
 
 

@@ -28,7 +28,8 @@ def test_plain_loop_update_equals_analyze() -> None:
     report = metric.compute()
     expected = analyze(model, x, ACTION, reference_algebra="so", batch_size=100)
     torch.testing.assert_close(report.variances, expected.variances, rtol=1e-6, atol=1e-12)
-    assert report.num_samples == 300 and report.num_rows == 300 * 4
+    assert report.num_samples == 300
+    assert report.num_rows == 300 * 4
 
 
 def test_update_rows_equals_update_from_the_model() -> None:
@@ -53,7 +54,8 @@ def test_merged_states_equal_one_metric_over_all_data() -> None:
     torch.testing.assert_close(first.gram, whole.gram, rtol=1e-12, atol=1e-12)
     assert float(first.num_samples) == 300.0
     first.reset()
-    assert float(first.gram.abs().sum()) == 0.0 and float(first.num_samples) == 0.0
+    assert float(first.gram.abs().sum()) == 0.0
+    assert float(first.num_samples) == 0.0
     with pytest.raises(ValueError, match="no samples"):
         first.compute()
 
@@ -87,7 +89,8 @@ def test_states_at_different_scales_merge_to_the_float64_sum() -> None:
     expected = flat.T @ flat
     torch.testing.assert_close(_value(first.gram, first.scale_exponent), expected, rtol=1e-12, atol=0)
     torch.testing.assert_close(_value(first.group_grams.sum(0), first.scale_exponent), expected, rtol=1e-12, atol=0)
-    assert float(first.num_samples) == 70 and float(first.group_counts.sum()) == 70
+    assert float(first.num_samples) == 70
+    assert float(first.group_counts.sum()) == 70
     # the same rows in one metric, in either order, give the same values
     one = LieGGMetric(ACTION)
     one.update_rows(large)

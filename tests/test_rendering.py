@@ -56,9 +56,12 @@ def _so_reference(dim: int) -> torch.Tensor:
 
 
 def _assert_picture(arr: np.ndarray) -> None:
-    assert isinstance(arr, np.ndarray) and arr.dtype == np.uint8
-    assert arr.ndim == 3 and arr.shape[2] == 3
-    assert arr.shape[0] >= 64 and arr.shape[1] >= 64
+    assert isinstance(arr, np.ndarray)
+    assert arr.dtype == np.uint8
+    assert arr.ndim == 3
+    assert arr.shape[2] == 3
+    assert arr.shape[0] >= 64
+    assert arr.shape[1] >= 64
     assert arr.std() > 5.0, "image is (nearly) blank"
     colours = np.unique(arr.reshape(-1, 3), axis=0)
     assert len(colours) > 10, "image has almost no distinct colours"
@@ -102,7 +105,8 @@ def test_generators_image_cells_have_the_colour_of_their_entries():
     # one scale for all panels, from the largest entry of the shown unit generators (sign-free)
     limit = np.abs(q[:, :4]).max()
     assert layout["limit"] == pytest.approx(limit)
-    assert len(layout["panels"]) == 4 and layout["numbers"]
+    assert len(layout["panels"]) == 4
+    assert layout["numbers"]
     for i, panel in enumerate(layout["panels"]):
         x0, y0, x1, y1 = panel["box"]
         cell_w, cell_h = (x1 - x0) / 3, (y1 - y0) / 3
@@ -149,7 +153,8 @@ def test_generators_image_large_generators_wrap_and_drop_numbers():
     assert picture.shape[1] == R.CARD_WIDTH
     small = _report(np.arange(4, dtype=float), VectorAction(dim=2))
     _, small_layout = R._generators_picture(small, 4)
-    assert small_layout["numbers"] and len({p["box"][1] for p in small_layout["panels"]}) == 1
+    assert small_layout["numbers"]
+    assert len({p["box"][1] for p in small_layout["panels"]}) == 1
 
 
 def test_generators_image_k_larger_than_m_and_zero():
@@ -196,14 +201,19 @@ def test_spectrum_title_holds_the_numbers_and_survives_nan():
     report = _report([0.0, 0.0, 0.0] + [10.0 * (i + 1) for i in range(6)], VectorAction(dim=3), num_samples=10,
                      reference=_so_reference(3))
     first, second = R._spectrum_title(report)
-    assert "nullity 3" in first and "N 10" in first
-    assert "bias" in second and "closure" in second and "±" not in second
+    assert "nullity 3" in first
+    assert "N 10" in first
+    assert "bias" in second
+    assert "closure" in second
+    assert "±" not in second
     report.closure_error = float("nan")
     report.symmetry_bias = float("nan")
     report.biases = torch.full_like(report.biases, float("nan"))
     report.variance_stderr = torch.full_like(report.variances, 0.25)
     first, second = R._spectrum_title(report)
-    assert "closure n/a" in second and "bias n/a" in second and "±0.2" in second
+    assert "closure n/a" in second
+    assert "bias n/a" in second
+    assert "±0.2" in second
     _assert_picture(R.spectrum_image(report))  # NaN biases are left out, not drawn at 0
     fig, _ = R.plot_spectrum(report)
     R.figure_to_array(fig)
@@ -221,7 +231,8 @@ def test_plot_spectrum_log_floor_nullity_and_biases():
     # three exact zeros, then a gap of 1e8 to the rest: the nullity is 3
     eigs = [0.0, 0.0, 0.0] + [10.0 * (i + 1) for i in range(6)]
     report = _report(eigs, action, num_samples=10, reference=_so_reference(3))
-    assert report.nullity == 3 and report.biases is not None
+    assert report.nullity == 3
+    assert report.biases is not None
 
     fig, ax = R.plot_spectrum(report)  # no ax: a pyplot figure, as TorchMetrics' plot() makes
     assert plt.fignum_exists(fig.number)
@@ -248,7 +259,8 @@ def test_plot_spectrum_into_given_axes_without_biases():
     fig = plt.figure(figsize=(4, 3))
     ax = fig.add_subplot(1, 1, 1)
     out_fig, out_ax = R.plot_spectrum(report, ax=ax)
-    assert out_fig is fig and out_ax is ax
+    assert out_fig is fig
+    assert out_ax is ax
     assert len(fig.axes) == 1, "no bias axis without biases"
     _assert_picture(R.figure_to_array(fig))
 
@@ -292,7 +304,8 @@ def test_history_labels_and_integer_ticks():
     _assert_picture(picture)
     shown = layout["labelled_rows"]
     assert shown[-1] == 39, "the newest analysis is always labelled"
-    assert len(shown) < 40 and len(set(np.diff(shown))) == 1
+    assert len(shown) < 40
+    assert len(set(np.diff(shown))) == 1
     assert R._index_ticks(7) == [0, 1, 2, 3, 4, 5, 6]
     assert R._index_ticks(25) == [0, 5, 10, 15, 20]
     assert R._index_ticks(1024) == [0, 200, 400, 600, 800, 1000]
@@ -301,7 +314,9 @@ def test_history_labels_and_integer_ticks():
 
 def test_history_ragged_zero_and_bad_labels():
     table = R.spectrum_history_table([torch.tensor([0.0, 1.0, 2.0]), torch.arange(1.0, 5.0)])
-    assert table.shape == (2, 4) and np.isnan(table[0, 3]) and np.isneginf(table[0, 0])
+    assert table.shape == (2, 4)
+    assert np.isnan(table[0, 3])
+    assert np.isneginf(table[0, 0])
     _assert_picture(R.spectrum_history_image([torch.tensor([0.0, 1.0, 2.0]), torch.arange(1.0, 5.0)]))
     _assert_picture(R.spectrum_history_image([torch.zeros(3)]))
     with pytest.raises(ValueError, match="one label per spectrum"):
@@ -340,7 +355,8 @@ def test_orbit_outputs_match_the_model_on_matrix_exponentials():
     shear = torch.tensor([[0.0, 1.0, 1.0], [0.0, 0.0, 0.0], [1.0, 0.0, 0.0]], dtype=torch.float64)
     ts = (-0.6, 0.0, 0.3)
     out = R.orbit_outputs(_vector_model(), action, x, rot, shear, ts=ts)
-    assert set(out) == {"ts", "most", "least"} and out["most"].shape == (3, 3)
+    assert set(out) == {"ts", "most", "least"}
+    assert out["most"].shape == (3, 3)
     for key, gen in (("most", rot), ("least", shear)):
         for row, t in zip(out[key], ts):
             g = scipy.linalg.expm(t * gen.numpy())
@@ -355,9 +371,11 @@ def test_orbit_outputs_leave_the_model_alone():
     model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Dropout(0.5), torch.nn.Linear(8, 2)).eval()
     before = [p.detach().clone() for p in model.parameters()]
     out = R.orbit_outputs(model, VectorAction(dim=3, components=2), torch.randn(6), torch.eye(3), -torch.eye(3))
-    assert not model.training and all(p.grad is None for p in model.parameters())
+    assert not model.training
+    assert all(p.grad is None for p in model.parameters())
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
-    assert out["most"].dtype == np.float64 and out["most"].shape == (len(R.ORBIT_CURVE_TS), 2)
+    assert out["most"].dtype == np.float64
+    assert out["most"].shape == (len(R.ORBIT_CURVE_TS), 2)
     seen = []
     R.orbit_outputs(lambda x: seen.append(x.device) or torch.zeros(len(x), 2), VectorAction(dim=3, components=2),
                     torch.randn(6), torch.eye(3), torch.eye(3), device="meta")  # the model runs where it is told
@@ -375,7 +393,8 @@ def test_orbit_image_thumbnails_are_the_transformed_input(channels):
     ts = (-0.5, 0.0, 0.5)
     picture, layout = R._orbit_picture(action, x, ROTATION, SCALING, ts, None)
     _assert_picture(picture)
-    assert len(layout["thumbs"]) == 2 * len(ts) and layout["panels"] == []
+    assert len(layout["thumbs"]) == 2 * len(ts)
+    assert layout["panels"] == []
     lo, hi = layout["intensity"]
     for k, (gen, t) in enumerate([(g, t) for g in (ROTATION, SCALING) for t in ts]):
         moved = action.transform(x[None], gen, t)[0].numpy()
@@ -403,7 +422,8 @@ def test_orbit_image_with_outputs_draws_both_orbits_on_one_scale():
     most, least = layout["panels"]
     assert most["ylim"] == least["ylim"]  # one scale: a flat line looks flat next to a moving one
     both = np.concatenate([orbit["most"], orbit["least"]])
-    assert most["ylim"][0] < both.min() and most["ylim"][1] > both.max()
+    assert most["ylim"][0] < both.min()
+    assert most["ylim"][1] > both.max()
     centre = int(np.argmin(np.abs(orbit["ts"])))
     assert most["change"] == pytest.approx(np.abs(orbit["most"] - orbit["most"][centre]).max())
 
@@ -423,8 +443,10 @@ def test_orbit_image_vectors_need_outputs_and_keep_the_most_moving_components():
                                        {"ts": ts, "most": still, "least": moving})
     _assert_picture(picture)
     shown = layout["panels"][0]["shown"]
-    assert len(shown) == R._MAX_CURVES and 3 in shown
-    assert layout["panels"][0]["change"] == 0.0 and layout["panels"][1]["change"] == pytest.approx(0.6)
+    assert len(shown) == R._MAX_CURVES
+    assert 3 in shown
+    assert layout["panels"][0]["change"] == 0.0
+    assert layout["panels"][1]["change"] == pytest.approx(0.6)
     with pytest.raises(ValueError, match="orbit_outputs"):
         R.orbit_image(action, x, rot, rot, orbit={"most": still})
 
@@ -453,7 +475,8 @@ def test_generators_text_holds_rounded_generators(decimals):
     assert len(blocks) == 2
     for i, block in enumerate(blocks):
         header, _, table = block.partition("\n\n")
-        assert f"{eigs[i] / 5:.3g}" in header and "bias" in header
+        assert f"{eigs[i] / 5:.3g}" in header
+        assert "bias" in header
         rows = [ln for ln in table.splitlines() if ln.startswith("|") and not ln.startswith("|-")][1:]
         assert len(rows) == 3
         values = np.array([[float(v) for v in _NUMBER.findall(row)] for row in rows])
@@ -484,7 +507,8 @@ def test_figure_to_array_and_png_close_pyplot_figures():
     fig, ax = plt.subplots(figsize=(2, 1), dpi=100)
     ax.plot([0, 1], [1, 0])
     arr = R.figure_to_array(fig)
-    assert arr.shape == (100, 200, 3) and arr.dtype == np.uint8
+    assert arr.shape == (100, 200, 3)
+    assert arr.dtype == np.uint8
     assert plt.get_fignums() == []
 
     fig, ax = plt.subplots(figsize=(2, 1), dpi=100)

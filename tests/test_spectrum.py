@@ -36,7 +36,8 @@ def test_singular_values_match_brute_force(o5_inputs: torch.Tensor, breaking: fl
     model = O5Model(breaking=breaking).eval()
     report = analyze(model, o5_inputs, O5, reference_algebra="so")
     s, v, _ = _brute_force(model, o5_inputs)
-    assert report.num_samples == 256 and report.num_rows == 256 * 3
+    assert report.num_samples == 256
+    assert report.num_rows == 256 * 3
     err = float((report.singular_values - s).abs().max())
     assert err <= 1e-6 * float(s.max()), (err, float(s.max()))
     # the least invariant generators (well separated) match the reference's singular vectors
@@ -310,7 +311,8 @@ def test_jackknife_groups_depend_on_the_sample_alone() -> None:
         torch.testing.assert_close(whole[g], sub.T @ sub, rtol=1e-12, atol=1e-12)
     # balanced: 600 samples, 75 expected per group
     counts = torch.bincount(ids, minlength=8)
-    assert int(counts.min()) > 45 and int(counts.max()) < 105, counts.tolist()
+    assert int(counts.min()) > 45, counts.tolist()
+    assert int(counts.max()) < 105, counts.tolist()
     # one changed bit moves a sample to an unrelated group (about 7 in 8 times)
     nudged = x.clone()
     nudged[:, 3] = torch.nextafter(nudged[:, 3], torch.tensor(float("inf")))

@@ -221,7 +221,8 @@ def test_standard_errors_shrink_like_one_over_root_n() -> None:
 
 def test_standard_errors_are_nan_without_groups_and_groups_are_bounded_by_the_budget() -> None:
     report = analyze(O5Model().eval(), torch.randn(64, 10), O5, jackknife_groups=0)
-    assert bool(torch.isnan(report.variance_stderr).all()) and math.isnan(report.symmetry_variance_stderr)
+    assert bool(torch.isnan(report.variance_stderr).all())
+    assert math.isnan(report.symmetry_variance_stderr)
     assert "symmetry_variance_stderr" not in report.summary()
     # m = 1024: the gram, tangents and solve take 4 * 8 MiB; 64 MiB leaves room for 4 of 8 groups
     with pytest.warns(UserWarning, match="using 4 groups"):
@@ -229,7 +230,8 @@ def test_standard_errors_are_nan_without_groups_and_groups_are_bounded_by_the_bu
     assert metric.group_grams.shape == (4, 1024, 1024)
     with pytest.warns(UserWarning, match="disabled"):
         metric = LieGGMetric(VectorAction(dim=32), memory_budget=5 * 8 * 2**20)
-    assert metric.num_groups == 0 and metric.group_grams.shape == (0, 1024, 1024)
+    assert metric.num_groups == 0
+    assert metric.group_grams.shape == (0, 1024, 1024)
 
 
 # ----------------------------------------------------------------------------- undefined is not zero
@@ -246,8 +248,10 @@ def test_input_independent_model_reports_undefined_biases_and_warns_once() -> No
     with pytest.warns(UserWarning, match="do not depend on the input"):
         report = metric.compute()
     assert report.nullity == 25  # every generator is trivially a symmetry
-    assert math.isnan(report.symmetry_bias) and math.isnan(report.subspace_bias)
-    assert bool(torch.isnan(report.biases).all()) and bool(torch.isnan(report.normalized_variances).all())
+    assert math.isnan(report.symmetry_bias)
+    assert math.isnan(report.subspace_bias)
+    assert bool(torch.isnan(report.biases).all())
+    assert bool(torch.isnan(report.normalized_variances).all())
     assert report.symmetry_variance == 0.0
     summary = report.summary()
     assert {"symmetry_bias", "subspace_bias", "normalized_variance"}.isdisjoint(summary)
@@ -262,7 +266,8 @@ def test_input_independent_model_reports_undefined_biases_and_warns_once() -> No
 def test_closure_error_is_undefined_below_two_symmetries() -> None:
     x = torch.randn(256, 10, generator=torch.Generator().manual_seed(1))
     report = analyze(_mlp(10, 3), x, O5)
-    assert report.nullity == 0 and math.isnan(report.closure_error)
+    assert report.nullity == 0
+    assert math.isnan(report.closure_error)
     assert "closure_error" not in report.summary()
     assert analyze(O5Model().eval(), x, O5).summary()["closure_error"] < 1e-6
 
@@ -351,22 +356,27 @@ def test_tangent_gram_honours_the_mask() -> None:
 
 def test_report_json_writes_null_for_nan_and_reads_null_and_legacy_nan(tmp_path) -> None:
     x = torch.randn(64, 10, generator=torch.Generator().manual_seed(0))
-    with pytest.warns(UserWarning):
+    with pytest.warns(UserWarning, match="do not depend on the input"):
         report = analyze(_input_independent, x, O5, reference_algebra="so")
     path = tmp_path / "r.json"
     report.save(path)
     text = path.read_text()
     data = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c} written"))
-    assert data["symmetry_bias"] is None and data["biases"][0] is None
+    assert data["symmetry_bias"] is None
+    assert data["biases"][0] is None
     back = SymmetryReport.load(path)
-    assert math.isnan(back.symmetry_bias) and math.isnan(back.subspace_bias)
+    assert math.isnan(back.symmetry_bias)
+    assert math.isnan(back.subspace_bias)
     assert bool(torch.isnan(back.biases).all())
-    assert back.nullity == 25 and back.generator_shape == (5, 5)
+    assert back.nullity == 25
+    assert back.generator_shape == (5, 5)
     # a report without a reference keeps None (not applicable) apart from NaN (undefined)
     plain = analyze(_mlp(10, 3), x, O5)
     plain.save(path)
     again = SymmetryReport.load(path)
-    assert again.symmetry_bias is None and again.biases is None and math.isnan(again.closure_error)
+    assert again.symmetry_bias is None
+    assert again.biases is None
+    assert math.isnan(again.closure_error)
     torch.testing.assert_close(again.variance_stderr, plain.variance_stderr, equal_nan=True)
     torch.testing.assert_close(again.relative_generators, plain.relative_generators)
     # a legacy file: the NaN token, and none of the newer fields
@@ -376,7 +386,9 @@ def test_report_json_writes_null_for_nan_and_reads_null_and_legacy_nan(tmp_path)
     path.write_text(json.dumps(legacy))  # json writes NaN
     assert "NaN" in path.read_text()
     old = SymmetryReport.load(path)
-    assert math.isnan(old.closure_error) and old.variance_stderr is None and old.relative_variances is None
+    assert math.isnan(old.closure_error)
+    assert old.variance_stderr is None
+    assert old.relative_variances is None
     assert math.isnan(old.symmetry_variance_stderr)
     assert "relative_variance" not in old.summary()
 
