@@ -63,9 +63,9 @@ def test_o5_regression_quick(tmp_path: Path) -> None:
     assert 0 <= result["subspace_bias"] <= 1 + 1e-9
     assert result["variance_gap"] >= 1 - 1e-9  # variances are sorted ascending
     assert event_files(Path(result["log_dir"])), "no TensorBoard events written"
-    reports = sorted((Path(result["log_dir"]) / "liegg").glob("report_epoch*.json"))
+    reports = sorted((Path(result["log_dir"]) / "liegg").glob("liegg-report_validate_*.json"))
     assert reports, "the callback saved no report"
-    # the printed numbers are the callback's last report
+    # the printed numbers are the callback's report of the final model on the validation split
     assert SymmetryReport.load(reports[-1]).symmetry_variance == pytest.approx(result["symmetry_variance"], rel=1e-12)
 
 
@@ -96,8 +96,9 @@ def test_cli_fit_with_yaml_config(tmp_path: Path) -> None:
     # every_n_epochs=10 in the YAML: the only analysis is the final model's, validated after fit
     # (trainer.current_epoch is 1 by then)
     assert result["epoch"] == 1
-    reports = list((tmp_path / "logs").rglob("report_epoch*.json"))
-    assert [r.name for r in reports] == ["report_epoch0001.json"], "the YAML-configured callback saved no report"
+    reports = list((tmp_path / "logs").rglob("liegg-report_*.json"))
+    assert len(reports) == 1, "the YAML-configured callback saved no report, or more than one"
+    assert reports[0].name.startswith("liegg-report_validate_epoch0001_")
     assert SymmetryReport.load(reports[0]).symmetry_bias == pytest.approx(result["symmetry_bias"], rel=1e-12)
 
 
