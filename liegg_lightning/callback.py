@@ -32,7 +32,7 @@ __all__ = ["LieGGCallback"]
 #: Share of the overhead budget the analysis itself may take; the rest is for the solve and pictures.
 _ANALYSIS_SHARE = 0.7
 #: Samples timed on the first analysed batch to price one sample.
-_TIMING_SAMPLES = 64
+_TIMING_SAMPLES = 32
 #: Seconds one set of pictures is assumed to take before the first one was timed.
 _DRAW_PRIOR = 0.3
 #: Samples a sanity-check batch runs through the derivative pass to catch configuration errors.
@@ -416,8 +416,13 @@ class LieGGCallback(Callback):
         probe = _spread(inputs, _TIMING_SAMPLES)
         model = self._model(pl_module)
         modes = ["reverse", "forward"] if self.metric.derivative == "auto" else [self.metric.derivative]
+        with preserved_state(pl_module, self._cuda_devices):
+            rows_per_sample = self.metric.rows_per_sample(model, probe[:2])
+        m = self.action.num_generators
+        if len(modes) == 2 and max(m, rows_per_sample) > 4 * min(m, rows_per_sample):
+            # one mode needs over 4x the passes of the other: timing the loser would cost more than it tells
+            modes = ["forward"] if m < rows_per_sample else ["reverse"]
         timings: Dict[str, float] = {}
-        rows_per_sample = 1
         failures: Dict[str, Exception] = {}
         for mode in modes:
             try:
@@ -425,10 +430,7 @@ class LieGGCallback(Callback):
                     self.metric.rows(model, probe[:2], derivative=mode)  # one-time costs out of the price
                     _synchronize(pl_module.device)
                     start = time.perf_counter()
-                    timed = self.metric.rows(model, probe, derivative=mode)
-                    rows_per_sample = (
-                        sum(r.shape[1] for r in timed.values()) if isinstance(timed, dict) else timed.shape[1]
-                    )
+                    self.metric.rows(model, probe, derivative=mode)
                     _synchronize(pl_module.device)
                     timings[mode] = time.perf_counter() - start
             except InputError:
@@ -441,13 +443,28 @@ class LieGGCallback(Callback):
                              dtype=torch.float64, device=pl_module.device)
         agreed = trainer.strategy.reduce(local, reduce_op="max") if trainer.world_size > 1 else local
         price = {"reverse": float(agreed[0]), "forward": float(agreed[1])}
-        best = min(modes, key=lambda m: price[m])
+        best = min(modes, key=lambda mode: price[mode])
+        if not math.isfinite(price[best]) and len(modes) == 1 and self.metric.derivative == "auto":
+            # the cheaper mode by count failed (e.g. torch.no_grad inside forward): try the other
+            other = "reverse" if best == "forward" else "forward"
+            try:
+                with preserved_state(pl_module, self._cuda_devices):
+                    start = time.perf_counter()
+                    self.metric.rows(model, probe, derivative=other)
+                    timing = time.perf_counter() - start
+            except InputError:
+                raise
+            except Exception as err:
+                failures[other], timing = err, math.inf
+            local = torch.tensor([timing], dtype=torch.float64, device=pl_module.device)
+            price[other] = float(trainer.strategy.reduce(local, reduce_op="max") if trainer.world_size > 1 else local)
+            best = other
         if not math.isfinite(price[best]):
             raise RuntimeError(f"every derivative mode failed: {failures}")
         self.metric.fix_derivative(best)
         per_sample = price[best] / probe.shape[0]
         # enough rows for the algebra (4 per generator), and never fewer than the timed probe
-        floor = max(_TIMING_SAMPLES, math.ceil(4 * self.action.num_generators / rows_per_sample))
+        floor = max(_TIMING_SAMPLES, math.ceil(4 * m / max(rows_per_sample, 1)))
         total = self._validation_size(trainer, inputs.shape[0])
         train_time = torch.tensor(self._training_time(), dtype=torch.float64, device=pl_module.device)
         if trainer.world_size > 1:
@@ -544,13 +561,33 @@ class LieGGCallback(Callback):
         always: bool,
         layers: Optional[Dict[str, SymmetryReport]] = None,
     ) -> None:
+        expected = self._draw_time / self._draws if self._draws else _DRAW_PRIOR
+        if not always and self._spent + self._draw_time + expected > self._budget():
+            # over budget now; the run's last analysis is drawn at its end (the orbit curves then
+            # come from the model as it is at the end, moments after that analysis)
+            self._undrawn = functools.partial(self._draw_now, trainer, pl_module, report, layers,
+                                              step=trainer.global_step, background=False)
+            return
+        self._undrawn = None
+        self._draw_now(trainer, pl_module, report, layers, step=trainer.global_step,
+                       background=self.background_drawing)
+
+    def _draw_now(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        report: SymmetryReport,
+        layers: Optional[Dict[str, SymmetryReport]],
+        step: int,
+        background: bool,
+    ) -> None:
         started = time.perf_counter()
-        orbit = self._orbit_curves(pl_module, report)
+        orbit = self._orbit_curves(pl_module, report)  # the model runs here, in the main thread
         self._spent += time.perf_counter() - started
         job = functools.partial(
             log_pictures,
             list(trainer.loggers),
-            trainer.global_step,
+            step,
             report,
             self.action,
             spectra=list(self.spectra),
@@ -561,12 +598,7 @@ class LieGGCallback(Callback):
             prefix=self.prefix,
             layers=layers,
         )
-        expected = self._draw_time / self._draws if self._draws else _DRAW_PRIOR
-        if not always and self._spent + self._draw_time + expected > self._budget():
-            self._undrawn = job  # over budget now; the run's last analysis is drawn at its end
-            return
-        self._undrawn = None
-        if self.background_drawing:
+        if background:
             self._submit(job)
         else:
             self._run(job)
@@ -608,7 +640,7 @@ class LieGGCallback(Callback):
     def _finish_pictures(self) -> None:
         if self._undrawn is not None:  # the run's last analysis is always drawn
             job, self._undrawn = self._undrawn, None
-            self._run(job)
+            job()
         self.wait_for_pictures()
         if self._drawer is not None:
             self._drawer.shutdown(wait=True)

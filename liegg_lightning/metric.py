@@ -410,6 +410,22 @@ class LieGGMetric(Metric):
             self._resolved_derivative = _resolve_derivative(self.derivative, self.action, rows.shape[1])
         return rows
 
+    def rows_per_sample(self, model: Callable[[Tensor], Tensor], inputs: Tensor) -> int:
+        """Rows one sample contributes (all layers together), from one plain forward pass without gradients."""
+        if self.layer_actions is not None:
+            per_layer = layer_rows_per_sample(
+                model,  # type: ignore[arg-type]
+                inputs,
+                self.layer_actions,
+                output_mode=self.output_mode,
+                num_projections=self.num_projections,
+                output_transform=self.output_transform,
+            )
+            return int(sum(per_layer.values()))
+        with derivative_context(inputs.device), torch.no_grad():
+            out = _model_output(model, inputs.detach(), self.output_transform)
+        return _rows_per_sample(self.output_mode, out[0].numel(), self.num_projections)
+
     def fix_derivative(self, mode: str) -> None:
         """Use ``mode`` (``"reverse"`` or ``"forward"``) for every later batch, e.g. the faster one as measured."""
         if mode not in ("reverse", "forward"):
