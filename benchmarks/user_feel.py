@@ -50,6 +50,10 @@ EXAMPLES = os.path.join(ROOT, "examples")
 # the cases: each builds (module, datamodule or loaders) and the metric the callback watches with
 
 
+
+#: Epochs of the CPU cases; USER_FEEL_EPOCHS=40 shows how a longer run amortises the one-time costs.
+_EPOCHS = int(os.environ.get("USER_FEEL_EPOCHS", "10"))
+
 def _examples_on_path() -> None:
     if EXAMPLES not in sys.path:  # the examples import each other as top-level modules
         sys.path.insert(0, EXAMPLES)
@@ -73,7 +77,7 @@ def o5_case(quick: bool) -> Dict[str, Any]:
                                                else " (8,000 train, 1,000 val)"),
         "build": build,
         "metric": lambda: LieGGMetric(VectorAction(dim=5, components=2), reference_algebra="so"),
-        "epochs": 2 if quick else 10,
+        "epochs": 2 if quick else _EPOCHS,
         "trainer": {"log_every_n_steps": 4 if quick else 16, "deterministic": True},
     }
 
@@ -98,7 +102,7 @@ def digits_case(quick: bool) -> Dict[str, Any]:
         "metric": lambda: LieGGMetric(ImageAction(), reference_algebra="rotation",
                                       known_generators=["rotation", "scaling"],
                                       output_transform=output_transform("log_softmax")),
-        "epochs": 1 if quick else 10,
+        "epochs": 1 if quick else _EPOCHS,
         "trainer": trainer,
     }
 
