@@ -251,14 +251,7 @@ class LieGGMetric(Metric):
         assert self.layer_actions is not None
         if self._resolved_derivative is None and derivative is None:
             if self.derivative == "auto":
-                per_sample = layer_rows_per_sample(
-                    model,  # type: ignore[arg-type]
-                    inputs,
-                    self.layer_actions,
-                    output_mode=self.output_mode,
-                    num_projections=self.num_projections,
-                    output_transform=self.output_transform,
-                )
+                per_sample = self._layer_rows_per_sample(model, inputs)
                 self._resolved_derivative = _layers_derivative("auto", self.action, per_sample)
             else:
                 self._resolved_derivative = self.derivative
@@ -280,10 +273,7 @@ class LieGGMetric(Metric):
         With an output action the output is often a feature map: a first batch in reverse mode
         would cost one backward pass per output component.
         """
-        with derivative_context(inputs.device), torch.no_grad():
-            out = _model_output(model, inputs.detach(), self.output_transform)
-        per_sample = _rows_per_sample(self.output_mode, out[0].numel(), self.num_projections)
-        return _resolve_derivative("auto", self.action, per_sample)
+        return _resolve_derivative("auto", self.action, self.rows_per_sample(model, inputs))
 
     def _update_layer_rows(self, rows: Mapping[str, Tensor]) -> None:
         """Add each layer's rows ``(B, K_l, m)`` to its own Gram matrix."""
@@ -413,18 +403,21 @@ class LieGGMetric(Metric):
     def rows_per_sample(self, model: Callable[[Tensor], Tensor], inputs: Tensor) -> int:
         """Rows one sample contributes (all layers together), from one plain forward pass without gradients."""
         if self.layer_actions is not None:
-            per_layer = layer_rows_per_sample(
-                model,  # type: ignore[arg-type]
-                inputs,
-                self.layer_actions,
-                output_mode=self.output_mode,
-                num_projections=self.num_projections,
-                output_transform=self.output_transform,
-            )
-            return int(sum(per_layer.values()))
+            return int(sum(self._layer_rows_per_sample(model, inputs).values()))
         with derivative_context(inputs.device), torch.no_grad():
             out = _model_output(model, inputs.detach(), self.output_transform)
         return _rows_per_sample(self.output_mode, out[0].numel(), self.num_projections)
+
+    def _layer_rows_per_sample(self, model: Callable[[Tensor], Tensor], inputs: Tensor) -> Dict[str, int]:
+        assert self.layer_actions is not None
+        return layer_rows_per_sample(
+            model,  # type: ignore[arg-type]
+            inputs,
+            self.layer_actions,
+            output_mode=self.output_mode,
+            num_projections=self.num_projections,
+            output_transform=self.output_transform,
+        )
 
     def fix_derivative(self, mode: str) -> None:
         """Use ``mode`` (``"reverse"`` or ``"forward"``) for every later batch, e.g. the faster one as measured."""
