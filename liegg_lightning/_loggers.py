@@ -95,15 +95,9 @@ def log_pictures(
 
         images = render_pictures(
             report, action, spectra=spectra, labels=labels, example_input=example_input, orbit=orbit,
-            num_generators=num_generators,
+            num_generators=num_generators, layers=layers,
         )
         text = generators_text(report, k=max(num_generators, 1))
-        if layers:
-            from liegg_lightning.rendering import figure_to_array
-            from liegg_lightning.rendering_layers import layers_figure
-
-            known = list(report.known_variances) or None
-            images["layers"] = figure_to_array(layers_figure(layers, known=known))
     except Exception as err:  # drawing must never end the training it watches
         rank_zero_warn(f"LieGGCallback: drawing the report failed ({err!r}); pictures skipped.")
         return {}

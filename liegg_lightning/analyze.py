@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import sys
-from typing import Any, Callable, Dict, Iterable, Optional, Union, cast
+from typing import Any, Callable, Dict, Iterable, Optional, Union
 
 import torch
 from torch import Tensor, nn
 
 from liegg_lightning._batches import InputKey, iterate_inputs
 from liegg_lightning.actions import GroupAction
-from liegg_lightning.metric import LieGGMetric
+from liegg_lightning.metric import LieGGMetric, fresh_metric
 from liegg_lightning.report import SymmetryReport
 
 __all__ = ["analyze"]
@@ -23,20 +23,6 @@ def _model_device(model: Callable[[Tensor], Tensor]) -> Optional[torch.device]:
         for b in model.buffers():
             return b.device
     return None
-
-
-def _fresh_metric(metric: Union[LieGGMetric, GroupAction], options: dict) -> LieGGMetric:
-    """A metric of the given configuration with empty states; the caller's metric is never changed."""
-    if isinstance(metric, LieGGMetric):
-        if options:
-            raise ValueError(
-                f"Expected metric options ({', '.join(sorted(options))}) only with a GroupAction; "
-                "a LieGGMetric carries its own."
-            )
-        fresh = cast(LieGGMetric, metric.clone())
-        fresh.reset()
-        return fresh
-    return LieGGMetric(metric, sync_on_compute=False, **options)
 
 
 def _num_samples(data: Union[Tensor, Iterable[Any]], max_samples: Optional[int]) -> Optional[int]:
@@ -128,9 +114,9 @@ def analyze(
         raise ValueError(f"Expected `progress` to be a bool or None, got {progress!r}.")
     if not callable(model):
         raise ValueError(f"Expected `model` to be callable, got {type(model).__name__}.")
-    if not isinstance(metric, (LieGGMetric, GroupAction)):
-        raise ValueError(f"Expected `metric` to be a LieGGMetric or a GroupAction, got {type(metric).__name__}.")
-    acc = _fresh_metric(metric, metric_options)
+    if isinstance(metric, GroupAction):
+        metric_options.setdefault("sync_on_compute", False)  # one process's data: nothing to gather
+    acc = fresh_metric(metric, **metric_options)
     if isinstance(data, Tensor):
         acc.action.validate_input(data)
     target = torch.device(device) if device is not None else _model_device(model)

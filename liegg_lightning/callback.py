@@ -8,7 +8,7 @@ import re
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable, Dict, List, Literal, Optional, Union, cast
+from typing import Any, Callable, Dict, List, Literal, Optional, Union
 
 import lightning.pytorch as pl
 import torch
@@ -23,7 +23,7 @@ from liegg_lightning._loggers import log_pictures, save_report
 from liegg_lightning._state import cuda_devices_of, preserved_state
 from liegg_lightning.actions import GroupAction
 from liegg_lightning.functional.layers import MODEL_OUTPUT
-from liegg_lightning.metric import LieGGMetric
+from liegg_lightning.metric import LieGGMetric, fresh_metric
 from liegg_lightning.rendering import orbit_outputs
 from liegg_lightning.report import SymmetryReport
 
@@ -68,6 +68,14 @@ def _spread(inputs: Tensor, count: int) -> Tensor:
         return inputs
     index = torch.linspace(0, n - 1, count).round().long().to(inputs.device)
     return inputs.index_select(0, index)
+
+
+def _agree(trainer: pl.Trainer, values: List[float], op: str) -> List[float]:
+    """The same ``values`` on every rank: their ``op`` (``"max"``, ``"min"``) over the processes."""
+    if trainer.world_size <= 1:
+        return [float(v) for v in values]
+    local = torch.tensor(values, dtype=torch.float64, device=trainer.strategy.root_device)
+    return [float(v) for v in trainer.strategy.reduce(local, reduce_op=op)]
 
 
 def _synchronize(device: torch.device) -> None:
@@ -182,13 +190,7 @@ class LieGGCallback(Callback):
                            ("background_drawing", background_drawing), ("verbose", verbose)):
             if not isinstance(flag, bool):
                 raise ValueError(f"Expected `{name}` to be a bool, got {flag!r}.")
-        if isinstance(metric, GroupAction):
-            own = LieGGMetric(metric)
-        elif isinstance(metric, LieGGMetric):
-            own = cast(LieGGMetric, metric.clone())  # the user's metric is left as it was
-            own.reset()
-        else:
-            raise ValueError(f"Expected `metric` to be a LieGGMetric or a GroupAction, got {type(metric).__name__}.")
+        own = fresh_metric(metric)  # the user's metric is left as it was
         self.metric = own
         self.action = own.action
         self.input_key = input_key
@@ -206,7 +208,6 @@ class LieGGCallback(Callback):
 
         self.history: List[Dict[str, Any]] = []
         self.spectra: List[Tensor] = []
-        self.labels: List[str] = []
         #: The last analysis: a report, or with the metric's ``layers`` a dict ``layer -> report``.
         self.last_report: Optional[Union[SymmetryReport, Dict[str, SymmetryReport]]] = None
         #: Samples per analysis fixed by the budget (``max_samples="auto"``), once known.
@@ -343,10 +344,13 @@ class LieGGCallback(Callback):
         """Samples to take from each batch: the plan spread over every analysed batch, or None for all."""
         if self.planned_samples is None:
             return None
-        counts = trainer.num_test_batches if test else trainer.num_val_batches
-        indices = range(len(counts)) if self.dataloader_idx is None else self.dataloader_idx
-        total = sum(int(counts[i]) for i in indices if i < len(counts) and math.isfinite(counts[i]))
+        total = self._analysed_batches(trainer.num_test_batches if test else trainer.num_val_batches)
         return max(1, math.ceil(self.planned_samples / max(total, 1)))
+
+    def _analysed_batches(self, counts: List[Union[int, float]]) -> int:
+        """Batches of the analysed dataloaders (those of ``dataloader_idx``), from the Trainer's counts."""
+        indices = range(len(counts)) if self.dataloader_idx is None else self.dataloader_idx
+        return sum(int(counts[i]) for i in indices if i < len(counts) and math.isfinite(counts[i]))
 
     def _batch(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, dataloader_idx: int) -> None:
         if trainer.sanity_checking and not self._checked:
@@ -422,54 +426,25 @@ class LieGGCallback(Callback):
         if len(modes) == 2 and max(m, rows_per_sample) > 4 * min(m, rows_per_sample):
             # one mode needs over 4x the passes of the other: timing the loser would cost more than it tells
             modes = ["forward"] if m < rows_per_sample else ["reverse"]
-        timings: Dict[str, float] = {}
         failures: Dict[str, Exception] = {}
-        for mode in modes:
-            try:
-                with preserved_state(pl_module, self._cuda_devices):
-                    self.metric.rows(model, probe[:2], derivative=mode)  # one-time costs out of the price
-                    _synchronize(pl_module.device)
-                    start = time.perf_counter()
-                    self.metric.rows(model, probe, derivative=mode)
-                    _synchronize(pl_module.device)
-                    timings[mode] = time.perf_counter() - start
-            except InputError:
-                raise
-            except Exception as err:  # e.g. torch.no_grad inside forward breaks reverse mode
-                failures[mode] = err
-                timings[mode] = math.inf
+        timings = {mode: self._time_mode(pl_module, model, probe, mode, failures) for mode in modes}
         # every rank must analyse the same batches: agree on the slowest rank's price
-        local = torch.tensor([timings.get("reverse", math.inf), timings.get("forward", math.inf)],
-                             dtype=torch.float64, device=pl_module.device)
-        agreed = trainer.strategy.reduce(local, reduce_op="max") if trainer.world_size > 1 else local
-        price = {"reverse": float(agreed[0]), "forward": float(agreed[1])}
+        agreed = _agree(trainer, [timings.get("reverse", math.inf), timings.get("forward", math.inf)], "max")
+        price = {"reverse": agreed[0], "forward": agreed[1]}
         best = min(modes, key=lambda mode: price[mode])
         if not math.isfinite(price[best]) and len(modes) == 1 and self.metric.derivative == "auto":
             # the cheaper mode by count failed (e.g. torch.no_grad inside forward): try the other
-            other = "reverse" if best == "forward" else "forward"
-            try:
-                with preserved_state(pl_module, self._cuda_devices):
-                    start = time.perf_counter()
-                    self.metric.rows(model, probe, derivative=other)
-                    timing = time.perf_counter() - start
-            except InputError:
-                raise
-            except Exception as err:
-                failures[other], timing = err, math.inf
-            local = torch.tensor([timing], dtype=torch.float64, device=pl_module.device)
-            price[other] = float(trainer.strategy.reduce(local, reduce_op="max") if trainer.world_size > 1 else local)
-            best = other
+            best = "reverse" if best == "forward" else "forward"
+            price[best] = _agree(trainer, [self._time_mode(pl_module, model, probe, best, failures)], "max")[0]
         if not math.isfinite(price[best]):
             raise RuntimeError(f"every derivative mode failed: {failures}")
         self.metric.fix_derivative(best)
         per_sample = price[best] / probe.shape[0]
         # enough rows for the algebra (4 per generator), and never fewer than the timed probe
         floor = max(_TIMING_SAMPLES, math.ceil(4 * m / max(rows_per_sample, 1)))
-        total = self._validation_size(trainer, inputs.shape[0])
-        train_time = torch.tensor(self._training_time(), dtype=torch.float64, device=pl_module.device)
-        if trainer.world_size > 1:
-            train_time = trainer.strategy.reduce(train_time, reduce_op="min")
-        budget = _ANALYSIS_SHARE * self.overhead * float(train_time)
+        total = self._analysed_batches(trainer.num_val_batches) * inputs.shape[0]  # validation samples per process
+        train_time = _agree(trainer, [self._training_time()], "min")[0]
+        budget = _ANALYSIS_SHARE * self.overhead * train_time
         planned = max(floor, int(budget / per_sample)) if per_sample > 0 else total
         self.planned_samples = min(planned, total) if total > 0 else planned
         self._per_batch = self._batch_share(trainer, test=False)
@@ -477,16 +452,28 @@ class LieGGCallback(Callback):
         other_note = f"{other} {price[other] * 1e3:.1f} ms" if math.isfinite(price[other]) else f"{other} n/a"
         rank_zero_info(
             f"LieGGCallback: {self.planned_samples} samples per analysis (of {total}; {per_sample * 1e3:.2f} ms a "
-            f"sample, {self.overhead:.0%} of {float(train_time):.1f} s of training); derivative: {best} "
+            f"sample, {self.overhead:.0%} of {train_time:.1f} s of training); derivative: {best} "
             f"({price[best] * 1e3:.1f} ms vs {other_note} on {probe.shape[0]} samples)."
         )
 
-    def _validation_size(self, trainer: pl.Trainer, batch_size: int) -> int:
-        """Validation samples per process in the analysed dataloaders, from their batch counts."""
-        counts = trainer.num_val_batches
-        indices = range(len(counts)) if self.dataloader_idx is None else self.dataloader_idx
-        batches = sum(int(counts[i]) for i in indices if i < len(counts) and math.isfinite(counts[i]))
-        return batches * batch_size
+    def _time_mode(
+        self, pl_module: pl.LightningModule, model: Callable[[Tensor], Tensor], probe: Tensor, mode: str,
+        failures: Dict[str, Exception],
+    ) -> float:
+        """Seconds of one derivative pass in ``mode`` over ``probe``, one-time costs excluded; inf if it fails."""
+        try:
+            with preserved_state(pl_module, self._cuda_devices):
+                self.metric.rows(model, probe[:2], derivative=mode)  # one-time costs out of the price
+                _synchronize(pl_module.device)
+                start = time.perf_counter()
+                self.metric.rows(model, probe, derivative=mode)
+                _synchronize(pl_module.device)
+                return time.perf_counter() - start
+        except InputError:
+            raise
+        except Exception as err:  # e.g. torch.no_grad inside forward breaks reverse mode
+            failures[mode] = err
+            return math.inf
 
     def _end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._validation_started is not None and trainer.state.fn == "fit" and not trainer.sanity_checking:
@@ -520,7 +507,6 @@ class LieGGCallback(Callback):
                 pl_module.log(self.prefix + name, value, on_step=False, on_epoch=True, sync_dist=False)
         self.history.append({"stage": stage, "epoch": trainer.current_epoch, "step": trainer.global_step, **values})
         self.spectra.append(report.variances.clone())
-        self.labels.append(f"epoch {trainer.current_epoch}" if stage == "fit" else stage)
         self._spent += time.perf_counter() - started
         if self.verbose:
             rank_zero_info(f"LieGG {self.describe().splitlines()[-1]}")
@@ -721,7 +707,6 @@ class LieGGCallback(Callback):
         return {
             "history": [dict(h) for h in self.history],
             "spectra": [s.clone() for s in self.spectra],
-            "labels": list(self.labels),
             "planned_samples": self.planned_samples,
         }
 
@@ -729,8 +714,13 @@ class LieGGCallback(Callback):
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
         self.history = [dict(h) for h in state_dict.get("history", [])]
         self.spectra = [torch.as_tensor(s, dtype=torch.float64) for s in state_dict.get("spectra", [])]
-        self.labels = list(state_dict.get("labels", [f"epoch {h.get('epoch', i)}" for i, h in enumerate(self.history)]))
         self.planned_samples = state_dict.get("planned_samples", self.planned_samples)
+
+    @property
+    def labels(self) -> List[str]:
+        """One label per analysis, as the pictures show them: ``"epoch N"`` during ``fit``, else the stage."""
+        return [f"epoch {h.get('epoch', i)}" if h.get("stage", "fit") == "fit" else str(h["stage"])
+                for i, h in enumerate(self.history)]
 
     def describe(self) -> str:
         """One line per analysis so far: stage, epoch and the logged values."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Literal, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Dict, List, Literal, Mapping, Optional, Sequence, Union, cast
 
 import torch
 from torch import Tensor
@@ -599,3 +599,23 @@ class LieGGMetric(Metric):
         if isinstance(val, Mapping):  # per-layer reports: one line each
             return plot_spectra(list(val.values()), ax=ax)
         return plot_spectra(list(val), ax=ax)
+
+
+def fresh_metric(metric: Union[LieGGMetric, GroupAction], **options: Any) -> LieGGMetric:
+    """A metric of the given configuration with empty states, for ``analyze`` and the callback.
+
+    A :class:`LieGGMetric` is cloned and reset (the caller's own is never changed); a
+    :class:`~liegg_lightning.GroupAction` becomes ``LieGGMetric(action, **options)``.
+    """
+    if isinstance(metric, LieGGMetric):
+        if options:
+            raise ValueError(
+                f"Expected metric options ({', '.join(sorted(options))}) only with a GroupAction; "
+                "a LieGGMetric carries its own."
+            )
+        fresh = cast(LieGGMetric, metric.clone())
+        fresh.reset()
+        return fresh
+    if isinstance(metric, GroupAction):
+        return LieGGMetric(metric, **options)
+    raise ValueError(f"Expected `metric` to be a LieGGMetric or a GroupAction, got {type(metric).__name__}.")

@@ -1051,6 +1051,7 @@ def render_pictures(
     example_input: Optional[Tensor] = None,
     orbit: Optional[Dict[str, Any]] = None,
     num_generators: int = 4,
+    layers: Optional[Dict[str, SymmetryReport]] = None,
 ) -> Dict[str, np.ndarray]:
     """All of a report's pictures as ``tag -> (H, W, 3) uint8`` arrays (tags without the logger prefix).
 
@@ -1065,6 +1066,7 @@ def render_pictures(
         orbit: :func:`orbit_outputs` of the model along the first and the last generator of
             ``report``, or ``None`` (images then show the orbit alone; vectors have no orbit picture).
         num_generators: How many leading generators to draw.
+        layers: Per-layer reports (the metric's ``layers``): adds ``layers``, the picture of depth.
     """
     images: Dict[str, np.ndarray] = {}
     if num_generators > 0:
@@ -1079,6 +1081,10 @@ def render_pictures(
             picture = None  # the action cannot apply finite transformations
         if picture is not None:
             images["orbit"] = picture
+    if layers:
+        from liegg_lightning.rendering_layers import layers_figure
+
+        images["layers"] = figure_to_array(layers_figure(layers, known=list(report.known_variances) or None))
     return images
 
 

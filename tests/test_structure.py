@@ -117,3 +117,14 @@ def test_check_action_catches_actions_whose_views_disagree() -> None:
 
     with pytest.raises(AssertionError, match="contracted"):
         check_action(WrongRows(dim=3), x)
+
+
+def test_render_pictures_draws_the_picture_of_depth_for_layer_reports() -> None:
+    from liegg_lightning.rendering import render_pictures
+
+    x = torch.randn(64, 10, generator=torch.Generator().manual_seed(3))
+    reports = analyze(O5Model(), x, O5, layers={"": None, "g.0": None})
+    images = render_pictures(reports[""], O5, spectra=[reports[""].variances], layers=reports)
+    assert images["layers"].dtype.name == "uint8"
+    assert images["layers"].ndim == 3
+    assert "layers" not in render_pictures(reports[""], O5, spectra=[reports[""].variances])
