@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import re
 import threading
 import time
+import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable, Dict, List, Literal, Optional, Union
+from typing import Any, Callable, Dict, Iterator, List, Literal, Optional, Tuple, Union
 
 import lightning.pytorch as pl
 import torch
@@ -29,8 +31,9 @@ from liegg_lightning.report import SymmetryReport
 
 __all__ = ["LieGGCallback"]
 
-#: Share of the overhead budget the analysis itself may take; the rest is for the solve and pictures.
-_ANALYSIS_SHARE = 0.7
+#: Share of the overhead budget the analysis (derivative passes and the solve) may take; the rest is for
+#: what a plan cannot price in advance: logging, reports and pictures.
+_ANALYSIS_SHARE = 0.5
 #: Samples timed on the first analysed batch to price one sample.
 _TIMING_SAMPLES = 32
 #: Seconds one set of pictures is assumed to take before the first one was timed.
@@ -227,9 +230,11 @@ class LieGGCallback(Callback):
         self._fit_started: Optional[float] = None
         self._validation_time = 0.0
         self._validation_started: Optional[float] = None
-        self._spent = 0.0
+        self._spent = 0.0  # everything done on the training loop's thread, pictures apart
         self._draw_time = 0.0
         self._draws = 0
+        self._save_time = 0.0  # report files, written by a background thread
+        self._writer: Optional[ThreadPoolExecutor] = None
         # pictures: one running, at most one waiting, the last one kept for the end of the run
         self._drawer: Optional[ThreadPoolExecutor] = None
         self._lock = threading.Lock()
@@ -325,6 +330,20 @@ class LieGGCallback(Callback):
     def _budget(self) -> float:
         return self.overhead * self._training_time()
 
+    def _cost(self) -> float:
+        """Seconds the callback has cost the run so far: its work in the loop, its pictures and its files."""
+        with self._lock:
+            return self._spent + self._draw_time + self._save_time
+
+    @contextlib.contextmanager
+    def _charged(self) -> Iterator[None]:
+        """Charge the time of the enclosed work to the budget."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._spent += time.perf_counter() - started
+
     # ------------------------------------------------------------------ one analysis
 
     def _start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -371,13 +390,13 @@ class LieGGCallback(Callback):
         if cap is not None:
             inputs = inputs[: cap - self._seen]
         inputs = inputs.to(pl_module.device)
-        started = time.perf_counter()
         try:
-            if self.max_samples == "auto" and self.planned_samples is None and trainer.state.fn == "fit":
-                self._plan(trainer, pl_module, inputs)  # prices a sample on a few of these inputs
-                inputs = _spread(inputs, self._per_batch or inputs.shape[0])
-            with preserved_state(pl_module, self._cuda_devices):
-                self.metric.update(self._model(pl_module), inputs)
+            with self._charged():
+                if self.max_samples == "auto" and self.planned_samples is None and trainer.state.fn == "fit":
+                    self._plan(trainer, pl_module, inputs)  # prices a sample on a few of these inputs
+                    inputs = _spread(inputs, self._per_batch or inputs.shape[0])
+                with preserved_state(pl_module, self._cuda_devices):
+                    self.metric.update(self._model(pl_module), inputs)
         except InputError:
             raise
         except Exception as err:  # a failure inside the user's model must not end the training
@@ -386,8 +405,6 @@ class LieGGCallback(Callback):
                 f"LieGGCallback: the derivative pass failed ({err!r}); this analysis is skipped, training goes on."
             )
             return
-        finally:
-            self._spent += time.perf_counter() - started
         self._seen += inputs.shape[0]
         if self.log_images and self._example_input is None:  # the orbit picture's input
             self._example_input = inputs[0].detach().to("cpu", torch.float32).clone()
@@ -398,6 +415,10 @@ class LieGGCallback(Callback):
     def _check_configuration(self, pl_module: pl.LightningModule, batch: Any) -> None:
         """On the first sanity-check batch: does the batch, input and output fit? Before any training."""
         self._checked = True
+        with self._charged():
+            self._trial_pass(pl_module, batch)
+
+    def _trial_pass(self, pl_module: pl.LightningModule, batch: Any) -> None:
         inputs = extract_input(batch, self.input_key)
         self.action.validate_input(inputs)
         if inputs.shape[0] == 0:
@@ -412,9 +433,12 @@ class LieGGCallback(Callback):
             rank_zero_warn(f"LieGGCallback: a trial derivative pass failed in the sanity check ({err!r}).")
 
     def _plan(self, trainer: pl.Trainer, pl_module: pl.LightningModule, inputs: Tensor) -> None:
-        """Time the derivative pass on a few of the first batch's inputs, pick the faster mode, fix the samples.
+        """Price a sample and the solve on a few of the first batch's inputs, pick the faster mode, fix the samples.
 
-        The timed rows are discarded: the batch's share is then analysed like every later batch, so the
+        The samples are fixed so that the derivative passes and the solve of one analysis take
+        ``_ANALYSIS_SHARE`` of the budget of the training time between two analyses; the rest is
+        left for logging, report files and pictures, which are charged as they happen. The timed
+        rows are discarded: the batch's share is then analysed like every later batch, so the
         first analysis is comparable with the others.
         """
         probe = _spread(inputs, _TIMING_SAMPLES)
@@ -427,53 +451,86 @@ class LieGGCallback(Callback):
             # one mode needs over 4x the passes of the other: timing the loser would cost more than it tells
             modes = ["forward"] if m < rows_per_sample else ["reverse"]
         failures: Dict[str, Exception] = {}
-        timings = {mode: self._time_mode(pl_module, model, probe, mode, failures) for mode in modes}
+        timed = {mode: self._time_mode(pl_module, model, probe, mode, failures) for mode in modes}
         # every rank must analyse the same batches: agree on the slowest rank's price
-        agreed = _agree(trainer, [timings.get("reverse", math.inf), timings.get("forward", math.inf)], "max")
+        local = [timed[mode][0] if mode in timed else math.inf for mode in ("reverse", "forward")]
+        agreed = _agree(trainer, local, "max")
         price = {"reverse": agreed[0], "forward": agreed[1]}
         best = min(modes, key=lambda mode: price[mode])
         if not math.isfinite(price[best]) and len(modes) == 1 and self.metric.derivative == "auto":
             # the cheaper mode by count failed (e.g. torch.no_grad inside forward): try the other
             best = "reverse" if best == "forward" else "forward"
-            price[best] = _agree(trainer, [self._time_mode(pl_module, model, probe, best, failures)], "max")[0]
+            timed[best] = self._time_mode(pl_module, model, probe, best, failures)
+            price[best] = _agree(trainer, [timed[best][0]], "max")[0]
         if not math.isfinite(price[best]):
             raise RuntimeError(f"every derivative mode failed: {failures}")
         self.metric.fix_derivative(best)
         per_sample = price[best] / probe.shape[0]
+        # one all-reduce: the slowest rank's solve and the shortest training time (max of its negative)
+        solve, neg_train = _agree(trainer, [self._time_solve(timed[best][1], probe), -self._training_time()], "max")
+        train_time = -neg_train
         # enough rows for the algebra (4 per generator), and never fewer than the timed probe
         floor = max(_TIMING_SAMPLES, math.ceil(4 * m / max(rows_per_sample, 1)))
         total = self._analysed_batches(trainer.num_val_batches) * inputs.shape[0]  # validation samples per process
-        train_time = _agree(trainer, [self._training_time()], "min")[0]
-        budget = _ANALYSIS_SHARE * self.overhead * train_time
-        planned = max(floor, int(budget / per_sample)) if per_sample > 0 else total
+        budget = self.overhead * train_time
+        affordable = int((_ANALYSIS_SHARE * budget - solve) / per_sample) if per_sample > 0 else total
+        planned = max(floor, affordable)
         self.planned_samples = min(planned, total) if total > 0 else planned
         self._per_batch = self._batch_share(trainer, test=False)
         other = "forward" if best == "reverse" else "reverse"
         other_note = f"{other} {price[other] * 1e3:.1f} ms" if math.isfinite(price[other]) else f"{other} n/a"
         rank_zero_info(
-            f"LieGGCallback: {self.planned_samples} samples per analysis (of {total}; {per_sample * 1e3:.2f} ms a "
-            f"sample, {self.overhead:.0%} of {train_time:.1f} s of training); derivative: {best} "
-            f"({price[best] * 1e3:.1f} ms vs {other_note} on {probe.shape[0]} samples)."
+            f"LieGGCallback: {self.planned_samples} samples per analysis (of {total}): {per_sample * 1e3:.2f} ms a "
+            f"sample and {solve * 1e3:.1f} ms the solve, within {_ANALYSIS_SHARE:.0%} of the {self.overhead:.0%} "
+            f"budget of {train_time:.2f} s of training; derivative: {best} ({price[best] * 1e3:.1f} ms vs "
+            f"{other_note} on {probe.shape[0]} samples)."
         )
+        least = self.planned_samples * per_sample + solve
+        if train_time > 0 and least > _ANALYSIS_SHARE * budget:
+            rank_zero_warn(
+                f"LieGGCallback: the smallest analysis ({self.planned_samples} samples and the solve, "
+                f"{least * 1e3:.0f} ms) costs {least / train_time:.0%} of the training time between two analyses "
+                f"({train_time:.2f} s), over the budget of `overhead={self.overhead:g}`. Analyse less often "
+                "(`every_n_epochs`) or allow more (`overhead`)."
+            )
 
     def _time_mode(
         self, pl_module: pl.LightningModule, model: Callable[[Tensor], Tensor], probe: Tensor, mode: str,
         failures: Dict[str, Exception],
-    ) -> float:
-        """Seconds of one derivative pass in ``mode`` over ``probe``, one-time costs excluded; inf if it fails."""
+    ) -> Tuple[float, Any]:
+        """Seconds of one derivative pass in ``mode`` over ``probe`` (one-time costs excluded) and its rows.
+
+        ``(inf, None)`` if the pass fails.
+        """
         try:
             with preserved_state(pl_module, self._cuda_devices):
                 self.metric.rows(model, probe[:2], derivative=mode)  # one-time costs out of the price
                 _synchronize(pl_module.device)
                 start = time.perf_counter()
-                self.metric.rows(model, probe, derivative=mode)
+                rows = self.metric.rows(model, probe, derivative=mode)
                 _synchronize(pl_module.device)
-                return time.perf_counter() - start
+                return time.perf_counter() - start, rows
         except InputError:
             raise
         except Exception as err:  # e.g. torch.no_grad inside forward breaks reverse mode
             failures[mode] = err
-            return math.inf
+            return math.inf, None
+
+    def _time_solve(self, rows: Any, probe: Tensor) -> float:
+        """Seconds one solve takes (it does not depend on the samples): a throwaway metric fed the timed rows."""
+        scratch = fresh_metric(self.metric).place_on(probe.device)
+        scratch.update_rows(rows, probe)
+        best = math.inf
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a probe may have fewer rows than generators: no news here
+            for _ in range(2):  # the first solve may load linear-algebra kernels: keep the faster
+                start = time.perf_counter()
+                try:
+                    LieGGMetric.compute(scratch)  # unwrapped: a throwaway must not sync across processes
+                except Exception:  # an unsolvable probe prices nothing
+                    return 0.0
+                best = min(best, time.perf_counter() - start)
+        return best
 
     def _end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._validation_started is not None and trainer.state.fn == "fit" and not trainer.sanity_checking:
@@ -486,15 +543,26 @@ class LieGGCallback(Callback):
                     trainer.callback_metrics.pop(key, None)
             return
         self._active = False
-        started = time.perf_counter()
+        with self._charged():
+            reports = self._solve_and_log(trainer, pl_module)
+        if reports is None or not trainer.is_global_zero or not self.log_images or not trainer.loggers:
+            return
+        # the report drawn and kept in `spectra`: the model's output, else the first layer
+        report = reports.get(MODEL_OUTPUT, next(iter(reports.values())))
+        self._draw(trainer, pl_module, report, always=trainer.state.fn != "fit",
+                   layers=reports if len(reports) > 1 or MODEL_OUTPUT not in reports else None)
+
+    def _solve_and_log(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule
+    ) -> Optional[Dict[str, SymmetryReport]]:
+        """Solve on every rank, log the values, keep the history; rank zero queues the report files."""
         try:
             computed = self.metric.compute()  # every rank: compute() syncs the states
         except Exception as err:
             rank_zero_warn(f"LieGGCallback: the analysis was skipped ({err}).")
-            return
+            return None
         stage = trainer.state.fn.value if trainer.state.fn is not None else "validate"
         reports = computed if isinstance(computed, dict) else {MODEL_OUTPUT: computed}
-        # the report drawn and kept in `spectra`: the model's output, else the first layer
         report = reports.get(MODEL_OUTPUT, next(iter(reports.values())))
         self.last_report = computed
         values: Dict[str, float] = {}
@@ -507,18 +575,13 @@ class LieGGCallback(Callback):
                 pl_module.log(self.prefix + name, value, on_step=False, on_epoch=True, sync_dist=False)
         self.history.append({"stage": stage, "epoch": trainer.current_epoch, "step": trainer.global_step, **values})
         self.spectra.append(report.variances.clone())
-        self._spent += time.perf_counter() - started
         if self.verbose:
             rank_zero_info(f"LieGG {self.describe().splitlines()[-1]}")
-        if not trainer.is_global_zero:
-            return
-        if self.save_reports and trainer.loggers:
+        if self.save_reports and trainer.loggers and trainer.is_global_zero:
             for name, layer_report in reports.items():
                 filename = self._report_name(stage, trainer.current_epoch, trainer.global_step, name)
-                save_report(list(trainer.loggers), layer_report, f"liegg/{filename}")
-        if self.log_images and trainer.loggers:
-            self._draw(trainer, pl_module, report, always=stage != "fit",
-                       layers=reports if len(reports) > 1 or MODEL_OUTPUT not in reports else None)
+                self._write(functools.partial(save_report, list(trainer.loggers), layer_report, f"liegg/{filename}"))
+        return reports
 
     def _report_name(self, stage: str, epoch: int, step: int, layer: str = MODEL_OUTPUT) -> str:
         prefix = re.sub(r"[^A-Za-z0-9_.-]+", "-", self.prefix).strip("-") or "liegg"
@@ -548,7 +611,8 @@ class LieGGCallback(Callback):
         layers: Optional[Dict[str, SymmetryReport]] = None,
     ) -> None:
         expected = self._draw_time / self._draws if self._draws else _DRAW_PRIOR
-        if not always and self._spent + self._draw_time + expected > self._budget():
+        # room for this drawing and for the run's last one, which is always drawn
+        if not always and self._cost() + 2 * expected > self._budget():
             # over budget now; the run's last analysis is drawn at its end (the orbit curves then
             # come from the model as it is at the end, moments after that analysis)
             self._undrawn = functools.partial(self._draw_now, trainer, pl_module, report, layers,
@@ -567,9 +631,8 @@ class LieGGCallback(Callback):
         step: int,
         background: bool,
     ) -> None:
-        started = time.perf_counter()
-        orbit = self._orbit_curves(pl_module, report)  # the model runs here, in the main thread
-        self._spent += time.perf_counter() - started
+        with self._charged():
+            orbit = self._orbit_curves(pl_module, report)  # the model runs here, in the main thread
         job = functools.partial(
             log_pictures,
             list(trainer.loggers),
@@ -597,6 +660,20 @@ class LieGGCallback(Callback):
             with self._lock:
                 self._draw_time += time.perf_counter() - started
                 self._draws += 1
+
+    def _write(self, job: Callable[[], Any]) -> None:
+        """Write report files in a background thread, in order, none dropped: a slow disk never holds training."""
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="liegg-write")
+        self._writer.submit(self._timed_write, job)
+
+    def _timed_write(self, job: Callable[[], Any]) -> None:
+        started = time.perf_counter()
+        try:
+            job()  # save_report turns its own failures into warnings
+        finally:
+            with self._lock:
+                self._save_time += time.perf_counter() - started
 
     def _run_then_next(self, job: Callable[[], Any]) -> None:
         self._run(job)
@@ -632,6 +709,9 @@ class LieGGCallback(Callback):
             self._drawer.shutdown(wait=True)
             self._drawer = None
         self._running = None
+        if self._writer is not None:  # every report file is on disk when fit/validate/test returns
+            self._writer.shutdown(wait=True)
+            self._writer = None
 
     # ------------------------------------------------------------------ Lightning hooks
 
@@ -676,13 +756,16 @@ class LieGGCallback(Callback):
             self._waiting = None
             self._undrawn = None
             drawer, self._drawer = self._drawer, None
+            writer, self._writer = self._writer, None
         if drawer is not None:
             drawer.shutdown(wait=False, cancel_futures=True)
+        if writer is not None:  # the queued reports are still written, without holding the exception
+            writer.shutdown(wait=False)
 
     def __getstate__(self) -> Dict[str, Any]:
         # threads and locks cannot be pickled (ddp_spawn pickles callbacks); fresh ones are made on demand
         state = self.__dict__.copy()
-        state.update(_drawer=None, _running=None, _waiting=None, _undrawn=None, _lock=None)
+        state.update(_drawer=None, _writer=None, _running=None, _waiting=None, _undrawn=None, _lock=None)
         return state
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
