@@ -486,7 +486,7 @@ class LieGGCallback(Callback):
             f"{other_note} on {probe.shape[0]} samples)."
         )
         least = self.planned_samples * per_sample + solve
-        if train_time > 0 and least > _ANALYSIS_SHARE * budget:
+        if train_time > 0 and least > budget:
             rank_zero_warn(
                 f"LieGGCallback: the smallest analysis ({self.planned_samples} samples and the solve, "
                 f"{least * 1e3:.0f} ms) costs {least / train_time:.0%} of the training time between two analyses "
@@ -572,7 +572,8 @@ class LieGGCallback(Callback):
             values.update({scope + key: value for key, value in layer_values.items()})
         for name, value in values.items():
             if math.isfinite(value):  # undefined values are not logged
-                pl_module.log(self.prefix + name, value, on_step=False, on_epoch=True, sync_dist=False)
+                # one value per epoch: `batch_size=1` spares Lightning a search of the batch for its size
+                pl_module.log(self.prefix + name, value, on_step=False, on_epoch=True, sync_dist=False, batch_size=1)
         self.history.append({"stage": stage, "epoch": trainer.current_epoch, "step": trainer.global_step, **values})
         self.spectra.append(report.variances.clone())
         if self.verbose:
