@@ -38,6 +38,8 @@ _ANALYSIS_SHARE = 0.5
 _TIMING_SAMPLES = 32
 #: Seconds one set of pictures is assumed to take before the first one was timed.
 _DRAW_PRIOR = 0.3
+#: Batches an analysis takes at least (when there are as many), however small the budget.
+_MIN_BATCHES = 8
 #: Samples a sanity-check batch runs through the derivative pass to catch configuration errors.
 _CHECK_SAMPLES = 4
 
@@ -79,6 +81,14 @@ def _agree(trainer: pl.Trainer, values: List[float], op: str) -> List[float]:
         return [float(v) for v in values]
     local = torch.tensor(values, dtype=torch.float64, device=trainer.strategy.root_device)
     return [float(v) for v in trainer.strategy.reduce(local, reduce_op=op)]
+
+
+def _line(small: float, full: float, few: int, many: int) -> Tuple[float, float]:
+    """Per-call and per-sample seconds from the times of ``few`` and of ``many`` samples."""
+    if many <= few:
+        return 0.0, full / max(many, 1)
+    per_sample = max(full - small, 0.0) / (many - few)
+    return max(small - few * per_sample, 0.0), per_sample
 
 
 def _synchronize(device: torch.device) -> None:
@@ -215,6 +225,7 @@ class LieGGCallback(Callback):
         self.last_report: Optional[Union[SymmetryReport, Dict[str, SymmetryReport]]] = None
         #: Samples per analysis fixed by the budget (``max_samples="auto"``), once known.
         self.planned_samples: Optional[int] = None
+        self._batch_stride = 1  # with the plan: analyse every this many batches
         self._reset_run_state()
 
     def _reset_run_state(self) -> None:
@@ -222,6 +233,7 @@ class LieGGCallback(Callback):
         self._failed = False
         self._checked = False
         self._seen = 0
+        self._batch_index = 0  # batches of the analysed dataloaders seen this epoch
         self._per_batch: Optional[int] = None
         self._example_input: Optional[Tensor] = None
         self._forward: Optional[Callable[[Tensor], Tensor]] = None
@@ -229,8 +241,15 @@ class LieGGCallback(Callback):
         # the budget's clocks (seconds)
         self._fit_started: Optional[float] = None
         self._validation_time = 0.0
+        # training batches since fit began, and the clocks at the end of the first and the latest one
+        self._batches_trained = 0
+        self._first_batch_end: Optional[Tuple[float, float]] = None  # (time, validation time so far)
+        self._last_batch_end: Optional[Tuple[float, float]] = None
         self._validation_started: Optional[float] = None
         self._spent = 0.0  # everything done on the training loop's thread, pictures apart
+        self._spent_at_start = 0.0
+        self._fit_analyses = 0
+        self._warned_cost = False
         self._draw_time = 0.0
         self._draws = 0
         self._save_time = 0.0  # report files, written by a background thread
@@ -320,12 +339,35 @@ class LieGGCallback(Callback):
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._fit_started = time.perf_counter()
+        self._batches_trained, self._first_batch_end, self._last_batch_end = 0, None, None
+        self._fit_analyses = 0
+
+    @override
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        self._batches_trained += 1
+        self._last_batch_end = (time.perf_counter(), self._validation_time)
+        if self._first_batch_end is None:
+            self._first_batch_end = self._last_batch_end
 
     def _training_time(self) -> float:
         """Seconds of ``fit`` spent outside validation so far."""
         if self._fit_started is None:
             return 0.0
         return max(time.perf_counter() - self._fit_started - self._validation_time, 0.0)
+
+    def _steady_training_time(self) -> float:
+        """Seconds the training batches so far would take at their steady pace.
+
+        The first batch carries one-time costs (allocations, the optimizer's state, lazy imports) that
+        later epochs do not repeat: the pace comes from the batches after it, outside validation.
+        """
+        first, last, n = self._first_batch_end, self._last_batch_end, self._batches_trained
+        if first is None or last is None or n < 3:
+            return self._training_time()
+        between = (last[0] - first[0]) - (last[1] - first[1])
+        return max(between, 0.0) * n / (n - 1)
 
     def _budget(self) -> float:
         return self.overhead * self._training_time()
@@ -355,6 +397,8 @@ class LieGGCallback(Callback):
         self.metric.reset()
         self.metric.place_on(pl_module.device)
         self._seen = 0
+        self._batch_index = 0
+        self._spent_at_start = self._spent
         self._example_input = None
         self._failed = False
         self._per_batch = self._batch_share(trainer, trainer.state.fn == "test")
@@ -364,7 +408,7 @@ class LieGGCallback(Callback):
         if self.planned_samples is None:
             return None
         total = self._analysed_batches(trainer.num_test_batches if test else trainer.num_val_batches)
-        return max(1, math.ceil(self.planned_samples / max(total, 1)))
+        return max(1, math.ceil(self.planned_samples / max(math.ceil(total / self._batch_stride), 1)))
 
     def _analysed_batches(self, counts: List[Union[int, float]]) -> int:
         """Batches of the analysed dataloaders (those of ``dataloader_idx``), from the Trainer's counts."""
@@ -379,6 +423,9 @@ class LieGGCallback(Callback):
             return
         if self.dataloader_idx is not None and dataloader_idx not in self.dataloader_idx:
             return
+        index, self._batch_index = self._batch_index, self._batch_index + 1
+        if self.planned_samples is not None and index % self._batch_stride:
+            return  # the plan takes every k-th batch
         cap = self.max_samples if isinstance(self.max_samples, int) else None
         if cap is not None and self._seen >= cap:
             return
@@ -433,13 +480,16 @@ class LieGGCallback(Callback):
             rank_zero_warn(f"LieGGCallback: a trial derivative pass failed in the sanity check ({err!r}).")
 
     def _plan(self, trainer: pl.Trainer, pl_module: pl.LightningModule, inputs: Tensor) -> None:
-        """Price a sample and the solve on a few of the first batch's inputs, pick the faster mode, fix the samples.
+        """Price the analysis on a few of the first batch's inputs, pick the faster mode, fix the samples.
 
-        The samples are fixed so that the derivative passes and the solve of one analysis take
-        ``_ANALYSIS_SHARE`` of the budget of the training time between two analyses; the rest is
-        left for logging, report files and pictures, which are charged as they happen. The timed
-        rows are discarded: the batch's share is then analysed like every later batch, so the
-        first analysis is comparable with the others.
+        An analysis of ``n`` samples over ``B`` batches costs ``B * per_batch + n * per_sample +
+        solve``, each part measured here: the derivative pass and the accumulation on 2 and on
+        ``_TIMING_SAMPLES`` samples (a line through the two), the state kept around each batch, and
+        the solve. The samples are fixed so that this takes ``_ANALYSIS_SHARE`` of the budget of the
+        steady training time between two analyses; the rest is left for logging, report files and
+        pictures, charged as they happen. Where the batches' fixed costs alone would take half of
+        that, only every k-th batch is analysed. The timed rows are discarded: the batch's share is
+        then analysed like every later batch, so the first analysis is comparable with the others.
         """
         probe = _spread(inputs, _TIMING_SAMPLES)
         model = self._model(pl_module)
@@ -452,40 +502,60 @@ class LieGGCallback(Callback):
             modes = ["forward"] if m < rows_per_sample else ["reverse"]
         failures: Dict[str, Exception] = {}
         timed = {mode: self._time_mode(pl_module, model, probe, mode, failures) for mode in modes}
-        # every rank must analyse the same batches: agree on the slowest rank's price
-        local = [timed[mode][0] if mode in timed else math.inf for mode in ("reverse", "forward")]
+        # every rank must analyse the same batches: agree on the slowest rank's prices
+        local = [value for mode in ("reverse", "forward")
+                 for value in (timed[mode][:2] if mode in timed else (math.inf, math.inf))]
         agreed = _agree(trainer, local, "max")
-        price = {"reverse": agreed[0], "forward": agreed[1]}
-        best = min(modes, key=lambda mode: price[mode])
-        if not math.isfinite(price[best]) and len(modes) == 1 and self.metric.derivative == "auto":
+        price = {"reverse": (agreed[0], agreed[1]), "forward": (agreed[2], agreed[3])}
+
+        def probe_cost(mode: str) -> float:  # the pass over the probe, as the modes are compared
+            return price[mode][0] + probe.shape[0] * price[mode][1]
+
+        best = min(modes, key=probe_cost)
+        if not math.isfinite(probe_cost(best)) and len(modes) == 1 and self.metric.derivative == "auto":
             # the cheaper mode by count failed (e.g. torch.no_grad inside forward): try the other
             best = "reverse" if best == "forward" else "forward"
             timed[best] = self._time_mode(pl_module, model, probe, best, failures)
-            price[best] = _agree(trainer, [timed[best][0]], "max")[0]
-        if not math.isfinite(price[best]):
+            price[best] = tuple(_agree(trainer, list(timed[best][:2]), "max"))  # type: ignore[assignment]
+        if not math.isfinite(probe_cost(best)):
             raise RuntimeError(f"every derivative mode failed: {failures}")
         self.metric.fix_derivative(best)
-        per_sample = price[best] / probe.shape[0]
-        # one all-reduce: the slowest rank's solve and the shortest training time (max of its negative)
-        solve, neg_train = _agree(trainer, [self._time_solve(timed[best][1], probe), -self._training_time()], "max")
+        # one all-reduce: the slowest rank's other prices and the shortest training time (max of its negative)
+        overheads = self._time_overheads(pl_module, timed[best][2], probe)
+        acc_batch, acc_sample, state, solve, neg_train = _agree(
+            trainer, [*overheads, -self._steady_training_time()], "max"
+        )
+        per_batch = price[best][0] + acc_batch + state
+        per_sample = price[best][1] + acc_sample
         train_time = -neg_train
+        budget = self.overhead * train_time
+        room = _ANALYSIS_SHARE * budget - solve
+        batches = self._analysed_batches(trainer.num_val_batches)
+        self._batch_stride = 1
+        if batches > 1 and per_batch > 0 and batches * per_batch > room / 2:
+            # never fewer than _MIN_BATCHES batches: samples from all over an ordered validation set
+            widest = max(1, batches // min(batches, _MIN_BATCHES))
+            self._batch_stride = min(widest, math.ceil(batches * per_batch / max(room / 2, 1e-9)))
+        analysed = math.ceil(batches / self._batch_stride)
         # enough rows for the algebra (4 per generator), and never fewer than the timed probe
         floor = max(_TIMING_SAMPLES, math.ceil(4 * m / max(rows_per_sample, 1)))
-        total = self._analysed_batches(trainer.num_val_batches) * inputs.shape[0]  # validation samples per process
-        budget = self.overhead * train_time
-        affordable = int((_ANALYSIS_SHARE * budget - solve) / per_sample) if per_sample > 0 else total
-        planned = max(floor, affordable)
+        total = analysed * inputs.shape[0]  # validation samples per process in the analysed batches
+        left = room - analysed * per_batch
+        planned = max(floor, int(left / per_sample)) if per_sample > 0 else total
         self.planned_samples = min(planned, total) if total > 0 else planned
         self._per_batch = self._batch_share(trainer, test=False)
+        least = analysed * per_batch + self.planned_samples * per_sample + solve
         other = "forward" if best == "reverse" else "reverse"
-        other_note = f"{other} {price[other] * 1e3:.1f} ms" if math.isfinite(price[other]) else f"{other} n/a"
+        other_note = (f"{other} {probe_cost(other) * 1e3:.1f} ms" if other in modes and math.isfinite(probe_cost(other))
+                      else f"{other} not timed" if other not in modes else f"{other} failed")
+        every = f", every {self._batch_stride} batches" if self._batch_stride > 1 else ""
         rank_zero_info(
-            f"LieGGCallback: {self.planned_samples} samples per analysis (of {total}): {per_sample * 1e3:.2f} ms a "
-            f"sample and {solve * 1e3:.1f} ms the solve, within {_ANALYSIS_SHARE:.0%} of the {self.overhead:.0%} "
-            f"budget of {train_time:.2f} s of training; derivative: {best} ({price[best] * 1e3:.1f} ms vs "
-            f"{other_note} on {probe.shape[0]} samples)."
+            f"LieGGCallback: {self.planned_samples} samples per analysis (of {total}{every}), about "
+            f"{least * 1e3:.0f} ms ({per_sample * 1e3:.2f} ms a sample, {per_batch * 1e3:.1f} ms a batch, "
+            f"{solve * 1e3:.1f} ms the solve) for {train_time:.2f} s of training between analyses "
+            f"(`overhead={self.overhead:g}`); derivative: {best} ({probe_cost(best) * 1e3:.1f} ms vs {other_note} "
+            f"on {probe.shape[0]} samples)."
         )
-        least = self.planned_samples * per_sample + solve
         if train_time > 0 and least > budget:
             rank_zero_warn(
                 f"LieGGCallback: the smallest analysis ({self.planned_samples} samples and the solve, "
@@ -497,40 +567,65 @@ class LieGGCallback(Callback):
     def _time_mode(
         self, pl_module: pl.LightningModule, model: Callable[[Tensor], Tensor], probe: Tensor, mode: str,
         failures: Dict[str, Exception],
-    ) -> Tuple[float, Any]:
-        """Seconds of one derivative pass in ``mode`` over ``probe`` (one-time costs excluded) and its rows.
+    ) -> Tuple[float, float, Any]:
+        """Seconds per call and per sample of the derivative pass in ``mode`` (one-time costs excluded), its rows.
 
-        ``(inf, None)`` if the pass fails.
+        The pass runs on 2 samples and on the whole probe: the line through the two times. ``(inf,
+        inf, None)`` if the pass fails.
         """
         try:
             with preserved_state(pl_module, self._cuda_devices):
                 self.metric.rows(model, probe[:2], derivative=mode)  # one-time costs out of the price
-                _synchronize(pl_module.device)
-                start = time.perf_counter()
-                rows = self.metric.rows(model, probe, derivative=mode)
-                _synchronize(pl_module.device)
-                return time.perf_counter() - start, rows
+                small = self._timed(pl_module, lambda: self.metric.rows(model, probe[:2], derivative=mode))[0]
+                full, rows = self._timed(pl_module, lambda: self.metric.rows(model, probe, derivative=mode))
         except InputError:
             raise
         except Exception as err:  # e.g. torch.no_grad inside forward breaks reverse mode
             failures[mode] = err
-            return math.inf, None
+            return math.inf, math.inf, None
+        per_call, per_sample = _line(small, full, min(2, probe.shape[0]), probe.shape[0])
+        return per_call, per_sample, rows
 
-    def _time_solve(self, rows: Any, probe: Tensor) -> float:
-        """Seconds one solve takes (it does not depend on the samples): a throwaway metric fed the timed rows."""
+    @staticmethod
+    def _timed(pl_module: pl.LightningModule, work: Callable[[], Any]) -> Tuple[float, Any]:
+        _synchronize(pl_module.device)
+        start = time.perf_counter()
+        out = work()
+        _synchronize(pl_module.device)
+        return time.perf_counter() - start, out
+
+    def _time_overheads(self, pl_module: pl.LightningModule, rows: Any, probe: Tensor) -> List[float]:
+        """Seconds of the accumulation (per call, per sample), the kept state per batch and one solve.
+
+        A throwaway metric takes the timed rows; the solve does not depend on the samples.
+        """
         scratch = fresh_metric(self.metric).place_on(probe.device)
-        scratch.update_rows(rows, probe)
-        best = math.inf
+        n = probe.shape[0]
+        few = min(2, n)
+
+        def head(count: int) -> Any:
+            return {k: v[:count] for k, v in rows.items()} if isinstance(rows, dict) else rows[:count]
+
+        scratch.update_rows(head(few), probe[:few])  # one-time costs out of the price
+        small = self._timed(pl_module, lambda: scratch.update_rows(head(few), probe[:few]))[0]
+        full = self._timed(pl_module, lambda: scratch.update_rows(rows, probe))[0]
+        acc_call, acc_sample = _line(small, full, few, n)
+
+        def keep_state() -> None:
+            with preserved_state(pl_module, self._cuda_devices):
+                pass
+
+        state = min(self._timed(pl_module, keep_state)[0] for _ in range(2))
+        solve = math.inf
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # a probe may have fewer rows than generators: no news here
             for _ in range(2):  # the first solve may load linear-algebra kernels: keep the faster
-                start = time.perf_counter()
                 try:
-                    LieGGMetric.compute(scratch)  # unwrapped: a throwaway must not sync across processes
+                    # unwrapped: a throwaway must not sync across processes
+                    solve = min(solve, self._timed(pl_module, lambda: LieGGMetric.compute(scratch))[0])
                 except Exception:  # an unsolvable probe prices nothing
-                    return 0.0
-                best = min(best, time.perf_counter() - start)
-        return best
+                    solve = 0.0
+        return [acc_call, acc_sample, state, solve]
 
     def _end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._validation_started is not None and trainer.state.fn == "fit" and not trainer.sanity_checking:
@@ -545,12 +640,31 @@ class LieGGCallback(Callback):
         self._active = False
         with self._charged():
             reports = self._solve_and_log(trainer, pl_module)
+        if reports is not None and trainer.state.fn == "fit":
+            self._fit_analyses += 1
+            self._check_cost(trainer)
         if reports is None or not trainer.is_global_zero or not self.log_images or not trainer.loggers:
             return
         # the report drawn and kept in `spectra`: the model's output, else the first layer
         report = reports.get(MODEL_OUTPUT, next(iter(reports.values())))
         self._draw(trainer, pl_module, report, always=trainer.state.fn != "fit",
                    layers=reports if len(reports) > 1 or MODEL_OUTPUT not in reports else None)
+
+    def _check_cost(self, trainer: pl.Trainer) -> None:
+        """Say once when one analysis (its planning apart) costs more than the budget allows."""
+        if self._warned_cost or self._fit_analyses < 2 or self.planned_samples is None:
+            return
+        cost = self._spent - self._spent_at_start
+        interval = self._steady_training_time() / self._fit_analyses  # training between two analyses
+        if interval <= 0 or cost <= self.overhead * interval:
+            return
+        self._warned_cost = True
+        every = math.ceil(self.every_n_epochs * cost / (self.overhead * interval))
+        rank_zero_warn(
+            f"LieGGCallback: one analysis of {self.planned_samples} samples costs {cost * 1e3:.0f} ms, "
+            f"{cost / interval:.0%} of the {interval:.2f} s of training between two analyses, over "
+            f"`overhead={self.overhead:g}`. To stay within it, analyse less often: `every_n_epochs={every}`."
+        )
 
     def _solve_and_log(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule
@@ -792,6 +906,7 @@ class LieGGCallback(Callback):
             "history": [dict(h) for h in self.history],
             "spectra": [s.clone() for s in self.spectra],
             "planned_samples": self.planned_samples,
+            "batch_stride": self._batch_stride,
         }
 
     @override
@@ -799,6 +914,7 @@ class LieGGCallback(Callback):
         self.history = [dict(h) for h in state_dict.get("history", [])]
         self.spectra = [torch.as_tensor(s, dtype=torch.float64) for s in state_dict.get("spectra", [])]
         self.planned_samples = state_dict.get("planned_samples", self.planned_samples)
+        self._batch_stride = int(state_dict.get("batch_stride", 1))
 
     @property
     def labels(self) -> List[str]:
