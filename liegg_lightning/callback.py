@@ -109,13 +109,22 @@ class LieGGCallback(Callback):
     values (NaN) are not logged. On rank zero it draws pictures and writes each report as JSON into
     every logger's own run directory. ``trainer.predict`` is not analysed.
 
-    **Cost.** With ``max_samples="auto"`` (the default) the first analysis during ``fit`` times the
-    derivative pass on a few samples (forward and reverse mode, keeping the faster) and the
-    training time since the run began, then fixes how many samples every analysis takes so that
-    the callback spends about ``overhead`` of the training time, spread evenly over the validation
-    batches; the number stays fixed for the rest of the run, so epochs are comparable. Pictures
-    are drawn when the time spent so far leaves room for them, and always for the last analysis
-    of a ``fit`` and for every ``validate``/``test``.
+    **Cost.** With ``max_samples="auto"`` (the default) the first analysis during ``fit`` prices
+    its parts on a few samples (the derivative pass in forward and reverse mode, keeping the
+    faster; the accumulation; the state kept around a batch; the solve) and takes the steady
+    pace of the training batches so far (the first batch's one-time costs left out), then fixes
+    how many samples every analysis takes so that these parts use half of ``overhead`` of the
+    training time between two analyses, spread evenly over the validation batches (every k-th
+    batch, never fewer than 8, when the batches' fixed costs alone would take too much). The
+    number stays fixed for the rest of the run, so epochs are comparable. Everything else the
+    callback does (logging, orbit curves, pictures, report files) is charged to the same
+    budget as it happens: pictures are drawn when the budget has room for them and for the
+    run's last one, which is always drawn, as is every ``validate``/``test``; report files are
+    written by a background thread. Where even the smallest analysis (``_MIN_BATCHES`` batches,
+    32 samples or 4 rows per generator) does not fit between two analyses, the callback analyses
+    every k-th time instead (k fixed with the samples and said in the plan's log line), unless a
+    ``ModelCheckpoint``/``EarlyStopping`` monitors its values; and when an analysis turns out
+    to cost more than the budget all the same, a warning says which ``every_n_epochs`` fits.
 
     **Never harm.** The run it watches is left as it was: derivatives come from
     ``torch.autograd.grad`` on a copy of the input (parameter ``.grad`` is never touched), module
@@ -136,7 +145,8 @@ class LieGGCallback(Callback):
             of the model's.
         every_n_epochs: Analyse after every this many *training* epochs during ``fit`` (the same
             convention as ``ModelCheckpoint(every_n_epochs=...)``); ``0`` disables the analysis
-            during ``fit``.
+            during ``fit``. With ``max_samples="auto"``, an analysis too costly for the budget
+            comes every k-th time instead (see **Cost**).
         overhead: The share of the training time the callback may spend (analysis and pictures)
             when ``max_samples="auto"``; e.g. ``0.1`` adds about 10% to the time of ``fit``.
         max_samples: ``"auto"`` (samples fixed at the first analysis from ``overhead``), an int
@@ -226,6 +236,8 @@ class LieGGCallback(Callback):
         #: Samples per analysis fixed by the budget (``max_samples="auto"``), once known.
         self.planned_samples: Optional[int] = None
         self._batch_stride = 1  # with the plan: analyse every this many batches
+        self._epoch_stride = 1  # with the plan: analyse every this many times `every_n_epochs`
+        self._monitored = False
         self._reset_run_state()
 
     def _reset_run_state(self) -> None:
@@ -279,6 +291,11 @@ class LieGGCallback(Callback):
             )
         if stage == "fit":
             self._check_monitors(trainer)
+            # a monitored value must come every `every_n_epochs`: the budget may not thin the analyses then
+            self._monitored = any(
+                isinstance(getattr(cb, "monitor", None), str) and cb.monitor.startswith(self.prefix)  # type: ignore[attr-defined]
+                for cb in trainer.callbacks  # type: ignore[attr-defined]
+            )
         modules = dict(pl_module.named_modules())
         if self.metric.layer_actions is not None:
             if self.layer is not None:
@@ -331,7 +348,8 @@ class LieGGCallback(Callback):
         if trainer.sanity_checking:
             return True
         if trainer.state.fn == "fit":
-            return self.every_n_epochs == 0 or (trainer.current_epoch + 1) % self.every_n_epochs != 0
+            every = self.every_n_epochs * self._epoch_stride
+            return every == 0 or (trainer.current_epoch + 1) % every != 0
         return trainer.state.fn not in ("validate", "test")
 
     # ------------------------------------------------------------------ the budget's clocks
@@ -528,17 +546,22 @@ class LieGGCallback(Callback):
         per_batch = price[best][0] + acc_batch + state
         per_sample = price[best][1] + acc_sample
         train_time = -neg_train
+        batches = self._analysed_batches(trainer.num_val_batches)
+        # enough rows for the algebra (4 per generator), and never fewer than the timed probe
+        floor = max(_TIMING_SAMPLES, math.ceil(4 * m / max(rows_per_sample, 1)))
+        smallest = min(batches, _MIN_BATCHES) * per_batch + floor * per_sample + solve
+        if not self._monitored and train_time > 0 and smallest > _ANALYSIS_SHARE * self.overhead * train_time:
+            # even the smallest analysis does not fit between two analyses: analyse less often
+            self._epoch_stride = math.ceil(smallest / (_ANALYSIS_SHARE * self.overhead * train_time))
+        train_time *= self._epoch_stride
         budget = self.overhead * train_time
         room = _ANALYSIS_SHARE * budget - solve
-        batches = self._analysed_batches(trainer.num_val_batches)
         self._batch_stride = 1
         if batches > 1 and per_batch > 0 and batches * per_batch > room / 2:
             # never fewer than _MIN_BATCHES batches: samples from all over an ordered validation set
             widest = max(1, batches // min(batches, _MIN_BATCHES))
             self._batch_stride = min(widest, math.ceil(batches * per_batch / max(room / 2, 1e-9)))
         analysed = math.ceil(batches / self._batch_stride)
-        # enough rows for the algebra (4 per generator), and never fewer than the timed probe
-        floor = max(_TIMING_SAMPLES, math.ceil(4 * m / max(rows_per_sample, 1)))
         total = analysed * inputs.shape[0]  # validation samples per process in the analysed batches
         left = room - analysed * per_batch
         planned = max(floor, int(left / per_sample)) if per_sample > 0 else total
@@ -549,6 +572,8 @@ class LieGGCallback(Callback):
         other_note = (f"{other} {probe_cost(other) * 1e3:.1f} ms" if other in modes and math.isfinite(probe_cost(other))
                       else f"{other} not timed" if other not in modes else f"{other} failed")
         every = f", every {self._batch_stride} batches" if self._batch_stride > 1 else ""
+        if self._epoch_stride > 1:
+            every += f"; every {self.every_n_epochs * self._epoch_stride} epochs, to stay within the budget"
         rank_zero_info(
             f"LieGGCallback: {self.planned_samples} samples per analysis (of {total}{every}), about "
             f"{least * 1e3:.0f} ms ({per_sample * 1e3:.2f} ms a sample, {per_batch * 1e3:.1f} ms a batch, "
@@ -907,6 +932,7 @@ class LieGGCallback(Callback):
             "spectra": [s.clone() for s in self.spectra],
             "planned_samples": self.planned_samples,
             "batch_stride": self._batch_stride,
+            "epoch_stride": self._epoch_stride,
         }
 
     @override
@@ -915,6 +941,7 @@ class LieGGCallback(Callback):
         self.spectra = [torch.as_tensor(s, dtype=torch.float64) for s in state_dict.get("spectra", [])]
         self.planned_samples = state_dict.get("planned_samples", self.planned_samples)
         self._batch_stride = int(state_dict.get("batch_stride", 1))
+        self._epoch_stride = int(state_dict.get("epoch_stride", 1))
 
     @property
     def labels(self) -> List[str]:

@@ -75,7 +75,7 @@ def test_validate_under_inference_mode_logs_and_leaves_the_model_alone() -> None
 
 def test_every_n_epochs_and_history_survives_resume(tmp_path: Path) -> None:
     L.seed_everything(0, verbose=False)
-    callback = LieGGCallback(ACTION, every_n_epochs=2, log_images=False, save_reports=False)
+    callback = LieGGCallback(ACTION, every_n_epochs=2, log_images=False, save_reports=False, overhead=10.0)
     trainer = quiet_trainer(max_epochs=4, callbacks=[callback], default_root_dir=tmp_path)
     trainer.fit(TinyRegressor(), datamodule=O5DataModule(n=128))
     assert [h["epoch"] for h in callback.history] == [1, 3]
@@ -83,7 +83,7 @@ def test_every_n_epochs_and_history_survives_resume(tmp_path: Path) -> None:
     trainer.save_checkpoint(ckpt)
     first = [dict(h) for h in callback.history]
 
-    resumed = LieGGCallback(ACTION, every_n_epochs=2, log_images=False, save_reports=False)
+    resumed = LieGGCallback(ACTION, every_n_epochs=2, log_images=False, save_reports=False, overhead=10.0)
     trainer = quiet_trainer(max_epochs=6, callbacks=[resumed], default_root_dir=tmp_path)
     trainer.fit(TinyRegressor(), datamodule=O5DataModule(n=128), ckpt_path=ckpt)
     assert [h["epoch"] for h in resumed.history] == [1, 3, 5]

@@ -67,7 +67,7 @@ def test_tensorboard_gets_every_picture_and_the_reports(tmp_path: Path) -> None:
     L.seed_everything(0, verbose=False)
     logger = TensorBoardLogger(tmp_path, name="tb")
     metric = LieGGMetric(ImageAction(), reference_algebra="rotation", known_generators=["rotation", "scaling"])
-    callback = LieGGCallback(metric)
+    callback = LieGGCallback(metric, overhead=10.0)  # room for an analysis every epoch of this tiny run
     trainer = quiet_trainer(max_epochs=2, logger=logger, callbacks=[callback], log_every_n_steps=1)
     trainer.fit(TinyCNN(), _image_loader(), _image_loader())
 

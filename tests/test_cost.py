@@ -1,0 +1,208 @@
+"""The cost budget: what the plan prices, what is charged, where files are written, when it warns.
+
+The plan's arithmetic is checked with fixed prices (the timing functions are replaced), so the
+expected sample counts are computed here by hand from those prices, not by the code under test.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+import warnings
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Dict, List
+
+import pytest
+import torch
+from _lightning_models import TinyRegressor, o5_data, quiet_trainer
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch.utils.data import DataLoader
+
+import liegg_lightning.callback as callback_module
+from liegg_lightning import LieGGCallback, VectorAction
+
+ACTION = VectorAction(dim=5, components=2)  # m = 25 generators; TinyRegressor has 3 outputs
+
+
+def _loader(n: int, batch_size: int, seed: int = 1) -> DataLoader:
+    return DataLoader(o5_data(n, seed=seed), batch_size=batch_size)
+
+
+def _fixed_prices(
+    monkeypatch: pytest.MonkeyPatch, callback: LieGGCallback, *, per_call: float, per_sample: float,
+    acc_call: float, acc_sample: float, state: float, solve: float, training: float,
+) -> None:
+    """Replace the plan's clocks by fixed prices (seconds)."""
+    monkeypatch.setattr(callback, "_time_mode", lambda *a, **k: (per_call, per_sample, None))
+    monkeypatch.setattr(callback, "_time_overheads", lambda *a, **k: [acc_call, acc_sample, state, solve])
+    monkeypatch.setattr(callback, "_steady_training_time", lambda: training)
+
+
+def _count_updates(monkeypatch: pytest.MonkeyPatch, callback: LieGGCallback) -> List[int]:
+    sizes: List[int] = []
+    original = callback.metric.update
+
+    def recording(model: Any, inputs: torch.Tensor) -> None:
+        sizes.append(inputs.shape[0])
+        original(model, inputs)
+
+    monkeypatch.setattr(callback.metric, "update", recording)
+    return sizes
+
+
+def test_the_plan_spends_half_the_budget_on_batches_samples_and_the_solve(monkeypatch: pytest.MonkeyPatch) -> None:
+    callback = LieGGCallback(ACTION, overhead=0.1, log_images=False)
+    _fixed_prices(monkeypatch, callback, per_call=0.001, per_sample=0.002, acc_call=0.001, acc_sample=0.001,
+                  state=0.001, solve=0.1, training=10.0)
+    sizes = _count_updates(monkeypatch, callback)
+    quiet_trainer(max_epochs=1, callbacks=[callback], num_sanity_val_steps=0).fit(
+        TinyRegressor(), _loader(128, 32), _loader(256, 32))
+    # half of 10% of 10 s, less the solve: 0.4 s; 8 batches at 3 ms: 0.376 s left; 3 ms a sample
+    assert callback.planned_samples == int((0.5 * 0.1 * 10.0 - 0.1 - 8 * 0.003) / 0.003) == 125
+    assert callback._batch_stride == 1
+    assert sizes == [math.ceil(125 / 8)] * 8  # spread over every batch
+
+
+def test_costly_batches_are_strided_but_never_fewer_than_eight(monkeypatch: pytest.MonkeyPatch) -> None:
+    callback = LieGGCallback(ACTION, overhead=0.1, log_images=False)
+    # 32 batches at 52 ms = 1.66 s, far over half the room (0.45 s): every 4th batch (32 // 8), not every 4th+
+    _fixed_prices(monkeypatch, callback, per_call=0.05, per_sample=0.002, acc_call=0.001, acc_sample=0.001,
+                  state=0.001, solve=0.1, training=20.0)
+    sizes = _count_updates(monkeypatch, callback)
+    quiet_trainer(max_epochs=1, callbacks=[callback], num_sanity_val_steps=0).fit(
+        TinyRegressor(), _loader(128, 32), _loader(1024, 32))
+    assert callback._batch_stride == 4
+    assert callback._epoch_stride == 1
+    # 0.9 s of room, 8 batches at 52 ms: 0.484 s for samples at 3 ms
+    assert callback.planned_samples == int((0.5 * 0.1 * 20.0 - 0.1 - 8 * 0.052) / 0.003) == 161
+    assert sizes == [math.ceil(161 / 8)] * 8
+
+
+def test_the_batch_stride_is_kept_in_the_checkpoint() -> None:
+    callback = LieGGCallback(ACTION, overhead=0.1, log_images=False)
+    callback._batch_stride, callback.planned_samples = 4, 34
+    other = LieGGCallback(ACTION)
+    other.load_state_dict(callback.state_dict())
+    assert (other._batch_stride, other.planned_samples) == (4, 34)
+
+
+def test_the_steady_pace_leaves_out_the_first_batch() -> None:
+    callback = LieGGCallback(ACTION)
+    callback._fit_started = time.perf_counter() - 100.0  # the whole run: 100 s, first batch included
+    # 5 batches; 9 s from the end of the first to the end of the last, 1 s of it validation
+    callback._batches_trained = 5
+    callback._first_batch_end, callback._last_batch_end = (10.0, 0.0), (19.0, 1.0)
+    assert callback._steady_training_time() == pytest.approx(8.0 * 5 / 4)
+    callback._batches_trained = 2  # too few batches for a pace: the whole time
+    assert callback._steady_training_time() == pytest.approx(100.0, abs=1.0)
+
+
+def test_everything_the_callback_does_in_the_loop_is_charged(monkeypatch: pytest.MonkeyPatch) -> None:
+    callback = LieGGCallback(ACTION, log_images=False, save_reports=False, overhead=10.0)
+    spent: Dict[str, float] = {"hooks": 0.0}
+    for name in ("on_validation_epoch_start", "on_validation_batch_start", "on_validation_epoch_end", "setup",
+                 "on_train_start", "on_train_batch_end", "teardown"):
+        original = getattr(callback, name)
+
+        def timed(*args: Any, _original: Any = original, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return _original(*args, **kwargs)
+            finally:
+                spent["hooks"] += time.perf_counter() - start
+
+        monkeypatch.setattr(callback, name, timed)
+    quiet_trainer(max_epochs=3, callbacks=[callback]).fit(TinyRegressor(), _loader(128, 32), _loader(256, 32))
+    assert len(callback.history) == 3
+    # the hooks' own bookkeeping is all that may go uncharged: a small part of their time
+    uncharged = spent["hooks"] - callback._spent
+    assert uncharged < 0.2 * spent["hooks"] + 0.01, (spent["hooks"], callback._spent)
+
+
+def test_report_files_are_written_in_order_off_the_training_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    written: List[str] = []
+    threads: List[str] = []
+    original = callback_module.save_report
+
+    def slow_save(loggers: Any, report: Any, filename: str) -> Any:
+        time.sleep(0.05)  # a slow disk
+        threads.append(threading.current_thread().name)
+        written.append(filename)
+        return original(loggers, report, filename)
+
+    monkeypatch.setattr(callback_module, "save_report", slow_save)
+    callback = LieGGCallback(ACTION, log_images=False, overhead=10.0)  # an analysis every epoch of this tiny run
+    trainer = quiet_trainer(max_epochs=3, callbacks=[callback], logger=TensorBoardLogger(str(tmp_path), name="run"))
+    trainer.fit(TinyRegressor(), _loader(128, 32), _loader(128, 32))
+    # every file is on disk when fit returns, in the order of the analyses, none written by the loop
+    assert [name.split("_epoch")[1][:4] for name in written] == ["0000", "0001", "0002"]
+    assert all(name != threading.main_thread().name for name in threads)
+    assert len(list(tmp_path.rglob("*-report_*.json"))) == 3
+    assert callback._save_time >= 3 * 0.05
+
+
+def test_an_analysis_over_budget_says_which_every_n_epochs_fits() -> None:
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    # a monitor keeps the analyses every epoch, however small the budget: then it is said
+    callback = LieGGCallback(ACTION, overhead=1e-4, log_images=False, save_reports=False)
+    stopper = EarlyStopping(monitor="liegg/symmetry_variance", patience=10)
+    with pytest.warns(UserWarning, match=r"analyse less often: `every_n_epochs=\d+`") as record:
+        quiet_trainer(max_epochs=3, callbacks=[callback, stopper]).fit(
+            TinyRegressor(), _loader(128, 32), _loader(128, 32))
+    assert callback._epoch_stride == 1
+    said = [str(w.message) for w in record if "every_n_epochs=" in str(w.message) and "one analysis" in str(w.message)]
+    assert len(said) == 1  # once, not every epoch
+    every = int(said[0].split("every_n_epochs=")[1].rstrip("`."))
+    assert every > 1
+
+
+def test_a_picture_waits_when_it_and_the_last_one_would_not_fit(monkeypatch: pytest.MonkeyPatch) -> None:
+    callback = LieGGCallback(ACTION)
+    drawn: List[int] = []
+    monkeypatch.setattr(callback, "_draw_now", lambda *a, **k: drawn.append(1))
+    callback._draw_time, callback._draws = 0.1, 1  # one picture took 0.1 s
+    callback._spent = 0.5
+    trainer = SimpleNamespace(global_step=0, loggers=[])
+    report: Any = object()
+    monkeypatch.setattr(callback, "_budget", lambda: 0.75)  # 0.5 + 0.1 spent, + 0.1 now + 0.1 at the end > 0.75
+    callback._draw(trainer, None, report, always=False)  # type: ignore[arg-type]
+    assert drawn == []
+    assert callback._undrawn is not None
+    monkeypatch.setattr(callback, "_budget", lambda: 0.85)  # 0.8 fits
+    callback._draw(trainer, None, report, always=False)  # type: ignore[arg-type]
+    assert drawn == [1]
+    assert callback._undrawn is None
+    monkeypatch.setattr(callback, "_budget", lambda: 0.0)  # validate/test: always drawn
+    callback._draw(trainer, None, report, always=True)  # type: ignore[arg-type]
+    assert drawn == [1, 1]
+
+
+@pytest.mark.parametrize("monitored", [False, True])
+def test_an_analysis_too_big_for_one_epoch_comes_every_few_epochs_unless_monitored(
+    monkeypatch: pytest.MonkeyPatch, monitored: bool
+) -> None:
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    callback = LieGGCallback(ACTION, overhead=0.1, log_images=False, save_reports=False)
+    # 1 s of training an epoch: half of 10% is 50 ms. The smallest analysis, 4 batches at 8 ms,
+    # 34 samples at 1.3 ms and a 20 ms solve, is 96 ms: every ceil(96 / 50) = 2 epochs
+    _fixed_prices(monkeypatch, callback, per_call=0.006, per_sample=0.0007, acc_call=0.001, acc_sample=0.0006,
+                  state=0.001, solve=0.02, training=1.0)
+    others = [EarlyStopping(monitor="liegg/symmetry_variance", patience=10, strict=False)] if monitored else []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the real clocks after the plan may find it over the budget: said, not raised
+        quiet_trainer(max_epochs=5, callbacks=[callback, *others]).fit(
+            TinyRegressor(), _loader(128, 32), _loader(128, 32))
+    if monitored:  # the monitor needs a value every epoch
+        assert callback._epoch_stride == 1
+        assert [h["epoch"] for h in callback.history] == [0, 1, 2, 3, 4]
+    else:
+        assert callback._epoch_stride == math.ceil((4 * 0.008 + 34 * 0.0013 + 0.02) / (0.5 * 0.1 * 1.0)) == 2
+        assert [h["epoch"] for h in callback.history] == [0, 1, 3]
+        # two epochs of training between analyses: the samples planned on 2 s, less the 4 batches: 36.9
+        assert callback.planned_samples == int((0.5 * 0.1 * 2.0 - 0.02 - 4 * 0.008) / 0.0013) == 36
