@@ -33,7 +33,10 @@ __all__ = ["LieGGCallback"]
 
 #: Share of the overhead budget the analysis (derivative passes and the solve) may take; the rest is for
 #: what a plan cannot price in advance: logging, reports and pictures.
-_ANALYSIS_SHARE = 0.5
+_ANALYSIS_SHARE = 0.4
+#: Share of the budget kept for what the callback causes but cannot time: Lightning's handling of the
+#: values it logs, and the interpreter and caches it shares with training.
+_UNMEASURED = 0.2
 #: Samples timed on the first analysed batch to price one sample.
 _TIMING_SAMPLES = 32
 #: Seconds one set of pictures is assumed to take before the first one was timed.
@@ -113,7 +116,7 @@ class LieGGCallback(Callback):
     its parts on a few samples (the derivative pass in forward and reverse mode, keeping the
     faster; the accumulation; the state kept around a batch; the solve) and takes the steady
     pace of the training batches so far (the first batch's one-time costs left out), then fixes
-    how many samples every analysis takes so that these parts use half of ``overhead`` of the
+    how many samples every analysis takes so that these parts use 40% of ``overhead`` of the
     training time between two analyses, spread evenly over the validation batches (every k-th
     batch, never fewer than 8, when the batches' fixed costs alone would take too much). The
     number stays fixed for the rest of the run, so epochs are comparable. Everything else the
@@ -237,6 +240,7 @@ class LieGGCallback(Callback):
         self.planned_samples: Optional[int] = None
         self._batch_stride = 1  # with the plan: analyse every this many batches
         self._epoch_stride = 1  # with the plan: analyse every this many times `every_n_epochs`
+        self._plan_epoch = 0  # the epoch the plan was made in
         self._monitored = False
         self._reset_run_state()
 
@@ -261,6 +265,7 @@ class LieGGCallback(Callback):
         self._spent = 0.0  # everything done on the training loop's thread, pictures apart
         self._spent_at_start = 0.0
         self._fit_analyses = 0
+        self._fit_start_epoch: Optional[int] = None
         self._warned_cost = False
         self._draw_time = 0.0
         self._draws = 0
@@ -348,8 +353,11 @@ class LieGGCallback(Callback):
         if trainer.sanity_checking:
             return True
         if trainer.state.fn == "fit":
-            every = self.every_n_epochs * self._epoch_stride
-            return every == 0 or (trainer.current_epoch + 1) % every != 0
+            if self.every_n_epochs == 0:
+                return True
+            if self._epoch_stride > 1:  # thinned by the plan: counted from the epoch it was made in
+                return (trainer.current_epoch - self._plan_epoch) % (self.every_n_epochs * self._epoch_stride) != 0
+            return (trainer.current_epoch + 1) % self.every_n_epochs != 0
         return trainer.state.fn not in ("validate", "test")
 
     # ------------------------------------------------------------------ the budget's clocks
@@ -359,6 +367,7 @@ class LieGGCallback(Callback):
         self._fit_started = time.perf_counter()
         self._batches_trained, self._first_batch_end, self._last_batch_end = 0, None, None
         self._fit_analyses = 0
+        self._fit_start_epoch = trainer.current_epoch  # a resumed fit starts later
 
     @override
     def on_train_batch_end(
@@ -553,6 +562,7 @@ class LieGGCallback(Callback):
         if not self._monitored and train_time > 0 and smallest > _ANALYSIS_SHARE * self.overhead * train_time:
             # even the smallest analysis does not fit between two analyses: analyse less often
             self._epoch_stride = math.ceil(smallest / (_ANALYSIS_SHARE * self.overhead * train_time))
+            self._plan_epoch = trainer.current_epoch
         train_time *= self._epoch_stride
         budget = self.overhead * train_time
         room = _ANALYSIS_SHARE * budget - solve
@@ -680,7 +690,9 @@ class LieGGCallback(Callback):
         if self._warned_cost or self._fit_analyses < 2 or self.planned_samples is None:
             return
         cost = self._spent - self._spent_at_start
-        interval = self._steady_training_time() / self._fit_analyses  # training between two analyses
+        # training between two analyses: the steady time of an epoch so far, times the epochs between
+        epochs = trainer.current_epoch + 1 - (self._fit_start_epoch or 0)
+        interval = self._steady_training_time() / max(epochs, 1) * self.every_n_epochs * self._epoch_stride
         if interval <= 0 or cost <= self.overhead * interval:
             return
         self._warned_cost = True
@@ -752,7 +764,7 @@ class LieGGCallback(Callback):
     ) -> None:
         expected = self._draw_time / self._draws if self._draws else _DRAW_PRIOR
         # room for this drawing and for the run's last one, which is always drawn
-        if not always and self._cost() + 2 * expected > self._budget():
+        if not always and self._cost() + 2 * expected > (1 - _UNMEASURED) * self._budget():
             # over budget now; the run's last analysis is drawn at its end (the orbit curves then
             # come from the model as it is at the end, moments after that analysis)
             self._undrawn = functools.partial(self._draw_now, trainer, pl_module, report, layers,
@@ -933,6 +945,7 @@ class LieGGCallback(Callback):
             "planned_samples": self.planned_samples,
             "batch_stride": self._batch_stride,
             "epoch_stride": self._epoch_stride,
+            "plan_epoch": self._plan_epoch,
         }
 
     @override
@@ -942,6 +955,7 @@ class LieGGCallback(Callback):
         self.planned_samples = state_dict.get("planned_samples", self.planned_samples)
         self._batch_stride = int(state_dict.get("batch_stride", 1))
         self._epoch_stride = int(state_dict.get("epoch_stride", 1))
+        self._plan_epoch = int(state_dict.get("plan_epoch", 0))
 
     @property
     def labels(self) -> List[str]:

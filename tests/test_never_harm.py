@@ -149,12 +149,14 @@ def test_two_processes_agree_on_one_plan(tmp_path: Path, strategy: str) -> None:
     assert ranks[0]["planned_samples"] == ranks[1]["planned_samples"] is not None
     assert ranks[0]["derivative"] == ranks[1]["derivative"]
     assert ranks[0]["num_samples"] == ranks[1]["num_samples"]
-    assert len(ranks[0]["num_samples"]) == 2
+    # and analyse the same epochs and batches (the budget may thin both in so tiny a run)
+    assert (ranks[0]["epoch_stride"], ranks[0]["batch_stride"]) == (ranks[1]["epoch_stride"], ranks[1]["batch_stride"])
+    assert len(ranks[0]["num_samples"]) == (2 if ranks[0]["epoch_stride"] == 1 else 1)
     if strategy == "ddp_spawn":
         # what the parent has after fit: the last logged values and one report file per analysis
         parent = json.loads((tmp_path / "parent.json").read_text())
         assert parent["callback_metrics"]["liegg/num_samples"] == ranks[0]["num_samples"][-1]
-        assert len(_reports(tmp_path)) == 2
+        assert len(_reports(tmp_path)) == len(ranks[0]["num_samples"])
         assert SymmetryReport.load(_reports(tmp_path)[-1]).num_samples == ranks[0]["num_samples"][-1]
 
 
