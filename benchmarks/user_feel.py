@@ -14,7 +14,9 @@ The two runs of a pair differ only in the callback: same seed, same data, same T
 the examples, and the same ``TensorBoardLogger`` (a fresh folder each run). The time is
 ``trainer.fit`` alone; the variants run alternately (without, with, without, ...) after a one-epoch
 warm-up of each, and the median and minimum of the repeats are reported, since the machine is
-shared. Beside the times: the samples the callback analysed per epoch (``liegg/num_samples`` where
+shared. Beside the times: the callback's own time (its clocks: the work it does in the training
+loop, its pictures and its report files) over the training time it budgets against, the median over
+the runs with it, which the machine's noise touches far less than the ratio of two fits; the samples the callback analysed per epoch (``liegg/num_samples`` where
 the callback logs it, else the report's ``num_samples``), the standard deviation of the logged
 symmetry variance across the epochs of the run (over a short run it mostly follows training), the
 pictures that reached TensorBoard, and, from one more untimed run, the largest relative difference
@@ -188,6 +190,12 @@ def _probe_class() -> type:
             self.make_metric = make_metric
             self.epochs: List[Dict[str, Any]] = []
             self._last_report: Any = None
+            self.training_s: Optional[float] = None
+
+        def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+            # the training time the callback budgets against (fit outside validation), as it measures it
+            clock = getattr(self.liegg, "_training_time", None)
+            self.training_s = clock() if callable(clock) else None
 
         def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
             if trainer.sanity_checking or trainer.state.fn != "fit":
@@ -273,6 +281,10 @@ def fit_once(case: Dict[str, Any], device: torch.device, root: str, name: str, w
         out["epochs"] = probe.epochs
         out["history_symmetry_variance"] = [float(h["symmetry_variance"]) for h in getattr(liegg, "history", [])
                                             if "symmetry_variance" in h]
+        cost = getattr(liegg, "_cost", None)  # its own clocks: work in the loop, pictures, report files
+        if callable(cost) and probe.training_s:
+            out["callback_own_s"] = cost()
+            out["callback_own_share"] = out["callback_own_s"] / probe.training_s
     return out
 
 
@@ -336,6 +348,8 @@ def measure_case(case: Dict[str, Any], device: torch.device, root: str, repeats:
         "symmetry_variances_by_run": [r["history_symmetry_variance"] for r in runs["with"]],
     }
     row["ratio"] = row["fit_with_s"] / row["fit_without_s"]
+    shares = [r["callback_own_share"] for r in runs["with"] if "callback_own_share" in r]
+    row["callback_own_share"] = statistics.median(shares) if shares else None
     row["ratio_of_minima"] = row["fit_with_min_s"] / row["fit_without_min_s"]
     row.update(_summary(runs["with"][-1]))
     row["pictures_logged"] = _count_pictures(runs["with"][-1]["log_dir"])
@@ -397,12 +411,14 @@ def render(section: Dict[str, Any]) -> str:
     """Markdown table of the section."""
     rows = [{"case": r["case"], "epochs": r["epochs"], "fit without (s)": r["fit_without_s"],
              "fit with (s)": r["fit_with_s"], "with / without": r["ratio"], "(of minima)": r["ratio_of_minima"],
+             "own time / training": r.get("callback_own_share"),
              "samples / epoch": _samples_cell(r["samples_per_epoch"]),
              "std of symmetry variance": r.get("symmetry_variance_std"),
              "(/ mean)": r.get("symmetry_variance_rel_std"),
              "max rel err vs full set": r.get("max_rel_err_vs_full_set"), "pictures": r.get("pictures_logged")}
             for r in section["rows"]]
-    cols = ["case", "epochs", "fit without (s)", "fit with (s)", "with / without", "(of minima)", "samples / epoch",
+    cols = ["case", "epochs", "fit without (s)", "fit with (s)", "with / without", "(of minima)", "own time / training",
+            "samples / epoch",
             "std of symmetry variance", "(/ mean)", "max rel err vs full set", "pictures"]
     text = table(rows, cols, f"user_feel: fit with LieGGCallback at its defaults / without "
                              f"(TensorBoardLogger, median of {section['repeats']} alternating runs)")
