@@ -16,12 +16,13 @@ the examples, and the same ``TensorBoardLogger`` (a fresh folder each run). The 
 warm-up of each, and the median and minimum of the repeats are reported, since the machine is
 shared. Beside the times: the callback's own time (its clocks: the work it does in the training
 loop, its pictures and its report files) over the training time it budgets against, the median over
-the runs with it, which the machine's noise touches far less than the ratio of two fits; the samples the callback analysed per epoch (``liegg/num_samples`` where
-the callback logs it, else the report's ``num_samples``), the standard deviation of the logged
-symmetry variance across the epochs of the run (over a short run it mostly follows training), the
-pictures that reached TensorBoard, and, from one more untimed run, the largest relative difference
-between the logged symmetry variance and the one of the whole validation set on the same weights
-(zero while the callback analyses everything; what a sample budget costs in accuracy otherwise).
+the runs with it, which the machine's noise touches far less than the ratio of two fits; the samples
+the callback analysed per epoch (``liegg/num_samples`` where the callback logs it, else the report's
+``num_samples``), the standard deviation of the logged symmetry variance across the epochs of the
+run (over a short run it mostly follows training), the pictures that reached TensorBoard, and, from
+one more untimed run, the largest relative difference between the logged symmetry variance and the
+one of the whole validation set on the same weights (zero while the callback analyses everything;
+what a sample budget costs in accuracy otherwise).
 
 Run it alone with ``python benchmarks/user_feel.py [--quick] [--device cuda]`` (it is the
 ``user_feel`` section of ``run.py``; results merge into ``benchmarks/results/<device>.json``).
