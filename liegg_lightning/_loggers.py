@@ -187,7 +187,7 @@ def save_report(loggers: Sequence[Logger], report: SymmetryReport, filename: str
                 client, run_id = logger.experiment, logger.run_id
                 with tempfile.TemporaryDirectory() as tmp:
                     local = os.path.join(tmp, os.path.basename(name))
-                    report.save(local)
+                    report.save(local, durable=False)
                     folder = os.path.dirname(name) or None
                     client.log_artifact(run_id, local, folder)
                 uri = client.get_run(run_id).info.artifact_uri.rstrip("/")
@@ -202,7 +202,7 @@ def save_report(loggers: Sequence[Logger], report: SymmetryReport, filename: str
             path = os.path.join(run_dir, name)
             if path in written:
                 continue
-            report.save(path)
+            report.save(path, durable=False)  # atomic; a per-analysis disk sync is not worth its wait
             written.append(path)
         except Exception as err:
             rank_zero_warn(f"LieGGCallback: saving the report to {type(logger).__name__} failed ({err!r}).")

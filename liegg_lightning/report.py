@@ -213,16 +213,23 @@ class SymmetryReport:
             kwargs["closure_error"] = float("nan")
         return cls(**kwargs)
 
-    def save(self, path: Union[str, os.PathLike]) -> None:
-        """Write the report as JSON, atomically: a reader never sees a half-written file."""
+    def save(self, path: Union[str, os.PathLike], durable: bool = True) -> None:
+        """Write the report as JSON, atomically: a reader never sees a half-written file.
+
+        Args:
+            path: Where to write.
+            durable: Also flush the file to the disk before it takes its name (``fsync``), so it
+                survives a power loss; the callback's reports during training skip that wait.
+        """
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "w") as fh:
                 json.dump(self.to_dict(), fh, allow_nan=False)
-                fh.flush()
-                os.fsync(fh.fileno())
+                if durable:
+                    fh.flush()
+                    os.fsync(fh.fileno())
             os.chmod(tmp, 0o644)  # mkstemp creates 0600; a report is meant to be read
             os.replace(tmp, path)
         except BaseException:

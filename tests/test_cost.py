@@ -207,3 +207,22 @@ def test_an_analysis_too_big_for_one_epoch_comes_every_few_epochs_unless_monitor
         assert [h["epoch"] for h in callback.history] == [0, 3]  # every 3rd epoch from the plan's
         # three epochs of training between analyses: the samples planned on 3 s, less the 4 batches: 52.3
         assert callback.planned_samples == int((0.4 * 0.1 * 3.0 - 0.02 - 4 * 0.008) / 0.0013) == 52
+
+
+def test_reports_written_during_training_skip_the_disk_sync(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from liegg_lightning import LieGGMetric, SymmetryReport
+
+    metric = LieGGMetric(ACTION)
+    metric.update(TinyRegressor().net, o5_data(64, seed=0).tensors[0])
+    report = metric.compute()
+    synced: List[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
+    report.save(tmp_path / "durable.json")
+    assert len(synced) == 1  # the public default survives a power loss
+    callback_module.save_report([TensorBoardLogger(str(tmp_path), name="run")], report, "liegg/fast.json")
+    assert len(synced) == 1  # the callback's files: atomic, without the wait
+    fast = next(tmp_path.rglob("fast.json"))
+    torch.testing.assert_close(SymmetryReport.load(fast).variances, report.variances, rtol=0, atol=0)
