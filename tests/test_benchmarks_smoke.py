@@ -66,14 +66,16 @@ def test_quick_benchmark_writes_every_section(tmp_path: Path) -> None:
     for row in feel["rows"]:
         assert row["fit_without_s"] > 0
         assert row["fit_with_s"] > 0
-        assert row["analyses"] == row["epochs"] == len(row["samples_per_epoch"])
+        # the budget may thin the analysed epochs of so short a fit, never to none
+        assert 1 <= row["analyses"] == len(row["samples_per_epoch"]) <= row["epochs"]
         assert all(n > 0 for n in row["samples_per_epoch"])
     o5, digits = feel["rows"]
     # the quick O(5) data has 200 validation samples; the digits' one validation batch holds 400 images
     assert all(n <= 200 for n in o5["samples_per_epoch"])
     assert all(n <= 400 for n in digits["samples_per_epoch"])
-    assert len(o5["symmetry_variances"]) == 2
-    assert o5["symmetry_variance_std"] >= 0
+    assert len(o5["symmetry_variances"]) == o5["analyses"]
+    # a spread needs two analyses (the budget may thin a 2-epoch quick fit to one)
+    assert ("symmetry_variance_std" in o5) == (o5["analyses"] >= 2)
     # the probe analysed the whole validation set on the same weights and compared the logged value with it
     assert o5["full_set_samples"] == 200
     assert digits["full_set_samples"] == 400

@@ -155,7 +155,10 @@ def test_two_processes_agree_on_one_plan(tmp_path: Path, strategy: str) -> None:
     if strategy == "ddp_spawn":
         # what the parent has after fit: the last logged values and one report file per analysis
         parent = json.loads((tmp_path / "parent.json").read_text())
-        assert parent["callback_metrics"]["liegg/num_samples"] == ranks[0]["num_samples"][-1]
+        if len(ranks[0]["num_samples"]) == 2:
+            assert parent["callback_metrics"]["liegg/num_samples"] == ranks[0]["num_samples"][-1]
+        else:  # the budget thinned the epochs and the last was not analysed: no stale value is left
+            assert "liegg/num_samples" not in parent["callback_metrics"]
         assert len(_reports(tmp_path)) == len(ranks[0]["num_samples"])
         assert SymmetryReport.load(_reports(tmp_path)[-1]).num_samples == ranks[0]["num_samples"][-1]
 
