@@ -94,6 +94,11 @@ def _line(small: float, full: float, few: int, many: int) -> Tuple[float, float]
     return max(small - few * per_sample, 0.0), per_sample
 
 
+def _shown_report(reports: Dict[str, SymmetryReport]) -> SymmetryReport:
+    """The report drawn and kept in ``spectra``: the model's output, else the first layer."""
+    return reports.get(MODEL_OUTPUT, next(iter(reports.values())))
+
+
 def _synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -265,7 +270,7 @@ class LieGGCallback(Callback):
         self._spent = 0.0  # everything done on the training loop's thread, pictures apart
         self._spent_at_start = 0.0
         self._fit_analyses = 0
-        self._fit_start_epoch: Optional[int] = None
+        self._fit_start_epoch = 0  # the epoch the current fit started at (later when resumed)
         self._warned_cost = False
         self._draw_time = 0.0
         self._draws = 0
@@ -295,12 +300,8 @@ class LieGGCallback(Callback):
                 "Give each its own `prefix` (e.g. 'liegg_images/')."
             )
         if stage == "fit":
-            self._check_monitors(trainer)
             # a monitored value must come every `every_n_epochs`: the budget may not thin the analyses then
-            self._monitored = any(
-                isinstance(getattr(cb, "monitor", None), str) and cb.monitor.startswith(self.prefix)  # type: ignore[attr-defined]
-                for cb in trainer.callbacks  # type: ignore[attr-defined]
-            )
+            self._monitored = self._check_monitors(trainer)
         modules = dict(pl_module.named_modules())
         if self.metric.layer_actions is not None:
             if self.layer is not None:
@@ -324,12 +325,14 @@ class LieGGCallback(Callback):
         self._cuda_devices = cuda_devices_of(pl_module)
         self.metric.place_on(pl_module.device)
 
-    def _check_monitors(self, trainer: pl.Trainer) -> None:
-        """Callbacks that monitor a logged value must see it on the epochs they check it."""
+    def _check_monitors(self, trainer: pl.Trainer) -> bool:
+        """Callbacks that monitor a logged value must see it on the epochs they check it; True if any does."""
+        monitored = False
         for cb in trainer.callbacks:  # type: ignore[attr-defined]
             monitor = getattr(cb, "monitor", None)
             if not isinstance(monitor, str) or not monitor.startswith(self.prefix):
                 continue
+            monitored = True
             if self.every_n_epochs == 0:
                 raise ValueError(
                     f"{type(cb).__name__} monitors {monitor!r}, but LieGGCallback(every_n_epochs=0) never logs it."
@@ -348,6 +351,7 @@ class LieGGCallback(Callback):
                     f"{self.every_n_epochs} epochs: set EarlyStopping(strict=False), and its patience then "
                     "counts analyses (epochs without one do not count)."
                 )
+        return monitored
 
     def _should_skip(self, trainer: pl.Trainer) -> bool:
         if trainer.sanity_checking:
@@ -367,7 +371,7 @@ class LieGGCallback(Callback):
         self._fit_started = time.perf_counter()
         self._batches_trained, self._first_batch_end, self._last_batch_end = 0, None, None
         self._fit_analyses = 0
-        self._fit_start_epoch = trainer.current_epoch  # a resumed fit starts later
+        self._fit_start_epoch = trainer.current_epoch
 
     @override
     def on_train_batch_end(
@@ -682,9 +686,7 @@ class LieGGCallback(Callback):
             self._check_cost(trainer)
         if reports is None or not trainer.is_global_zero or not self.log_images or not trainer.loggers:
             return
-        # the report drawn and kept in `spectra`: the model's output, else the first layer
-        report = reports.get(MODEL_OUTPUT, next(iter(reports.values())))
-        self._draw(trainer, pl_module, report, always=trainer.state.fn != "fit",
+        self._draw(trainer, pl_module, _shown_report(reports), always=trainer.state.fn != "fit",
                    layers=reports if len(reports) > 1 or MODEL_OUTPUT not in reports else None)
 
     def _check_cost(self, trainer: pl.Trainer) -> None:
@@ -693,7 +695,7 @@ class LieGGCallback(Callback):
             return
         cost = self._spent - self._spent_at_start
         # training between two analyses: the steady time of an epoch so far, times the epochs between
-        epochs = trainer.current_epoch + 1 - (self._fit_start_epoch or 0)
+        epochs = trainer.current_epoch + 1 - self._fit_start_epoch
         interval = self._steady_training_time() / max(epochs, 1) * self.every_n_epochs * self._epoch_stride
         if interval <= 0 or cost <= self.overhead * interval:
             return
@@ -716,7 +718,7 @@ class LieGGCallback(Callback):
             return None
         stage = trainer.state.fn.value if trainer.state.fn is not None else "validate"
         reports = computed if isinstance(computed, dict) else {MODEL_OUTPUT: computed}
-        report = reports.get(MODEL_OUTPUT, next(iter(reports.values())))
+        report = _shown_report(reports)
         self.last_report = computed
         values: Dict[str, float] = {}
         for name, layer_report in reports.items():
