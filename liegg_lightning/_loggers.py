@@ -19,6 +19,7 @@ Loggers that can take nothing get one notice. Nothing here ends a run: a failure
 from __future__ import annotations
 
 import html
+import io
 import os
 import tempfile
 from typing import Any, Dict, List, Optional, Sequence
@@ -118,10 +119,38 @@ def log_pictures(
     return images
 
 
+def _png(image: Any) -> bytes:
+    """A small PNG of an ``(H, W, 3)`` uint8 picture, made fast.
+
+    A 256-colour palette (as a colour map's lookup table has) halves the bytes, and TensorBoard's
+    writer checksums every byte in Python, holding the interpreter the training loop needs; flat
+    diagrams compress nearly as well at level 1 as at the default 6.
+    """
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image).quantize(256, method=Image.Quantize.FASTOCTREE).save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
 def _to_tensorboard(logger: TensorBoardLogger, images: Dict[str, Any], text: str, step: int, prefix: str) -> None:
     writer = logger.experiment
-    for tag, image in images.items():
-        writer.add_image(prefix + tag, image, global_step=step, dataformats="HWC")
+    file_writer = getattr(writer, "_get_file_writer", None)
+    if callable(file_writer):
+        # the picture is already uint8: `add_image` would round-trip it through float32 and compress it at
+        # level 6, half the cost of a drawing; the summary it writes is built here the same way
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        values = [
+            Summary.Value(tag=prefix + tag, image=Summary.Image(
+                height=image.shape[0], width=image.shape[1], colorspace=image.shape[2],
+                encoded_image_string=_png(image)))
+            for tag, image in images.items()
+        ]
+        file_writer().add_summary(Summary(value=values), step)
+    else:  # a writer without torch's internals (tensorboardX): its public call
+        for tag, image in images.items():
+            writer.add_image(prefix + tag, image, global_step=step, dataformats="HWC")
     writer.add_text(prefix + "generators_text", text, global_step=step)
     writer.flush()
 
