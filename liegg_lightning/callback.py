@@ -39,8 +39,9 @@ _ANALYSIS_SHARE = 0.4
 _UNMEASURED = 0.2
 #: Samples timed on the first analysed batch to price one sample.
 _TIMING_SAMPLES = 32
-#: Seconds one set of pictures is assumed to take before the first one was timed.
-_DRAW_PRIOR = 0.3
+#: Seconds one set of pictures is assumed to take before the first one was timed (0.05-0.1 s measured
+#: on the examples' CPU), and reserved at the plan for the run's last one, which is always drawn.
+_DRAW_PRIOR = 0.15
 #: Batches an analysis takes at least (when there are as many), however small the budget.
 _MIN_BATCHES = 8
 #: Samples a sanity-check batch runs through the derivative pass to catch configuration errors.
@@ -245,7 +246,7 @@ class LieGGCallback(Callback):
         self.planned_samples: Optional[int] = None
         self._batch_stride = 1  # with the plan: analyse every this many batches
         self._epoch_stride = 1  # with the plan: analyse every this many times `every_n_epochs`
-        self._plan_epoch = 0  # the epoch the plan was made in
+        self._anchor_epoch = 0  # thinned analyses come every k-th epoch from this one: the fit's last, if known
         self._monitored = False
         self._reset_run_state()
 
@@ -286,8 +287,13 @@ class LieGGCallback(Callback):
     @property
     @override
     def state_key(self) -> str:
-        # plain values only: a repr of the action would change with the code and orphan checkpoints
-        return self._generate_state_key(prefix=self.prefix)
+        # plain values only: a repr of the action would change with the code and orphan checkpoints.
+        # Lightning asks for it at every hook of every batch: kept, and remade only if the prefix changes
+        cached = self.__dict__.get("_state_key")
+        if cached is None or cached[0] != self.prefix:
+            cached = (self.prefix, self._generate_state_key(prefix=self.prefix))
+            self.__dict__["_state_key"] = cached
+        return cached[1]
 
     # ------------------------------------------------------------------ set-up and checks
 
@@ -359,8 +365,8 @@ class LieGGCallback(Callback):
         if trainer.state.fn == "fit":
             if self.every_n_epochs == 0:
                 return True
-            if self._epoch_stride > 1:  # thinned by the plan: counted from the epoch it was made in
-                return (trainer.current_epoch - self._plan_epoch) % (self.every_n_epochs * self._epoch_stride) != 0
+            if self._epoch_stride > 1:  # thinned by the plan: counted back from the fit's last epoch
+                return (trainer.current_epoch - self._anchor_epoch) % (self.every_n_epochs * self._epoch_stride) != 0
             return (trainer.current_epoch + 1) % self.every_n_epochs != 0
         return trainer.state.fn not in ("validate", "test")
 
@@ -472,6 +478,9 @@ class LieGGCallback(Callback):
             with self._charged():
                 if self.max_samples == "auto" and self.planned_samples is None and trainer.state.fn == "fit":
                     self._plan(trainer, pl_module, inputs)  # prices a sample on a few of these inputs
+                    if self._should_skip(trainer):  # thinned: the analyses end with the fit's last epoch
+                        self._active = False
+                        return
                     inputs = _spread(inputs, self._per_batch or inputs.shape[0])
                 with preserved_state(pl_module, self._cuda_devices):
                     self.metric.update(self._model(pl_module), inputs)
@@ -522,6 +531,7 @@ class LieGGCallback(Callback):
         that, only every k-th batch is analysed. The timed rows are discarded: the batch's share is
         then analysed like every later batch, so the first analysis is comparable with the others.
         """
+        plan_started = time.perf_counter()
         probe = _spread(inputs, _TIMING_SAMPLES)
         model = self._model(pl_module)
         modes = ["reverse", "forward"] if self.metric.derivative == "auto" else [self.metric.derivative]
@@ -551,24 +561,32 @@ class LieGGCallback(Callback):
         if not math.isfinite(probe_cost(best)):
             raise RuntimeError(f"every derivative mode failed: {failures}")
         self.metric.fix_derivative(best)
-        # one all-reduce: the slowest rank's other prices and the shortest training time (max of its negative)
+        # one all-reduce: the slowest rank's other prices and one-time costs, and the shortest training
+        # time (the max of its negative)
         overheads = self._time_overheads(pl_module, timed[best][2], probe)
-        acc_batch, acc_sample, state, solve, neg_train = _agree(
-            trainer, [*overheads, -self._steady_training_time()], "max"
+        acc_batch, acc_sample, state, solve, neg_train, fixed = _agree(
+            trainer, [*overheads, -self._steady_training_time(), self._one_time_costs(trainer, plan_started)], "max"
         )
         per_batch = price[best][0] + acc_batch + state
         per_sample = price[best][1] + acc_sample
         train_time = -neg_train
+        left = self._batches_left(trainer)
+        remaining = left * train_time / self._batches_trained if self._batches_trained and train_time > 0 else math.inf
         batches = self._analysed_batches(trainer.num_val_batches)
         # enough rows for the algebra (4 per generator), and never fewer than the timed probe
         floor = max(_TIMING_SAMPLES, math.ceil(4 * m / max(rows_per_sample, 1)))
         smallest = min(batches, _MIN_BATCHES) * per_batch + floor * per_sample + solve
-        if not self._monitored and train_time > 0 and smallest > _ANALYSIS_SHARE * self.overhead * train_time:
+        if not self._monitored and train_time > 0:
             # even the smallest analysis does not fit between two analyses: analyse less often
-            self._epoch_stride = math.ceil(smallest / (_ANALYSIS_SHARE * self.overhead * train_time))
-            self._plan_epoch = trainer.current_epoch
+            self._epoch_stride = self._stride_that_fits(smallest, train_time, remaining, fixed)
+            if self._epoch_stride > 1:
+                # the analyses that remain end with the fit's last epoch, the trained network; unknown, from here
+                self._anchor_epoch = trainer.current_epoch
+                if math.isfinite(remaining):
+                    epochs = math.ceil((self._batches_trained + left) / trainer.num_training_batches)
+                    self._anchor_epoch = self._fit_start_epoch + epochs - 1
+        budget = self._analysis_budget(self._epoch_stride, train_time, remaining, fixed)
         train_time *= self._epoch_stride
-        budget = self.overhead * train_time
         room = _ANALYSIS_SHARE * budget - solve
         self._batch_stride = 1
         if batches > 1 and per_batch > 0 and batches * per_batch > room / 2:
@@ -598,10 +616,55 @@ class LieGGCallback(Callback):
         if train_time > 0 and least > budget:
             rank_zero_warn(
                 f"LieGGCallback: the smallest analysis ({self.planned_samples} samples and the solve, "
-                f"{least * 1e3:.0f} ms) costs {least / train_time:.0%} of the training time between two analyses "
-                f"({train_time:.2f} s), over the budget of `overhead={self.overhead:g}`. Analyse less often "
+                f"{least * 1e3:.0f} ms) is over the {max(budget, 0.0) * 1e3:.0f} ms `overhead={self.overhead:g}` "
+                f"leaves each analysis ({train_time:.2f} s of training between two, {fixed * 1e3:.0f} ms of the run's "
+                "budget taken by its one-time costs: the plan and the last picture). Analyse less often "
                 "(`every_n_epochs`) or allow more (`overhead`)."
             )
+
+    def _one_time_costs(self, trainer: pl.Trainer, plan_started: float) -> float:
+        """Seconds the run's budget pays once: spent so far (the sanity check, this plan), and its last picture."""
+        fixed = self._cost() + (time.perf_counter() - plan_started)
+        if self.log_images and trainer.loggers:
+            fixed += _DRAW_PRIOR  # the run's last analysis is always drawn
+        return fixed
+
+    def _batches_left(self, trainer: pl.Trainer) -> float:
+        """Training batches ``fit`` has left after those so far (``max_epochs``, ``max_steps``); inf if unknown."""
+        per_epoch = trainer.num_training_batches
+        if not math.isfinite(per_epoch) or per_epoch <= 0:
+            return math.inf
+        left = math.inf
+        if trainer.max_epochs is not None and trainer.max_epochs >= 0:
+            left = (trainer.max_epochs - self._fit_start_epoch) * per_epoch - self._batches_trained
+        if trainer.max_steps is not None and trainer.max_steps >= 0:
+            left = min(left, (trainer.max_steps - trainer.global_step) * trainer.accumulate_grad_batches)
+        return max(left, 0)
+
+    def _analysis_budget(self, stride: int, interval: float, remaining: float, fixed: float) -> float:
+        """Seconds one analysis may cost when every ``stride``-th comes.
+
+        ``overhead`` of the training between two analyses; and when the fit's length is known, no more
+        than an equal share of ``overhead`` of the whole fit's training, less its one-time costs
+        (``fixed``), among the analyses left. On a short fit the one-time costs weigh: fewer analyses.
+        """
+        budget = self.overhead * interval * stride
+        if math.isfinite(remaining):
+            analyses = 1 + math.floor(remaining / (interval * stride) + 1e-9)  # this one and those to come
+            budget = min(budget, (self.overhead * (interval + remaining) - fixed) / analyses)
+        return budget
+
+    def _stride_that_fits(self, smallest: float, interval: float, remaining: float, fixed: float) -> int:
+        """The least k for which the smallest analysis fits its share of the budget, analysing every k-th time."""
+        share = _ANALYSIS_SHARE
+        if not math.isfinite(remaining):
+            return max(1, math.ceil(smallest / (share * self.overhead * interval)))
+        stride = 1
+        # past remaining / interval this analysis is the fit's last: no larger stride spends less
+        while remaining >= interval * stride and smallest > share * self._analysis_budget(
+                stride, interval, remaining, fixed):
+            stride += 1
+        return stride
 
     def _time_mode(
         self, pl_module: pl.LightningModule, model: Callable[[Tensor], Tensor], probe: Tensor, mode: str,
@@ -725,10 +788,10 @@ class LieGGCallback(Callback):
             scope = f"{name}/" if name != MODEL_OUTPUT else ""
             layer_values = {**layer_report.summary(), "num_samples": float(layer_report.num_samples)}
             values.update({scope + key: value for key, value in layer_values.items()})
-        for name, value in values.items():
-            if math.isfinite(value):  # undefined values are not logged
-                # one value per epoch: `batch_size=1` spares Lightning a search of the batch for its size
-                pl_module.log(self.prefix + name, value, on_step=False, on_epoch=True, sync_dist=False, batch_size=1)
+        defined = {self.prefix + name: value for name, value in values.items() if math.isfinite(value)}
+        if defined:  # undefined values are not logged
+            # one value per epoch: `batch_size=1` spares Lightning a search of the batch for its size
+            pl_module.log_dict(defined, on_step=False, on_epoch=True, sync_dist=False, batch_size=1)
         self.history.append({"stage": stage, "epoch": trainer.current_epoch, "step": trainer.global_step, **values})
         self.spectra.append(report.variances.clone())
         if self.verbose:
@@ -949,7 +1012,7 @@ class LieGGCallback(Callback):
             "planned_samples": self.planned_samples,
             "batch_stride": self._batch_stride,
             "epoch_stride": self._epoch_stride,
-            "plan_epoch": self._plan_epoch,
+            "anchor_epoch": self._anchor_epoch,
         }
 
     @override
@@ -959,7 +1022,7 @@ class LieGGCallback(Callback):
         self.planned_samples = state_dict.get("planned_samples", self.planned_samples)
         self._batch_stride = int(state_dict.get("batch_stride", 1))
         self._epoch_stride = int(state_dict.get("epoch_stride", 1))
-        self._plan_epoch = int(state_dict.get("plan_epoch", 0))
+        self._anchor_epoch = int(state_dict.get("anchor_epoch", state_dict.get("plan_epoch", 0)))
 
     @property
     def labels(self) -> List[str]:

@@ -32,12 +32,13 @@ def _loader(n: int, batch_size: int, seed: int = 1) -> DataLoader:
 
 def _fixed_prices(
     monkeypatch: pytest.MonkeyPatch, callback: LieGGCallback, *, per_call: float, per_sample: float,
-    acc_call: float, acc_sample: float, state: float, solve: float, training: float,
+    acc_call: float, acc_sample: float, state: float, solve: float, training: float, one_time: float = 0.0,
 ) -> None:
     """Replace the plan's clocks by fixed prices (seconds)."""
     monkeypatch.setattr(callback, "_time_mode", lambda *a, **k: (per_call, per_sample, None))
     monkeypatch.setattr(callback, "_time_overheads", lambda *a, **k: [acc_call, acc_sample, state, solve])
     monkeypatch.setattr(callback, "_steady_training_time", lambda: training)
+    monkeypatch.setattr(callback, "_one_time_costs", lambda *a, **k: one_time)
 
 
 def _count_updates(monkeypatch: pytest.MonkeyPatch, callback: LieGGCallback) -> List[int]:
@@ -190,8 +191,9 @@ def test_an_analysis_too_big_for_one_epoch_comes_every_few_epochs_unless_monitor
     from lightning.pytorch.callbacks import EarlyStopping
 
     callback = LieGGCallback(ACTION, overhead=0.1, log_images=False, save_reports=False)
-    # 1 s of training an epoch: 40% of 10% is 40 ms. The smallest analysis, 4 batches at 8 ms,
-    # 34 samples at 1.3 ms and a 20 ms solve, is 96 ms: every ceil(96 / 40) = 3 epochs
+    # 1 s of training an epoch, 5 epochs. The smallest analysis, 4 batches at 8 ms, 34 samples at
+    # 1.3 ms and a 20 ms solve, is 96 ms. Every epoch, 40% of 10% of 1 s is 40 ms; every 2nd, three
+    # analyses share 10% of 5 s, 0.167 s each, 40% of it 67 ms; every 3rd, two share it: 0.1 s, enough
     _fixed_prices(monkeypatch, callback, per_call=0.006, per_sample=0.0007, acc_call=0.001, acc_sample=0.0006,
                   state=0.001, solve=0.02, training=1.0)
     others = [EarlyStopping(monitor="liegg/symmetry_variance", patience=10, strict=False)] if monitored else []
@@ -203,10 +205,53 @@ def test_an_analysis_too_big_for_one_epoch_comes_every_few_epochs_unless_monitor
         assert callback._epoch_stride == 1
         assert [h["epoch"] for h in callback.history] == [0, 1, 2, 3, 4]
     else:
-        assert callback._epoch_stride == math.ceil((4 * 0.008 + 34 * 0.0013 + 0.02) / (0.4 * 0.1 * 1.0)) == 3
-        assert [h["epoch"] for h in callback.history] == [0, 3]  # every 3rd epoch from the plan's
-        # three epochs of training between analyses: the samples planned on 3 s, less the 4 batches: 52.3
-        assert callback.planned_samples == int((0.4 * 0.1 * 3.0 - 0.02 - 4 * 0.008) / 0.0013) == 52
+        assert callback._epoch_stride == 3
+        # every 3rd epoch counted back from the last, the trained network's; the plan's epoch is not one
+        assert [h["epoch"] for h in callback.history] == [1, 4]
+        # the fit's 0.5 s of budget shared by its two analyses, less the solve and the 4 batches: 36.9
+        assert callback.planned_samples == int((0.4 * 0.1 * 5.0 / 2 - 0.02 - 4 * 0.008) / 0.0013) == 36
+
+
+def test_on_a_short_fit_the_one_time_costs_leave_fewer_analyses(monkeypatch: pytest.MonkeyPatch) -> None:
+    callback = LieGGCallback(ACTION, overhead=0.1, log_images=False, save_reports=False)
+    # the prices of the test above (smallest analysis 96 ms), and 0.2 s paid once (the plan, the last
+    # picture): 0.3 s of the fit's 0.5 s left. Every 3rd or 4th epoch: two analyses, 60 ms each for
+    # the analysis, short of 96 ms; only the plan's epoch: 0.12 s, enough
+    _fixed_prices(monkeypatch, callback, per_call=0.006, per_sample=0.0007, acc_call=0.001, acc_sample=0.0006,
+                  state=0.001, solve=0.02, training=1.0, one_time=0.2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quiet_trainer(max_epochs=5, callbacks=[callback]).fit(TinyRegressor(), _loader(128, 32), _loader(128, 32))
+    assert callback._epoch_stride == 5
+    assert [h["epoch"] for h in callback.history] == [4]  # the last: what the fit made
+    assert callback.planned_samples == int((0.4 * (0.1 * 5.0 - 0.2) - 0.02 - 4 * 0.008) / 0.0013) == 52
+
+
+def test_the_training_left_comes_from_the_epochs_and_steps_left() -> None:
+    callback = LieGGCallback(ACTION)
+    callback._batches_trained, callback._fit_start_epoch = 4, 0
+    trainer: Any = SimpleNamespace(num_training_batches=4, max_epochs=5, max_steps=-1, global_step=4,
+                                   accumulate_grad_batches=1)
+    assert callback._batches_left(trainer) == 16
+    trainer.max_steps = 10  # 6 optimizer steps left, 2 batches each
+    trainer.accumulate_grad_batches = 2
+    assert callback._batches_left(trainer) == 12
+    trainer.max_epochs, trainer.max_steps = -1, -1  # no end in sight: the budget is per analysis only
+    assert callback._batches_left(trainer) == math.inf
+    trainer.max_epochs, trainer.num_training_batches = 5, math.inf  # an iterable dataset without a length
+    assert callback._batches_left(trainer) == math.inf
+    callback._batches_trained, callback._fit_start_epoch = 8, 3  # resumed at epoch 3: 2 epochs of 4 batches
+    trainer.num_training_batches, trainer.max_epochs, trainer.max_steps = 4, 7, -1
+    assert callback._batches_left(trainer) == 8
+
+
+def test_on_a_long_fit_each_analysis_pays_its_share_of_the_one_time_costs() -> None:
+    callback = LieGGCallback(ACTION, overhead=0.1)
+    # 1 s between analyses, 99 s of training left: 100 analyses share 10 s less 0.5 s once
+    assert callback._analysis_budget(1, 1.0, 99.0, 0.5) == pytest.approx((10.0 - 0.5) / 100)
+    # every 4th: 25 analyses (this one, then at 4, 8, ..., 96 s)
+    assert callback._analysis_budget(4, 1.0, 99.0, 0.5) == pytest.approx((10.0 - 0.5) / 25)
+    assert callback._analysis_budget(1, 1.0, math.inf, 0.5) == pytest.approx(0.1)  # length unknown
 
 
 def test_reports_written_during_training_skip_the_disk_sync(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
