@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import os
 import re
+import sys
 import threading
 import time
 import warnings
@@ -42,6 +44,9 @@ _TIMING_SAMPLES = 32
 #: Seconds one set of pictures is assumed to take before the first one was timed (0.05-0.1 s measured
 #: on the examples' CPU), and reserved at the plan for the run's last one, which is always drawn.
 _DRAW_PRIOR = 0.15
+#: Seconds torch takes, once per process, to script its forward-mode decompositions at the first JVP
+#: (0.2-0.6 s measured on the examples' CPU): forward mode is only tried when a fit can win this back.
+_FORWARD_FIRST_USE = 0.3
 #: Batches an analysis takes at least (when there are as many), however small the budget.
 _MIN_BATCHES = 8
 #: Samples a sanity-check batch runs through the derivative pass to catch configuration errors.
@@ -100,6 +105,12 @@ def _shown_report(reports: Dict[str, SymmetryReport]) -> SymmetryReport:
     return reports.get(MODEL_OUTPUT, next(iter(reports.values())))
 
 
+def _forward_mode_loaded() -> bool:
+    """Whether torch has paid forward mode's first use in this process (or never will: no JIT)."""
+    return ("torch._decomp.decompositions_for_jvp" in sys.modules
+            or os.environ.get("PYTORCH_JIT", "1") != "1" or not __debug__)
+
+
 def _synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -121,19 +132,23 @@ class LieGGCallback(Callback):
     **Cost.** With ``max_samples="auto"`` (the default) the first analysis during ``fit`` prices
     its parts on a few samples (the derivative pass in forward and reverse mode, keeping the
     faster; the accumulation; the state kept around a batch; the solve) and takes the steady
-    pace of the training batches so far (the first batch's one-time costs left out), then fixes
-    how many samples every analysis takes so that these parts use 40% of ``overhead`` of the
-    training time between two analyses, spread evenly over the validation batches (every k-th
-    batch, never fewer than 8, when the batches' fixed costs alone would take too much). The
-    number stays fixed for the rest of the run, so epochs are comparable. Everything else the
-    callback does (logging, orbit curves, pictures, report files) is charged to the same
-    budget as it happens: pictures are drawn when the budget has room for them and for the
-    run's last one, which is always drawn, as is every ``validate``/``test``; report files are
-    written by a background thread. Where even the smallest analysis (``_MIN_BATCHES`` batches,
-    32 samples or 4 rows per generator) does not fit between two analyses, the callback analyses
-    every k-th time instead (k fixed with the samples and said in the plan's log line), unless a
-    ``ModelCheckpoint``/``EarlyStopping`` monitors its values; and when an analysis turns out
-    to cost more than the budget all the same, a warning says which ``every_n_epochs`` fits.
+    pace of the training batches so far (the first batch's one-time costs left out). The budget
+    of one analysis is ``overhead`` of the training between two analyses and, where the fit's
+    length is known (``max_epochs``, ``max_steps``), no more than an equal share, among the
+    analyses left, of ``overhead`` of the whole fit's training less what the run pays once (the
+    sanity check, the plan, the last picture): on a short fit these weigh. The samples are fixed
+    so that the priced parts use 40% of that budget, spread evenly over the validation batches
+    (every k-th batch, never fewer than 8, when the batches' fixed costs alone would take too
+    much), and stay fixed for the rest of the run, so epochs are comparable. Everything else the
+    callback does (logging, orbit curves, pictures, report files) is charged to the same budget
+    as it happens: pictures are drawn when the budget has room for them and for the run's last
+    one, which is always drawn, as is every ``validate``/``test``; report files are written by a
+    background thread. Where even the smallest analysis (``_MIN_BATCHES`` batches, 32 samples or
+    4 rows per generator) does not fit, the callback analyses every k-th time instead, counted
+    back from the fit's last epoch so that the last analysis sees the trained network (k fixed
+    with the samples and said in the plan's log line), unless a ``ModelCheckpoint``/
+    ``EarlyStopping`` monitors its values; and when an analysis turns out to cost more than the
+    budget all the same, a warning says which ``every_n_epochs`` fits.
 
     **Never harm.** The run it watches is left as it was: derivatives come from
     ``torch.autograd.grad`` on a copy of the input (parameter ``.grad`` is never touched), module
@@ -541,6 +556,11 @@ class LieGGCallback(Callback):
         if len(modes) == 2 and max(m, rows_per_sample) > 4 * min(m, rows_per_sample):
             # one mode needs over 4x the passes of the other: timing the loser would cost more than it tells
             modes = ["forward"] if m < rows_per_sample else ["reverse"]
+        skipped_forward = len(modes) == 2 and not _forward_mode_loaded() and (
+            _ANALYSIS_SHARE * self.overhead * self._fit_training(trainer) < _FORWARD_FIRST_USE)
+        if skipped_forward:
+            # forward mode's first use costs more than every analysis of this fit may: it could never pay off
+            modes = ["reverse"]
         failures: Dict[str, Exception] = {}
         timed = {mode: self._time_mode(pl_module, model, probe, mode, failures) for mode in modes}
         # every rank must analyse the same batches: agree on the slowest rank's prices
@@ -603,6 +623,8 @@ class LieGGCallback(Callback):
         other = "forward" if best == "reverse" else "reverse"
         other_note = (f"{other} {probe_cost(other) * 1e3:.1f} ms" if other in modes and math.isfinite(probe_cost(other))
                       else f"{other} not timed" if other not in modes else f"{other} failed")
+        if skipped_forward and best == "reverse":
+            other_note = f"forward not tried: its first use, ~{_FORWARD_FIRST_USE:g} s, is over this fit's budget"
         every = f", every {self._batch_stride} batches" if self._batch_stride > 1 else ""
         if self._epoch_stride > 1:
             every += f"; every {self.every_n_epochs * self._epoch_stride} epochs, to stay within the budget"
@@ -614,13 +636,21 @@ class LieGGCallback(Callback):
             f"on {probe.shape[0]} samples)."
         )
         if train_time > 0 and least > budget:
-            rank_zero_warn(
-                f"LieGGCallback: the smallest analysis ({self.planned_samples} samples and the solve, "
-                f"{least * 1e3:.0f} ms) is over the {max(budget, 0.0) * 1e3:.0f} ms `overhead={self.overhead:g}` "
-                f"leaves each analysis ({train_time:.2f} s of training between two, {fixed * 1e3:.0f} ms of the run's "
-                "budget taken by its one-time costs: the plan and the last picture). Analyse less often "
-                "(`every_n_epochs`) or allow more (`overhead`)."
-            )
+            if budget <= 0 and not self._monitored:  # a short fit: what it pays once takes its whole budget
+                rank_zero_warn(
+                    f"LieGGCallback: this fit is short for `overhead={self.overhead:g}`: what it pays once (the "
+                    f"sanity check, the plan and the last picture, {fixed * 1e3:.0f} ms) takes all of its budget, "
+                    f"{self.overhead:.0%} of about {-neg_train + remaining:.2f} s of training. One analysis "
+                    f"({least * 1e3:.0f} ms) comes all the same, at epoch {self._anchor_epoch}. Allow more "
+                    "(`overhead`) to analyse more often."
+                )
+            else:
+                rank_zero_warn(
+                    f"LieGGCallback: the smallest analysis ({self.planned_samples} samples and the solve, "
+                    f"{least * 1e3:.0f} ms) costs more than the {max(budget, 0.0) * 1e3:.0f} ms "
+                    f"`overhead={self.overhead:g}` leaves each analysis ({train_time:.2f} s of training between "
+                    "two). Analyse less often (`every_n_epochs`) or allow more (`overhead`)."
+                )
 
     def _one_time_costs(self, trainer: pl.Trainer, plan_started: float) -> float:
         """Seconds the run's budget pays once: spent so far (the sanity check, this plan), and its last picture."""
@@ -628,6 +658,14 @@ class LieGGCallback(Callback):
         if self.log_images and trainer.loggers:
             fixed += _DRAW_PRIOR  # the run's last analysis is always drawn
         return fixed
+
+    def _fit_training(self, trainer: pl.Trainer) -> float:
+        """Seconds of training the whole fit is expected to take at the pace so far; inf if its length is unknown."""
+        done = self._steady_training_time()
+        left = self._batches_left(trainer)
+        if not math.isfinite(left) or not self._batches_trained:
+            return math.inf
+        return done + left * done / self._batches_trained
 
     def _batches_left(self, trainer: pl.Trainer) -> float:
         """Training batches ``fit`` has left after those so far (``max_epochs``, ``max_steps``); inf if unknown."""

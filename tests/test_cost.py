@@ -227,6 +227,18 @@ def test_on_a_short_fit_the_one_time_costs_leave_fewer_analyses(monkeypatch: pyt
     assert callback.planned_samples == int((0.4 * (0.1 * 5.0 - 0.2) - 0.02 - 4 * 0.008) / 0.0013) == 52
 
 
+def test_a_fit_whose_one_time_costs_take_its_budget_is_analysed_once_at_its_end(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    callback = LieGGCallback(ACTION, overhead=0.1, log_images=False, save_reports=False)
+    # 0.6 s paid once, over 10% of the fit's 5 s of training
+    _fixed_prices(monkeypatch, callback, per_call=0.006, per_sample=0.0007, acc_call=0.001, acc_sample=0.0006,
+                  state=0.001, solve=0.02, training=1.0, one_time=0.6)
+    with pytest.warns(UserWarning, match=r"this fit is short for `overhead=0.1`.*600 ms.*at epoch 4"):
+        quiet_trainer(max_epochs=5, callbacks=[callback]).fit(TinyRegressor(), _loader(128, 32), _loader(128, 32))
+    assert [h["epoch"] for h in callback.history] == [4]
+
+
 def test_the_training_left_comes_from_the_epochs_and_steps_left() -> None:
     callback = LieGGCallback(ACTION)
     callback._batches_trained, callback._fit_start_epoch = 4, 0
@@ -271,3 +283,40 @@ def test_reports_written_during_training_skip_the_disk_sync(tmp_path: Path, monk
     assert len(synced) == 1  # the callback's files: atomic, without the wait
     fast = next(tmp_path.rglob("fast.json"))
     torch.testing.assert_close(SymmetryReport.load(fast).variances, report.variances, rtol=0, atol=0)
+
+
+class _WideRegressor(TinyRegressor):
+    """8 outputs, 3 of them trained: forward (25 JVPs) and reverse (8 VJPs) are both worth timing."""
+
+    def __init__(self) -> None:
+        super().__init__(outputs=8)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        return torch.nn.functional.mse_loss(self(x)[:, :3], y)
+
+    def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        pass
+
+
+@pytest.mark.parametrize("long_fit", [False, True])
+def test_forward_mode_is_tried_only_where_its_first_use_can_pay_off(
+    monkeypatch: pytest.MonkeyPatch, long_fit: bool
+) -> None:
+    callback = LieGGCallback(ACTION, log_images=False, save_reports=False)
+    monkeypatch.setattr(callback_module, "_forward_mode_loaded", lambda: False)  # as in a fresh process
+    if long_fit:  # 1000 s of training: 40% of 10% of it is far over the first use's 0.3 s
+        monkeypatch.setattr(callback, "_fit_training", lambda trainer: 1000.0)
+    tried: List[str] = []
+    original = callback._time_mode
+
+    def recording(pl_module: Any, model: Any, probe: Any, mode: str, failures: Any) -> Any:
+        tried.append(mode)
+        return original(pl_module, model, probe, mode, failures)
+
+    monkeypatch.setattr(callback, "_time_mode", recording)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        # a fit of a fraction of a second: its whole analysis budget is a few milliseconds
+        quiet_trainer(max_epochs=1, callbacks=[callback]).fit(_WideRegressor(), _loader(128, 32), _loader(64, 32))
+    assert tried == (["reverse", "forward"] if long_fit else ["reverse"])
