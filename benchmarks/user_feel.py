@@ -24,6 +24,11 @@ one more untimed run, the largest relative difference between the logged symmetr
 one of the whole validation set on the same weights (zero while the callback analyses everything;
 what a sample budget costs in accuracy otherwise).
 
+The warm-ups hide what the first fit of a process pays once: torch's first uses, the callback's
+plan and first picture. A user's ``python train.py`` pays it, so full runs also time, in
+``repeats`` alternating new interpreters, the first and only fit of each (without, with): the
+column "first fit of a process".
+
 Run it alone with ``python benchmarks/user_feel.py [--quick] [--device cuda]`` (it is the
 ``user_feel`` section of ``run.py``; results merge into ``benchmarks/results/<device>.json``).
 """
@@ -32,10 +37,12 @@ from __future__ import annotations
 
 import glob
 import inspect
+import json
 import logging
 import math
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -76,6 +83,7 @@ def o5_case(quick: bool) -> Dict[str, Any]:
         return O5Regressor(width=width), {"datamodule": O5DataModule(seed=0, **sizes)}
 
     return {
+        "key": "o5",
         "name": f"O(5) MLP 10-{width}x3-1" + (" (quick: 1,000 train, 200 val)" if quick
                                                else " (8,000 train, 1,000 val)"),
         "build": build,
@@ -99,6 +107,7 @@ def digits_case(quick: bool) -> Dict[str, Any]:
     if quick:
         trainer.update(limit_train_batches=2, limit_val_batches=1)
     return {
+        "key": "digits",
         "name": "rotated digits MLP 784-128x5-10" + (" (quick: 2 train batches, 1 val batch)" if quick
                                                      else " (1,397 train, 400 val)"),
         "build": build,
@@ -163,6 +172,7 @@ def resnet_case(quick: bool, model_fn: Optional[Callable[[], torch.nn.Module]] =
                               "val_dataloaders": loader(n_val, 2, False, 512)}
 
     return {
+        "key": "resnet",
         "name": f"ResNet-18 32x32 ({n_train:,} train, {n_val:,} val, random data)",
         "build": build,
         "metric": lambda: LieGGMetric(ImageAction(), reference_algebra="rotation"),
@@ -322,6 +332,30 @@ def _against_full_set(run: Dict[str, Any]) -> Dict[str, Any]:
             "median_rel_err_vs_full_set": statistics.median(errors) if errors else None}
 
 
+_CASES: Dict[str, Callable[[bool], Dict[str, Any]]] = {}  # filled below, once every case is defined
+
+
+def one_fit_in_this_process(key: str, with_callback: bool, device: str) -> Dict[str, Any]:
+    """One timed fit of case ``key`` (the full case), the first of this process: what ``python train.py`` meets."""
+    warnings.filterwarnings("ignore")
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    run = fit_once(_CASES[key](False), torch.device(device), tempfile.mkdtemp(prefix="liegg_fresh_"), "fresh",
+                   with_callback)
+    return {"fit_s": run["fit_s"], "callback_own_share": run.get("callback_own_share")}
+
+
+def fresh_process_fit(key: str, with_callback: bool, device: torch.device) -> Dict[str, Any]:
+    """:func:`one_fit_in_this_process` in a new interpreter: first-use costs (torch's, the callback's) included."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    code = (f"import sys, json; sys.path.insert(0, {here!r}); import user_feel; "
+            f"print('RESULT', json.dumps(user_feel.one_fit_in_this_process({key!r}, {with_callback}, "
+            f"{str(device)!r})))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    line = next(x for x in done.stdout.splitlines() if x.startswith("RESULT "))
+    return dict(json.loads(line[len("RESULT "):]))
+
+
 def measure_case(case: Dict[str, Any], device: torch.device, root: str, repeats: int, quick: bool,
                  log: Callable[[str], None]) -> Dict[str, Any]:
     """Fits without and with the callback, alternately; the JSON row of one case.
@@ -357,7 +391,21 @@ def measure_case(case: Dict[str, Any], device: torch.device, root: str, repeats:
     check = runs["with"][-1] if quick else fit_once(case, device, root, f"{tag}_full_set_check", True, full_set=True)
     row.update(_against_full_set(check))
     row["per_epoch_last_run"], row["per_epoch_full_set_check"] = runs["with"][-1]["epochs"], check["epochs"]
+    if not quick and case.get("key") in _CASES:
+        # the warm-ups above hide what the first fit of a process pays once (torch's first uses, the
+        # callback's plan and first picture); a user's `python train.py` pays it: alternate new processes
+        fresh: Dict[str, List[float]] = {"without": [], "with": []}
+        for i in range(repeats):
+            for variant in ("without", "with"):
+                fresh[variant].append(fresh_process_fit(case["key"], variant == "with", device)["fit_s"])
+                log(f"  {case['name']}: {variant} callback, first fit of a new process {i + 1}/{repeats}: "
+                    f"{fresh[variant][-1]:.2f} s")
+        row["fresh_times_without_s"], row["fresh_times_with_s"] = fresh["without"], fresh["with"]
+        row["fresh_ratio"] = statistics.median(fresh["with"]) / statistics.median(fresh["without"])
     return row
+
+
+_CASES.update(o5=o5_case, digits=digits_case, resnet=resnet_case)
 
 
 def _cases(device: torch.device, quick: bool) -> Tuple[List[Callable[[], Dict[str, Any]]], List[Dict[str, str]]]:
@@ -413,12 +461,14 @@ def render(section: Dict[str, Any]) -> str:
     rows = [{"case": r["case"], "epochs": r["epochs"], "fit without (s)": r["fit_without_s"],
              "fit with (s)": r["fit_with_s"], "with / without": r["ratio"], "(of minima)": r["ratio_of_minima"],
              "own time / training": r.get("callback_own_share"),
+             "first fit of a process: with / without": r.get("fresh_ratio"),
              "samples / epoch": _samples_cell(r["samples_per_epoch"]),
              "std of symmetry variance": r.get("symmetry_variance_std"),
              "(/ mean)": r.get("symmetry_variance_rel_std"),
              "max rel err vs full set": r.get("max_rel_err_vs_full_set"), "pictures": r.get("pictures_logged")}
             for r in section["rows"]]
     cols = ["case", "epochs", "fit without (s)", "fit with (s)", "with / without", "(of minima)", "own time / training",
+            "first fit of a process: with / without",
             "samples / epoch",
             "std of symmetry variance", "(/ mean)", "max rel err vs full set", "pictures"]
     text = table(rows, cols, f"user_feel: fit with LieGGCallback at its defaults / without "
