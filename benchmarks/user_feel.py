@@ -284,10 +284,11 @@ def fit_once(case: Dict[str, Any], device: torch.device, root: str, name: str, w
         devices=1, **case["trainer"],
     )
     sync(device)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     trainer.fit(module, **data)
     sync(device)
-    out: Dict[str, Any] = {"fit_s": time.perf_counter() - start, "log_dir": logger.log_dir}
+    out: Dict[str, Any] = {"fit_s": time.perf_counter() - start, "fit_cpu_s": time.process_time() - cpu_start,
+                           "log_dir": logger.log_dir}
     if probe is not None and liegg is not None:
         out["epochs"] = probe.epochs
         out["history_symmetry_variance"] = [float(h["symmetry_variance"]) for h in getattr(liegg, "history", [])
@@ -383,6 +384,13 @@ def measure_case(case: Dict[str, Any], device: torch.device, root: str, repeats:
         "symmetry_variances_by_run": [r["history_symmetry_variance"] for r in runs["with"]],
     }
     row["ratio"] = row["fit_with_s"] / row["fit_without_s"]
+    # each pair ran back to back: the median of the pairs' ratios, and of their CPU times (every thread
+    # of the process; time the machine gives to other tenants is not in it)
+    row["pair_ratios"] = [b / a for a, b in zip(times["without"], times["with"])]
+    row["median_pair_ratio"] = statistics.median(row["pair_ratios"])
+    cpu = {v: [r["fit_cpu_s"] for r in rs] for v, rs in runs.items()}
+    row["cpu_times_without_s"], row["cpu_times_with_s"] = cpu["without"], cpu["with"]
+    row["cpu_ratio"] = statistics.median(cpu["with"]) / statistics.median(cpu["without"])
     shares = [r["callback_own_share"] for r in runs["with"] if "callback_own_share" in r]
     row["callback_own_share"] = statistics.median(shares) if shares else None
     row["ratio_of_minima"] = row["fit_with_min_s"] / row["fit_without_min_s"]
@@ -461,6 +469,7 @@ def render(section: Dict[str, Any]) -> str:
     rows = [{"case": r["case"], "epochs": r["epochs"], "fit without (s)": r["fit_without_s"],
              "fit with (s)": r["fit_with_s"], "with / without": r["ratio"], "(of minima)": r["ratio_of_minima"],
              "own time / training": r.get("callback_own_share"),
+             "median of pair ratios": r.get("median_pair_ratio"), "CPU time with / without": r.get("cpu_ratio"),
              "first fit of a process: with / without": r.get("fresh_ratio"),
              "samples / epoch": _samples_cell(r["samples_per_epoch"]),
              "std of symmetry variance": r.get("symmetry_variance_std"),
@@ -468,7 +477,7 @@ def render(section: Dict[str, Any]) -> str:
              "max rel err vs full set": r.get("max_rel_err_vs_full_set"), "pictures": r.get("pictures_logged")}
             for r in section["rows"]]
     cols = ["case", "epochs", "fit without (s)", "fit with (s)", "with / without", "(of minima)", "own time / training",
-            "first fit of a process: with / without",
+            "median of pair ratios", "CPU time with / without", "first fit of a process: with / without",
             "samples / epoch",
             "std of symmetry variance", "(/ mean)", "max rel err vs full set", "pictures"]
     text = table(rows, cols, f"user_feel: fit with LieGGCallback at its defaults / without "

@@ -3,7 +3,9 @@
 Two cases: a small CNN on 28x28 images (10 outputs, gl(2)) and an MLP on the O(5) inputs (two
 vectors of R^5, gl(5)), each with a 20-analysis history. Prints the first call (fonts and colour
 maps loaded) and the median of the next ``--repeats`` calls of ``render_pictures``, and the
-model-side ``orbit_outputs``. One torch thread.
+model-side ``orbit_outputs``. Then the sending of the drawn set to a ``TensorBoardLogger`` (the
+callback's way, a 256-colour PNG per picture, against TensorBoard's ``add_image``, alternately,
+each flushed to disk). One torch thread.
 
 Usage::
 
@@ -20,9 +22,10 @@ import functools
 import importlib.util
 import inspect
 import statistics
+import tempfile
 import time
 from types import ModuleType
-from typing import Any, Callable, List
+from typing import Any, Callable, Dict, List, Tuple
 
 import torch
 from torch import nn
@@ -81,6 +84,38 @@ def main() -> None:
         times = _seconds(functools.partial(R.render_pictures, report, action, **kwargs), args.repeats)
         print(f"{name}: render_pictures first {times[0]:.3f} s, median {statistics.median(times[1:]):.3f} s "
               f"over {args.repeats}{orbit_line}")
+        images = current.render_pictures(report, action, **kwargs)  # type: ignore[arg-type]
+        ours, theirs = _sending_times(images, args.repeats)
+        print(f"{name}: sending to TensorBoard median {1e3 * ours:.1f} ms (add_image: {1e3 * theirs:.1f} ms, "
+              f"{theirs / ours:.2f}x)")
+
+
+def _sending_times(images: Dict[str, Any], repeats: int) -> Tuple[float, float]:
+    """Median seconds to send ``images`` to TensorBoard the callback's way and with ``add_image``, alternately."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from liegg_lightning._loggers import _to_tensorboard
+
+    with tempfile.TemporaryDirectory() as root:
+        logger = TensorBoardLogger(root, name="timing")
+        writer = logger.experiment
+
+        def with_add_image(step: int) -> None:
+            for tag, image in images.items():
+                writer.add_image("add_image/" + tag, image, global_step=step, dataformats="HWC")
+            writer.add_text("add_image/generators_text", "text", global_step=step)
+            writer.flush()
+
+        ours, theirs = [], []
+        for step in range(repeats + 1):
+            start = time.perf_counter()
+            _to_tensorboard(logger, images, "text", step, "ours/")
+            ours.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            with_add_image(step)
+            theirs.append(time.perf_counter() - start)
+        logger.finalize("success")
+    return statistics.median(ours[1:]), statistics.median(theirs[1:])
 
 
 if __name__ == "__main__":
