@@ -293,6 +293,7 @@ def fit_once(case: Dict[str, Any], device: torch.device, root: str, name: str, w
         out["epochs"] = probe.epochs
         out["history_symmetry_variance"] = [float(h["symmetry_variance"]) for h in getattr(liegg, "history", [])
                                             if "symmetry_variance" in h]
+        out["derivative"] = getattr(liegg.metric, "resolved_derivative", None)  # the mode the plan kept
         cost = getattr(liegg, "_cost", None)  # its own clocks: work in the loop, pictures, report files
         if callable(cost) and probe.training_s:
             out["callback_own_s"] = cost()
@@ -395,6 +396,7 @@ def measure_case(case: Dict[str, Any], device: torch.device, root: str, repeats:
     row["callback_own_share"] = statistics.median(shares) if shares else None
     row["ratio_of_minima"] = row["fit_with_min_s"] / row["fit_without_min_s"]
     row.update(_summary(runs["with"][-1]))
+    row["derivatives"] = sorted({str(r.get("derivative")) for r in runs["with"]})
     row["pictures_logged"] = _count_pictures(runs["with"][-1]["log_dir"])
     check = runs["with"][-1] if quick else fit_once(case, device, root, f"{tag}_full_set_check", True, full_set=True)
     row.update(_against_full_set(check))
@@ -472,13 +474,14 @@ def render(section: Dict[str, Any]) -> str:
              "median of pair ratios": r.get("median_pair_ratio"), "CPU time with / without": r.get("cpu_ratio"),
              "first fit of a process: with / without": r.get("fresh_ratio"),
              "samples / epoch": _samples_cell(r["samples_per_epoch"]),
+             "derivative": "/".join(r.get("derivatives", [])) or None,
              "std of symmetry variance": r.get("symmetry_variance_std"),
              "(/ mean)": r.get("symmetry_variance_rel_std"),
              "max rel err vs full set": r.get("max_rel_err_vs_full_set"), "pictures": r.get("pictures_logged")}
             for r in section["rows"]]
     cols = ["case", "epochs", "fit without (s)", "fit with (s)", "with / without", "(of minima)", "own time / training",
             "median of pair ratios", "CPU time with / without", "first fit of a process: with / without",
-            "samples / epoch",
+            "samples / epoch", "derivative",
             "std of symmetry variance", "(/ mean)", "max rel err vs full set", "pictures"]
     text = table(rows, cols, f"user_feel: fit with LieGGCallback at its defaults / without "
                              f"(TensorBoardLogger, median of {section['repeats']} alternating runs)")

@@ -45,8 +45,9 @@ _TIMING_SAMPLES = 32
 #: on the examples' CPU), and reserved at the plan for the run's last one, which is always drawn.
 _DRAW_PRIOR = 0.15
 #: Seconds torch takes, once per process, to script its forward-mode decompositions at the first JVP
-#: (0.2-0.6 s measured on the examples' CPU): forward mode is only tried when a fit can win this back.
-_FORWARD_FIRST_USE = 0.3
+#: (0.66-0.80 s in new processes on the examples' CPU, ``docs/time_forward_first_use.py``): forward
+#: mode is only tried where a fit's analyses could win this back.
+_FORWARD_FIRST_USE = 0.5
 #: Batches an analysis takes at least (when there are as many), however small the budget.
 _MIN_BATCHES = 8
 #: Samples a sanity-check batch runs through the derivative pass to catch configuration errors.
@@ -636,10 +637,11 @@ class LieGGCallback(Callback):
             f"on {probe.shape[0]} samples)."
         )
         if train_time > 0 and least > budget:
-            if budget <= 0 and not self._monitored:  # a short fit: what it pays once takes its whole budget
+            only = math.isfinite(remaining) and remaining < train_time  # the fit has one analysis
+            if (budget <= 0 or only) and not self._monitored:  # a short fit: what it pays once takes its budget
                 rank_zero_warn(
                     f"LieGGCallback: this fit is short for `overhead={self.overhead:g}`: what it pays once (the "
-                    f"sanity check, the plan and the last picture, {fixed * 1e3:.0f} ms) takes all of its budget, "
+                    f"sanity check, the plan and the last picture, {fixed * 1e3:.0f} ms) takes most of its budget, "
                     f"{self.overhead:.0%} of about {-neg_train + remaining:.2f} s of training. One analysis "
                     f"({least * 1e3:.0f} ms) comes all the same, at epoch {self._anchor_epoch}. Allow more "
                     "(`overhead`) to analyse more often."

@@ -305,7 +305,7 @@ def test_forward_mode_is_tried_only_where_its_first_use_can_pay_off(
 ) -> None:
     callback = LieGGCallback(ACTION, log_images=False, save_reports=False)
     monkeypatch.setattr(callback_module, "_forward_mode_loaded", lambda: False)  # as in a fresh process
-    if long_fit:  # 1000 s of training: 40% of 10% of it is far over the first use's 0.3 s
+    if long_fit:  # 1000 s of training: 40% of 10% of it is far over the first use's 0.5 s
         monkeypatch.setattr(callback, "_fit_training", lambda trainer: 1000.0)
     tried: List[str] = []
     original = callback._time_mode
