@@ -185,6 +185,38 @@ def resnet_case(quick: bool, model_fn: Optional[Callable[[], torch.nn.Module]] =
 # one fit
 
 
+def _clock_class() -> type:
+    import lightning.pytorch as pl
+
+    class Clock(pl.Callback):
+        """In both variants: the seconds of the training steps (batch start to end) and of validation.
+
+        The callback works in validation and after the last epoch, never inside a training step: a
+        difference in the steps' time is either a cost it causes there (caches, allocator, threads)
+        or the machine's noise, and the two variants' steps show which.
+        """
+
+        def __init__(self) -> None:
+            self.steps_s = 0.0
+            self.validation_s = 0.0
+            self._started = 0.0
+
+        def on_train_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
+            self._started = time.perf_counter()
+
+        def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+            self.steps_s += time.perf_counter() - self._started
+
+        def on_validation_epoch_start(self, trainer: pl.Trainer, *args: Any) -> None:
+            self._started = time.perf_counter()
+
+        def on_validation_epoch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+            if not trainer.sanity_checking:
+                self.validation_s += time.perf_counter() - self._started
+
+    return Clock
+
+
 def _probe_class() -> type:
     import lightning.pytorch as pl
 
@@ -271,12 +303,13 @@ def fit_once(case: Dict[str, Any], device: torch.device, root: str, name: str, w
 
     pl.seed_everything(0, verbose=False)
     module, data = case["build"]()
-    callbacks: List[Any] = []
+    clock = _clock_class()()
+    callbacks: List[Any] = [clock]
     liegg = probe = None
     if with_callback:
         liegg = LieGGCallback(case["metric"]())  # every callback argument at its default
         probe = _probe_class()(liegg, case["metric"] if full_set else None)
-        callbacks = [liegg, probe]
+        callbacks = [liegg, probe, clock]
     logger = TensorBoardLogger(root, name=name)
     trainer = pl.Trainer(
         max_epochs=epochs or case["epochs"], logger=logger, callbacks=callbacks, enable_checkpointing=False,
@@ -288,7 +321,7 @@ def fit_once(case: Dict[str, Any], device: torch.device, root: str, name: str, w
     trainer.fit(module, **data)
     sync(device)
     out: Dict[str, Any] = {"fit_s": time.perf_counter() - start, "fit_cpu_s": time.process_time() - cpu_start,
-                           "log_dir": logger.log_dir}
+                           "steps_s": clock.steps_s, "validation_s": clock.validation_s, "log_dir": logger.log_dir}
     if probe is not None and liegg is not None:
         out["epochs"] = probe.epochs
         out["history_symmetry_variance"] = [float(h["symmetry_variance"]) for h in getattr(liegg, "history", [])
@@ -390,6 +423,15 @@ def measure_case(case: Dict[str, Any], device: torch.device, root: str, repeats:
     row["pair_ratios"] = [b / a for a, b in zip(times["without"], times["with"])]
     row["median_pair_ratio"] = statistics.median(row["pair_ratios"])
     cpu = {v: [r["fit_cpu_s"] for r in rs] for v, rs in runs.items()}
+    # where the difference lies: the training steps (the callback never runs inside one) and the rest
+    steps = {v: [r["steps_s"] for r in rs] for v, rs in runs.items()}
+    row["steps_without_s"], row["steps_with_s"] = steps["without"], steps["with"]
+    row["steps_ratio"] = statistics.median(steps["with"]) / statistics.median(steps["without"])
+    row["validation_without_s"] = [r["validation_s"] for r in runs["without"]]
+    row["validation_with_s"] = [r["validation_s"] for r in runs["with"]]
+    # each pair's ratio with the training steps of the run with the callback replaced by its partner's
+    row["ratio_steps_as_without"] = statistics.median(
+        (w["fit_s"] - w["steps_s"] + o["steps_s"]) / o["fit_s"] for o, w in zip(runs["without"], runs["with"]))
     row["cpu_times_without_s"], row["cpu_times_with_s"] = cpu["without"], cpu["with"]
     row["cpu_ratio"] = statistics.median(cpu["with"]) / statistics.median(cpu["without"])
     shares = [r["callback_own_share"] for r in runs["with"] if "callback_own_share" in r]
@@ -472,6 +514,8 @@ def render(section: Dict[str, Any]) -> str:
              "fit with (s)": r["fit_with_s"], "with / without": r["ratio"], "(of minima)": r["ratio_of_minima"],
              "own time / training": r.get("callback_own_share"),
              "median of pair ratios": r.get("median_pair_ratio"), "CPU time with / without": r.get("cpu_ratio"),
+             "training steps with / without": r.get("steps_ratio"),
+             "pairs, steps as without": r.get("ratio_steps_as_without"),
              "first fit of a process: with / without": r.get("fresh_ratio"),
              "samples / epoch": _samples_cell(r["samples_per_epoch"]),
              "derivative": "/".join(r.get("derivatives", [])) or None,
@@ -480,7 +524,8 @@ def render(section: Dict[str, Any]) -> str:
              "max rel err vs full set": r.get("max_rel_err_vs_full_set"), "pictures": r.get("pictures_logged")}
             for r in section["rows"]]
     cols = ["case", "epochs", "fit without (s)", "fit with (s)", "with / without", "(of minima)", "own time / training",
-            "median of pair ratios", "CPU time with / without", "first fit of a process: with / without",
+            "median of pair ratios", "CPU time with / without", "training steps with / without",
+            "pairs, steps as without", "first fit of a process: with / without",
             "samples / epoch", "derivative",
             "std of symmetry variance", "(/ mean)", "max rel err vs full set", "pictures"]
     text = table(rows, cols, f"user_feel: fit with LieGGCallback at its defaults / without "
