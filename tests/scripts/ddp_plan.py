@@ -37,6 +37,7 @@ class Recorder(L.Callback):
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         data = {"planned_samples": self.liegg.planned_samples,
                 "num_samples": [h["num_samples"] for h in self.liegg.history],
+                "epochs": [h["epoch"] for h in self.liegg.history],
                 "derivative": self.liegg.metric.resolved_derivative,
                 "epoch_stride": self.liegg._epoch_stride, "batch_stride": self.liegg._batch_stride}
         with open(os.path.join(self.out, f"rank{trainer.global_rank}.json"), "w") as fh:
