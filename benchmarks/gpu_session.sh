@@ -28,6 +28,7 @@ python3 benchmarks/run.py --device cuda --quick --out /tmp/liegg_quick > "$OUT/q
 for section in overhead solve methods user_feel; do
   limit="${SECTION_LIMIT:-150}"
   [ "$section" = user_feel ] && limit="${USER_FEEL_LIMIT:-300}"
-  timeout "$limit" python3 benchmarks/run.py --device cuda --only "$section" --out "$OUT" > "$OUT/$section.txt" 2>&1
+  # one pair of new processes for the first-fit column: each starts CUDA and trains a ResNet-18 afresh
+  USER_FEEL_FRESH="${USER_FEEL_FRESH:-1}" timeout "$limit" python3 benchmarks/run.py --device cuda --only "$section" --out "$OUT" > "$OUT/$section.txt" 2>&1
   echo "$section rc=$?" | tee -a "$OUT/$section.txt"
 done

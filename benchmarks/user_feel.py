@@ -26,8 +26,8 @@ what a sample budget costs in accuracy otherwise).
 
 The warm-ups hide what the first fit of a process pays once: torch's first uses, the callback's
 plan and first picture. A user's ``python train.py`` pays it, so full runs also time, in
-``repeats`` alternating new interpreters, the first and only fit of each (without, with): the
-column "first fit of a process".
+``repeats`` alternating new interpreters (``USER_FEEL_FRESH=k`` for k instead, 0 for none), the
+first and only fit of each (without, with): the column "first fit of a process".
 
 Run it alone with ``python benchmarks/user_feel.py [--quick] [--device cuda]`` (it is the
 ``user_feel`` section of ``run.py``; results merge into ``benchmarks/results/<device>.json``).
@@ -447,13 +447,15 @@ def measure_case(case: Dict[str, Any], device: torch.device, root: str, repeats:
         # the warm-ups above hide what the first fit of a process pays once (torch's first uses, the
         # callback's plan and first picture); a user's `python train.py` pays it: alternate new processes
         fresh: Dict[str, List[float]] = {"without": [], "with": []}
-        for i in range(repeats):
+        pairs = int(os.environ.get("USER_FEEL_FRESH", repeats))  # a short GPU session may ask for fewer
+        for i in range(pairs):
             for variant in ("without", "with"):
                 fresh[variant].append(fresh_process_fit(case["key"], variant == "with", device)["fit_s"])
-                log(f"  {case['name']}: {variant} callback, first fit of a new process {i + 1}/{repeats}: "
+                log(f"  {case['name']}: {variant} callback, first fit of a new process {i + 1}/{pairs}: "
                     f"{fresh[variant][-1]:.2f} s")
         row["fresh_times_without_s"], row["fresh_times_with_s"] = fresh["without"], fresh["with"]
-        row["fresh_ratio"] = statistics.median(fresh["with"]) / statistics.median(fresh["without"])
+        if pairs > 0:
+            row["fresh_ratio"] = statistics.median(fresh["with"]) / statistics.median(fresh["without"])
     return row
 
 
