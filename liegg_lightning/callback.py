@@ -591,8 +591,7 @@ class LieGGCallback(Callback):
         per_batch = price[best][0] + acc_batch + state
         per_sample = price[best][1] + acc_sample
         train_time = -neg_train
-        left = self._batches_left(trainer)
-        remaining = left * train_time / self._batches_trained if self._batches_trained and train_time > 0 else math.inf
+        remaining = self._training_left(trainer, train_time) if train_time > 0 else math.inf
         batches = self._analysed_batches(trainer.num_val_batches)
         # enough rows for the algebra (4 per generator), and never fewer than the timed probe
         floor = max(_TIMING_SAMPLES, math.ceil(4 * m / max(rows_per_sample, 1)))
@@ -604,7 +603,8 @@ class LieGGCallback(Callback):
                 # the analyses that remain end with the fit's last epoch, the trained network; unknown, from here
                 self._anchor_epoch = trainer.current_epoch
                 if math.isfinite(remaining):
-                    epochs = math.ceil((self._batches_trained + left) / trainer.num_training_batches)
+                    fit_batches = self._batches_trained + self._batches_left(trainer)
+                    epochs = math.ceil(fit_batches / trainer.num_training_batches)
                     self._anchor_epoch = self._fit_start_epoch + epochs - 1
         budget = self._analysis_budget(self._epoch_stride, train_time, remaining, fixed)
         train_time *= self._epoch_stride
@@ -664,10 +664,14 @@ class LieGGCallback(Callback):
     def _fit_training(self, trainer: pl.Trainer) -> float:
         """Seconds of training the whole fit is expected to take at the pace so far; inf if its length is unknown."""
         done = self._steady_training_time()
+        return done + self._training_left(trainer, done)
+
+    def _training_left(self, trainer: pl.Trainer, done: float) -> float:
+        """Seconds of training ``fit`` has left, ``done`` seconds having trained the batches so far; inf if unknown."""
         left = self._batches_left(trainer)
         if not math.isfinite(left) or not self._batches_trained:
             return math.inf
-        return done + left * done / self._batches_trained
+        return left * done / self._batches_trained
 
     def _batches_left(self, trainer: pl.Trainer) -> float:
         """Training batches ``fit`` has left after those so far (``max_epochs``, ``max_steps``); inf if unknown."""

@@ -216,7 +216,7 @@ def test_on_a_short_fit_the_one_time_costs_leave_fewer_analyses(monkeypatch: pyt
     callback = LieGGCallback(ACTION, overhead=0.1, log_images=False, save_reports=False)
     # the prices of the test above (smallest analysis 96 ms), and 0.2 s paid once (the plan, the last
     # picture): 0.3 s of the fit's 0.5 s left. Every 3rd or 4th epoch: two analyses, 60 ms each for
-    # the analysis, short of 96 ms; only the plan's epoch: 0.12 s, enough
+    # the analysis, short of 96 ms; one analysis, at the last epoch: 0.12 s, enough
     _fixed_prices(monkeypatch, callback, per_call=0.006, per_sample=0.0007, acc_call=0.001, acc_sample=0.0006,
                   state=0.001, solve=0.02, training=1.0, one_time=0.2)
     with warnings.catch_warnings():
