@@ -367,14 +367,18 @@ def _against_full_set(run: Dict[str, Any]) -> Dict[str, Any]:
             "median_rel_err_vs_full_set": statistics.median(errors) if errors else None}
 
 
+def _quiet_lightning() -> None:
+    for name in ("lightning.pytorch", "lightning.fabric"):  # banners and tips would interleave the tables
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 _CASES: Dict[str, Callable[[bool], Dict[str, Any]]] = {}  # filled below, once every case is defined
 
 
 def one_fit_in_this_process(key: str, with_callback: bool, device: str) -> Dict[str, Any]:
     """One timed fit of case ``key`` (the full case), the first of this process: what ``python train.py`` meets."""
     warnings.filterwarnings("ignore")
-    for name in ("lightning.pytorch", "lightning.fabric"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    _quiet_lightning()
     run = fit_once(_CASES[key](False), torch.device(device), tempfile.mkdtemp(prefix="liegg_fresh_"), "fresh",
                    with_callback)
     return {"fit_s": run["fit_s"], "callback_own_share": run.get("callback_own_share")}
@@ -484,8 +488,7 @@ def run(device: torch.device, quick: bool, repeats: int, log: Callable[[str], No
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     warnings.filterwarnings("ignore", ".*LeafSpec.*")
     warnings.filterwarnings("ignore", ".*smaller than the logging interval.*")
-    for name in ("lightning.pytorch", "lightning.fabric"):  # banners and tips would interleave the tables
-        logging.getLogger(name).setLevel(logging.WARNING)
+    _quiet_lightning()
     reps = explicit_repeats or (1 if quick else 3)
     root = tempfile.mkdtemp(prefix="liegg_user_feel_")
     builders, skipped = _cases(device, quick)

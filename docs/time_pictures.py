@@ -94,17 +94,13 @@ def _sending_times(images: Dict[str, Any], repeats: int) -> Tuple[float, float]:
     """Median seconds to send ``images`` to TensorBoard the callback's way and with ``add_image``, alternately."""
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    from liegg_lightning._loggers import _to_tensorboard
+    from liegg_lightning._loggers import _to_tensorboard, _to_tensorboard_with_add_image
 
     with tempfile.TemporaryDirectory() as root:
         logger = TensorBoardLogger(root, name="timing")
-        writer = logger.experiment
 
         def with_add_image(step: int) -> None:
-            for tag, image in images.items():
-                writer.add_image("add_image/" + tag, image, global_step=step, dataformats="HWC")
-            writer.add_text("add_image/generators_text", "text", global_step=step)
-            writer.flush()
+            _to_tensorboard_with_add_image(logger.experiment, images, "text", step, "add_image/")
 
         ours, theirs = [], []
         for step in range(repeats + 1):

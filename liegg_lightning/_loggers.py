@@ -148,9 +148,16 @@ def _to_tensorboard(logger: TensorBoardLogger, images: Dict[str, Any], text: str
             for tag, image in images.items()
         ]
         file_writer().add_summary(Summary(value=values), step)
+        writer.add_text(prefix + "generators_text", text, global_step=step)
+        writer.flush()
     else:  # a writer without torch's internals (tensorboardX): its public call
-        for tag, image in images.items():
-            writer.add_image(prefix + tag, image, global_step=step, dataformats="HWC")
+        _to_tensorboard_with_add_image(writer, images, text, step, prefix)
+
+
+def _to_tensorboard_with_add_image(writer: Any, images: Dict[str, Any], text: str, step: int, prefix: str) -> None:
+    """The same pictures and text through the writer's public ``add_image`` (float32 round trip, level-6 PNG)."""
+    for tag, image in images.items():
+        writer.add_image(prefix + tag, image, global_step=step, dataformats="HWC")
     writer.add_text(prefix + "generators_text", text, global_step=step)
     writer.flush()
 

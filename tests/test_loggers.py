@@ -238,3 +238,23 @@ def test_failures_become_warnings(tmp_path: Path, analysed: Dict[str, Any], monk
         _send([Broken()], analysed)
     with pytest.warns(UserWarning, match="saving the report to Broken failed"):
         assert L.save_report([Broken()], analysed["report"], FILENAME) == []
+
+
+def test_a_writer_without_torchs_internals_gets_the_pictures_through_add_image() -> None:
+    calls: List[Any] = []
+
+    class PublicOnlyWriter:  # tensorboardX-like: no `_get_file_writer`
+        def add_image(self, tag: str, image: Any, global_step: int, dataformats: str) -> None:
+            calls.append(("image", tag, image.shape, global_step, dataformats))
+
+        def add_text(self, tag: str, text: str, global_step: int) -> None:
+            calls.append(("text", tag, text, global_step))
+
+        def flush(self) -> None:
+            calls.append(("flush",))
+
+    logger: Any = type("Logger", (), {"experiment": PublicOnlyWriter()})()
+    picture = np.zeros((8, 6, 3), dtype=np.uint8)
+    L._to_tensorboard(logger, {"spectrum": picture}, "h0 ...", 7, "liegg/")
+    assert calls == [("image", "liegg/spectrum", (8, 6, 3), 7, "HWC"),
+                     ("text", "liegg/generators_text", "h0 ...", 7), ("flush",)]
