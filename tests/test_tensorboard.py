@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import io
-import json
 import math
+import os
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -167,11 +167,24 @@ def test_report_save_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     report.save(target)
     before = target.read_text()
 
-    def broken_dump(obj: Any, fh: Any, **kwargs: Any) -> None:
-        fh.write('{"singular_values": [0.0, ')  # the process dies half way through
-        raise KeyboardInterrupt
+    real_fdopen = os.fdopen
 
-    monkeypatch.setattr(json, "dump", broken_dump)
+    class HalfWritten:  # the process dies half way through writing the file
+        def __init__(self, fd: int, *args: Any, **kwargs: Any) -> None:
+            self.fh = real_fdopen(fd, *args, **kwargs)
+
+        def __enter__(self) -> HalfWritten:
+            return self
+
+        def __exit__(self, *exc: Any) -> None:
+            self.fh.close()
+
+        def write(self, text: str) -> None:
+            self.fh.write(text[: len(text) // 2])
+            self.fh.flush()
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "fdopen", HalfWritten)
     with pytest.raises(KeyboardInterrupt):
         report.save(target)
     assert target.read_text() == before
