@@ -142,11 +142,15 @@ def _fmt(value: float, decimals: int) -> str:
 
 
 def _log_floor(values: np.ndarray) -> float:
-    """A positive floor for a log axis: the float64 resolution below the largest value."""
+    """A positive floor for a log axis: what float64 can resolve below the largest of ``m`` values.
+
+    An eigensolver's float64 values carry an absolute error of about ``m * eps`` times the largest:
+    below that, a value is rounding (a zero may come back as 7e-16 of the top), drawn at the floor.
+    """
     finite = values[np.isfinite(values)]
     top = float(finite.max()) if finite.size else 0.0
     if top > 0.0:
-        return max(top * 1e-16, np.finfo(np.float64).tiny)
+        return max(top * max(finite.size, 1) * float(np.finfo(np.float64).eps), np.finfo(np.float64).tiny)
     return 1e-16  # all zero: any positive floor draws a flat line
 
 
