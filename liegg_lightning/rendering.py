@@ -150,7 +150,7 @@ def _log_floor(values: np.ndarray) -> float:
     finite = values[np.isfinite(values)]
     top = float(finite.max()) if finite.size else 0.0
     if top > 0.0:
-        return max(top * max(finite.size, 1) * float(np.finfo(np.float64).eps), np.finfo(np.float64).tiny)
+        return max(top * finite.size * float(np.finfo(np.float64).eps), np.finfo(np.float64).tiny)
     return 1e-16  # all zero: any positive floor draws a flat line
 
 
