@@ -1,0 +1,385 @@
+"""The callback's budget, wired to a Trainer: its clocks, which runs are analysed, and the plan.
+
+The arithmetic is in :mod:`liegg_lightning._cost`; the prices come from
+:mod:`liegg_lightning._pricing`. This module reads the Trainer, agrees the numbers across
+processes (every collective here is reached by every process) and says what it decided.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Union
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from torch import Tensor
+
+from liegg_lightning._batches import extract_input
+from liegg_lightning._cost import (
+    ANALYSIS_SHARE,
+    TIMING_SAMPLES,
+    FitShape,
+    Ledger,
+    Plan,
+    Prices,
+    Schedule,
+    batches_left,
+    every_that_fits,
+    make_plan,
+    may_draw_now,
+)
+from liegg_lightning._errors import InputError
+from liegg_lightning._pricing import measure_prices
+from liegg_lightning._state import preserved_state
+from liegg_lightning.functional.polarization import choose_derivative
+
+if TYPE_CHECKING:
+    from liegg_lightning.callback import LieGGCallback
+
+__all__ = ["DRAW_PRIOR", "Planner", "spread"]
+
+#: Seconds one set of pictures is assumed to take before the first one was timed; also reserved at
+#: the plan for the run's last picture, which is always drawn.
+DRAW_PRIOR = 0.15
+_MODES = ("reverse", "forward")
+
+
+def spread(inputs: Tensor, count: int) -> Tensor:
+    """``count`` samples spread evenly over the batch (validation sets are often ordered)."""
+    n = inputs.shape[0]
+    if count >= n:
+        return inputs
+    index = torch.linspace(0, n - 1, count).round().long().to(inputs.device)
+    return inputs.index_select(0, index)
+
+
+def _agree_max(trainer: pl.Trainer, values: List[float]) -> List[float]:
+    """The largest of ``values`` over the processes (one all-reduce, which every process must reach)."""
+    if trainer.world_size <= 1:
+        return [float(v) for v in values]
+    local = torch.tensor(values, dtype=torch.float64, device=trainer.strategy.root_device)
+    return [float(v) for v in trainer.strategy.reduce(local, reduce_op="max")]
+
+
+def _validation_spacing(trainer: pl.Trainer) -> float:
+    """Epochs of training between two validation runs of ``fit`` (NaN when the epoch has no length)."""
+    per_epoch = trainer.num_training_batches
+    if not math.isfinite(per_epoch) or per_epoch <= 0:
+        return math.nan
+    share = min(float(trainer.val_check_batch) / per_epoch, 1.0)
+    every = trainer.check_val_every_n_epoch
+    return share * every if every is not None else float(trainer.val_check_batch) / per_epoch
+
+
+class Planner:
+    """One callback's budget: the fit's :class:`Ledger`, the :class:`Schedule` and the :class:`Plan`."""
+
+    def __init__(self, callback: LieGGCallback) -> None:
+        self.callback = callback
+        #: The clock every fit's ledger reads (seconds); a test may fix it.
+        self.clock: Callable[[], float] = time.perf_counter
+        self.ledger = Ledger()
+        self.plan: Optional[Plan] = None
+        self.schedule = Schedule(self.every)
+        self.monitored = False
+        self.epoch_batches = 0
+        self._loaded = False  # the plan came from a checkpoint: a resumed fit keeps it
+        self._start_epoch = 0
+        self._progress = (0.0, 0.0)  # training progress (epochs) at the last two validation runs
+        self._validations = 0
+        self._probe: Optional[Tensor] = None
+        self._analyses = 0
+        self._spent_at_start = 0.0
+        self._warned_cost = False
+
+    @property
+    def every(self) -> int:
+        """Epochs between two requested analyses."""
+        return 1 if self.callback.every_n_epochs is None else self.callback.every_n_epochs
+
+    @property
+    def may_thin(self) -> bool:
+        """The budget may analyse less often: the cadence was left at its default and nothing monitors it."""
+        return self.callback.every_n_epochs is None and not self.monitored
+
+    def check_monitors(self, trainer: pl.Trainer) -> bool:
+        """Callbacks that monitor a logged value must see it on the epochs they check it; True if any does."""
+        monitored = False
+        every, prefix = self.every, self.callback.prefix
+        for cb in trainer.callbacks:  # type: ignore[attr-defined]
+            monitor = getattr(cb, "monitor", None)
+            if not isinstance(monitor, str) or not monitor.startswith(prefix):
+                continue
+            monitored = True
+            if every == 0:
+                raise ValueError(
+                    f"{type(cb).__name__} monitors {monitor!r}, but LieGGCallback(every_n_epochs=0) never logs it."
+                )
+            if isinstance(cb, ModelCheckpoint) and cb._every_n_epochs and cb._every_n_epochs % every != 0:
+                raise ValueError(
+                    f"ModelCheckpoint(monitor={monitor!r}) checks every {cb._every_n_epochs} epoch(s), but "
+                    f"LieGGCallback logs it every {every}: set ModelCheckpoint(every_n_epochs={every}) "
+                    "(or a multiple of it)."
+                )
+            if isinstance(cb, EarlyStopping) and every > 1 and cb.strict:
+                raise ValueError(
+                    f"EarlyStopping(monitor={monitor!r}) runs every epoch, but LieGGCallback logs it every "
+                    f"{every} epochs: set EarlyStopping(strict=False), and its patience then "
+                    "counts analyses (epochs without one do not count)."
+                )
+        return monitored
+
+    # ------------------------------------------------------------------ clocks and progress
+
+    def start_fit(self, trainer: pl.Trainer) -> None:
+        """A fit begins: fresh clocks; a plan carries over only from the checkpoint it resumes."""
+        self.ledger = Ledger(self.clock)
+        if not self._loaded:
+            self.plan = None
+            self.schedule = Schedule(self.every)
+        self._loaded = False
+        self._start_epoch = trainer.current_epoch
+        self._progress = (float(trainer.current_epoch),) * 2
+        self.epoch_batches, self._validations, self._analyses, self._warned_cost = 0, 0, 0, False
+
+    def batch_trained(self) -> None:
+        """A training batch ended."""
+        self.ledger.batch_trained()
+        self.epoch_batches += 1
+
+    def _now(self, trainer: pl.Trainer) -> float:
+        per_epoch = trainer.num_training_batches
+        if math.isfinite(per_epoch) and per_epoch > 0:
+            return trainer.current_epoch + self.epoch_batches / per_epoch
+        self._validations += 1  # epochs without a length: each validation run counts as one
+        return float(self._start_epoch + self._validations)
+
+    def due(self, trainer: pl.Trainer) -> bool:
+        """Whether this validation run of ``fit`` is analysed (called once per run)."""
+        self._progress = (self._progress[1], self._now(trainer))
+        return self.schedule.due(*self._progress)
+
+    def begin(self) -> None:
+        """An analysis begins."""
+        self._spent_at_start = self.ledger.spent
+
+    def analysed_batches(self, counts: Sequence[Union[int, float]]) -> int:
+        """Batches of the analysed dataloaders, from the Trainer's counts."""
+        selected = self.callback.dataloader_idx
+        indices = range(len(counts)) if selected is None else selected
+        return sum(int(counts[i]) for i in indices if i < len(counts) and math.isfinite(counts[i]))
+
+    def _training_left(self, trainer: pl.Trainer, done: float) -> float:
+        left = batches_left(trainer.num_training_batches, trainer.max_epochs, self._start_epoch,
+                            self.ledger.batches_trained, trainer.max_steps, trainer.global_step,
+                            trainer.accumulate_grad_batches)
+        if not math.isfinite(left) or not self.ledger.batches_trained:
+            return math.inf
+        return left * done / self.ledger.batches_trained
+
+    def _interval(self, steady: float) -> float:
+        """Seconds of steady training between two requested analyses."""
+        epochs = self._progress[1] - self._start_epoch
+        return steady / epochs * self.every if epochs > 0 else steady
+
+    def budget_left(self) -> float:
+        """Seconds of budget this fit has not spent yet."""
+        return self.callback.overhead * self.ledger.training_time() - self.ledger.cost()
+
+    def may_draw(self) -> bool:
+        """Whether a picture fits the budget now, leaving room for the run's last one."""
+        return may_draw_now(self.ledger.cost(), self.ledger.expected_drawing(DRAW_PRIOR),
+                            self.callback.overhead * self.ledger.training_time())
+
+    # ------------------------------------------------------------------ the plan
+
+    def keep_probe(self, probe: Tensor) -> None:
+        """Inputs from the sanity check, to price the first analysis on."""
+        if self._probe is None:
+            self._probe = probe
+
+    def _fetch_probe(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Optional[Tensor]:
+        """Without a sanity check: the first batch of the first analysed dataloader, its RNG draws undone."""
+        loaders = trainer.val_dataloaders
+        loaders = list(loaders) if isinstance(loaders, (list, tuple)) else [loaders]
+        index = 0 if self.callback.dataloader_idx is None else self.callback.dataloader_idx[0]
+        if loaders is None or index >= len(loaders) or loaders[index] is None:
+            return None
+        with preserved_state(pl_module):
+            batch = next(iter(loaders[index]), None)
+        if batch is None:
+            return None
+        inputs = extract_input(batch, self.callback.input_key)
+        self.callback.action.validate_input(inputs)
+        return spread(inputs, TIMING_SAMPLES).detach().to(pl_module.device).clone()
+
+    def _local_prices(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> List[float]:
+        """This process's prices as one vector for the all-reduce: [failed, priced, 2 per mode, 4 others, rows]."""
+        cb = self.callback
+        try:
+            probe = self._probe if self._probe is not None else self._fetch_probe(trainer, pl_module)
+            if probe is None or probe.shape[0] == 0:
+                return [0.0, 0.0] + [-math.inf] * 9
+            fit_training = self.ledger.steady_training_time() + self._training_left(
+                trainer, self.ledger.steady_training_time())
+            measured = measure_prices(cb.metric, cb._forward or pl_module, probe, pl_module, cb._cuda_devices,
+                                      ANALYSIS_SHARE * cb.overhead * fit_training)
+        except InputError:
+            raise
+        except Exception as err:
+            rank_zero_warn(f"LieGGCallback: pricing the analysis failed ({err!r}).")
+            measured = None
+        if measured is None:
+            return [1.0, 0.0] + [-math.inf] * 9
+        timed, others, rows_per_sample, _ = measured
+        per_mode = [v for mode in _MODES for v in timed.get(mode, (math.inf, math.inf))]
+        return [0.0, 1.0, *per_mode, *others, float(rows_per_sample)]
+
+    def make_plan(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> bool:
+        """Price, agree and fix the plan on every process; whether this validation run is analysed."""
+        started = time.perf_counter()
+        try:
+            local = self._local_prices(trainer, pl_module)
+        except InputError as err:
+            rank_zero_warn(f"LieGGCallback: the validation data does not fit the metric ({err}); no analysis "
+                           "during this fit. The training goes on.")
+            local = [1.0, 0.0] + [-math.inf] * 9
+        steady = self.ledger.steady_training_time()
+        counts = trainer.num_val_batches
+        batches = self.analysed_batches(counts)
+        size = float(self._probe_size(trainer))
+        agreed = _agree_max(trainer, [*local, -steady, float(batches), size])
+        failed, priced, prices_and_rows = agreed[0] > 0, agreed[1] > 0, agreed[2:11]
+        if failed:
+            self.schedule = Schedule(0)  # every process switches off together
+            rank_zero_warn("LieGGCallback: the model could not be analysed on at least one process; "
+                           "no analysis during this fit.")
+            return False
+        if not priced:
+            return False  # no process had inputs: priced at the next analysed run
+        return self._fix_plan(trainer, prices_and_rows, -agreed[11], int(agreed[12]), int(agreed[13]), started)
+
+    def _probe_size(self, trainer: pl.Trainer) -> int:
+        loaders = trainer.val_dataloaders
+        first = loaders[0] if isinstance(loaders, (list, tuple)) and loaders else loaders
+        return int(getattr(first, "batch_size", None) or (0 if self._probe is None else self._probe.shape[0]))
+
+    def _fix_plan(self, trainer: pl.Trainer, agreed: List[float], steady: float, batches: int, batch_size: int,
+                  started: float) -> bool:
+        cb = self.callback
+        rc, rs, fc, fs, acc_call, acc_sample, keep, solve, rows = agreed
+        n = TIMING_SAMPLES
+        seconds = {mode: call + n * sample for mode, call, sample in (("reverse", rc, rs), ("forward", fc, fs))
+                   if math.isfinite(call + n * sample)}
+        m = cb.action.num_generators
+        mode = choose_derivative(cb.metric.derivative, m, int(rows), seconds)
+        cb.metric.fix_derivative(mode)
+        call, sample = (rc, rs) if mode == "reverse" else (fc, fs)
+        prices = Prices(call, sample, acc_call, acc_sample, keep, solve)
+        one_time = self.ledger.cost() + time.perf_counter() - started
+        one_time += DRAW_PRIOR if cb.log_images and trainer.loggers else 0.0
+        interval = self._interval(steady)
+        remaining = self._training_left(trainer, steady) if steady > 0 else math.inf
+        shape = FitShape(interval, remaining, one_time, batches, batch_size, int(rows), m)
+        plan = make_plan(prices, shape, cb.overhead, self.may_thin)
+        whole = cb.overhead * (interval + remaining)
+        if self.may_thin and math.isfinite(remaining) and plan.smallest > whole:
+            self.schedule = Schedule(0)
+            rank_zero_warn(
+                f"LieGGCallback: one analysis would cost {plan.smallest:.2f} s, more than this fit's whole budget "
+                f"({whole:.2f} s, `overhead={cb.overhead:g}`): no analysis during `fit`. Call `trainer.validate()` "
+                "after it (always analysed), or allow more (`overhead`)."
+            )
+            return False
+        self.plan = plan
+        end = None
+        if plan.epoch_stride > 1:  # thinned: counted back from the fit's end, so the last sees the trained net
+            end = self._progress[1]
+            if math.isfinite(remaining) and math.isfinite(trainer.num_training_batches):
+                left = batches_left(trainer.num_training_batches, trainer.max_epochs, self._start_epoch,
+                                    self.ledger.batches_trained, trainer.max_steps, trainer.global_step,
+                                    trainer.accumulate_grad_batches)
+                end = self._progress[1] + left / trainer.num_training_batches
+        self.schedule = Schedule(self.every, plan.epoch_stride, end)
+        self._say(trainer, shape, prices, mode, seconds)
+        return self.schedule.due(*self._progress)
+
+    def _cadence(self, trainer: pl.Trainer) -> str:
+        step = self.every * self.schedule.stride
+        spacing = _validation_spacing(trainer)
+        thinned = ", to stay within the budget" if self.schedule.stride > 1 else ""
+        if math.isfinite(spacing) and spacing >= step - 1e-9:
+            return f"every validation run ({spacing:g} epochs apart){thinned}"
+        runs = f" (validation runs every {spacing:g} epochs)" if math.isfinite(spacing) else ""
+        return f"the first validation run at or past every {step} epoch(s) of training{runs}{thinned}"
+
+    def _say(self, trainer: pl.Trainer, shape: FitShape, prices: Prices, mode: str, seconds: Dict[str, float]) -> None:
+        plan, cb = self.plan, self.callback
+        assert plan is not None
+        timed = ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in seconds.items()) or "not timed"
+        every = f", every {plan.batch_stride} batches" if plan.batch_stride > 1 else ""
+        rank_zero_info(
+            f"LieGGCallback: {plan.samples} samples per analysis (of {shape.batches * shape.batch_size}{every}), "
+            f"about {plan.cost * 1e3:.0f} ms for {shape.interval * plan.epoch_stride:.2f} s of training between "
+            f"analyses (`overhead={cb.overhead:g}`); analysed: {self._cadence(trainer)}; derivative: {mode} "
+            f"({timed} on {TIMING_SAMPLES} samples)."
+        )
+        if plan.fits:
+            return
+        if not self.may_thin:
+            fits = every_that_fits(plan.cost, shape.interval / self.every, cb.overhead, 1)
+            rank_zero_warn(
+                f"LieGGCallback: the smallest analysis ({plan.samples} samples, {plan.cost * 1e3:.0f} ms) costs more "
+                f"than the {max(plan.budget, 0) * 1e3:.0f} ms `overhead={cb.overhead:g}` leaves each; the cadence you "
+                f"set is kept. `every_n_epochs={fits}` or a larger `overhead` would stay within it."
+            )
+        else:
+            rank_zero_warn(
+                f"LieGGCallback: this fit is short for `overhead={cb.overhead:g}`: what it pays once (the sanity "
+                f"check, the plan and the last picture, {shape.one_time * 1e3:.0f} ms) takes most of its budget. "
+                f"One analysis ({plan.cost * 1e3:.0f} ms) comes all the same, at the fit's end. Allow more "
+                "(`overhead`) to analyse more often."
+            )
+
+    def analysed(self, trainer: pl.Trainer) -> None:
+        """A fit analysis ended: say once when one costs more than the budget allows."""
+        self._analyses += 1
+        if self._warned_cost or self._analyses < 2 or self.plan is None:
+            return
+        cost = self.ledger.spent - self._spent_at_start
+        interval = self._interval(self.ledger.steady_training_time()) * self.schedule.stride
+        if interval <= 0 or cost <= self.callback.overhead * interval:
+            return
+        self._warned_cost = True
+        every = every_that_fits(cost, interval, self.callback.overhead, self.every * self.schedule.stride)
+        rank_zero_warn(
+            f"LieGGCallback: one analysis of {self.plan.samples} samples costs {cost * 1e3:.0f} ms, "
+            f"{cost / interval:.0%} of the {interval:.2f} s of training between two analyses, over "
+            f"`overhead={self.callback.overhead:g}`. To stay within it, analyse less often: `every_n_epochs={every}`."
+        )
+
+    # ------------------------------------------------------------------ checkpoint state
+
+    def state_dict(self) -> Dict[str, Any]:
+        """The plan as plain values."""
+        plan = self.plan
+        return {
+            "planned_samples": None if plan is None else plan.samples,
+            "batch_stride": 1 if plan is None else plan.batch_stride,
+            "epoch_stride": self.schedule.stride,
+            "schedule_end": self.schedule.end,
+        }
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        """Restore the plan of the fit a checkpoint was saved in."""
+        samples = state.get("planned_samples")
+        stride = int(state.get("epoch_stride", 1))
+        self.plan = None if samples is None else Plan(int(samples), int(state.get("batch_stride", 1)), stride)
+        end = state.get("schedule_end")
+        if end is None and "anchor_epoch" in state and stride > 1:  # checkpoints before the schedule
+            end = float(state["anchor_epoch"]) + 1
+        self.schedule = Schedule(self.every, stride, end)
+        self._loaded = self.plan is not None

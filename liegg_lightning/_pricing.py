@@ -1,0 +1,187 @@
+"""Measuring what the parts of one analysis cost, on a small probe of inputs (the cost model's prices)."""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+import warnings
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from liegg_lightning._cost import price_line
+from liegg_lightning._errors import InputError
+from liegg_lightning._state import preserved_state
+from liegg_lightning.functional.polarization import choose_derivative
+from liegg_lightning.metric import LieGGMetric, fresh_metric
+
+__all__ = ["FORWARD_FIRST_USE", "forward_mode_loaded", "measure_prices", "modes_to_time"]
+
+#: Seconds torch takes once per process to script its forward-mode decompositions at the first JVP
+#: (``docs/time_forward_first_use.py`` measures it): forward mode is timed only where a fit's
+#: analyses could win this back.
+FORWARD_FIRST_USE = 0.5
+#: Largest algebra whose solve is priced by solving the probe; above it, an eigensolve of this
+#: size is timed and scaled by m^3 (a real solve, jackknife included, would cost what it prices).
+_SOLVE_PRICED_UP_TO = 256
+
+Model = Callable[[Tensor], Any]
+
+
+def forward_mode_loaded() -> bool:
+    """Whether torch has paid forward mode's first use in this process (or never will: no JIT)."""
+    return ("torch._decomp.decompositions_for_jvp" in sys.modules
+            or os.environ.get("PYTORCH_JIT", "1") != "1" or not __debug__)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(device: torch.device, work: Callable[[], Any]) -> Tuple[float, Any]:
+    _synchronize(device)
+    start = time.perf_counter()
+    out = work()
+    _synchronize(device)
+    return time.perf_counter() - start, out
+
+
+def _time_mode(
+    metric: LieGGMetric, model: Model, probe: Tensor, mode: str, module: nn.Module, cuda: Sequence[int]
+) -> Tuple[float, float, Any]:
+    """Seconds per call and per sample of the derivative pass in ``mode``, and its rows.
+
+    One throwaway call takes the one-time costs out; 2 samples once and the whole probe twice (the
+    slower kept: one lucky timing on a shared machine would overspend every epoch) give a line.
+    """
+    device = probe.device
+    with preserved_state(module, cuda):
+        metric.rows(model, probe[:2].clone(), derivative=mode)
+        small = _timed(device, lambda: metric.rows(model, probe[:2].clone(), derivative=mode))[0]
+        full, rows = _timed(device, lambda: metric.rows(model, probe.clone(), derivative=mode))
+        full = max(full, _timed(device, lambda: metric.rows(model, probe.clone(), derivative=mode))[0])
+    per_call, per_sample = price_line(small, full, min(2, probe.shape[0]), probe.shape[0])
+    return per_call, per_sample, rows
+
+
+def _time_solve(scratch: LieGGMetric, device: torch.device) -> float:
+    m = scratch.action.num_generators
+    if m <= _SOLVE_PRICED_UP_TO:
+        solve = math.inf
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a probe may have fewer rows than generators: no news here
+            for _ in range(2):  # the first solve may load linear-algebra kernels: keep the faster
+                try:
+                    # unwrapped: a throwaway must not sync across processes
+                    solve = min(solve, _timed(device, lambda: LieGGMetric.compute(scratch))[0])
+                except Exception:  # an unsolvable probe prices nothing
+                    solve = 0.0
+        return solve
+    size = _SOLVE_PRICED_UP_TO
+    gram = torch.randn(size, size, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    gram = (gram @ gram.T).to(device)
+    seconds = min(_timed(device, lambda: torch.linalg.eigh(gram))[0] for _ in range(2))
+    solves = 1 + scratch.num_groups  # the full solve and one per jackknife group
+    return seconds * (m / size) ** 3 * solves
+
+
+def _time_overheads(
+    metric: LieGGMetric, rows: Any, probe: Tensor, module: nn.Module, cuda: Sequence[int]
+) -> List[float]:
+    """Seconds of the accumulation (per call, per sample), the kept state per batch and one solve."""
+    scratch = fresh_metric(metric).place_on(probe.device)
+    n, device = probe.shape[0], probe.device
+    few = min(2, n)
+
+    def head(count: int) -> Any:
+        return {k: v[:count] for k, v in rows.items()} if isinstance(rows, dict) else rows[:count]
+
+    scratch.update_rows(head(few), probe[:few])  # one-time costs out of the price
+    small = _timed(device, lambda: scratch.update_rows(head(few), probe[:few]))[0]
+    full = _timed(device, lambda: scratch.update_rows(rows, probe))[0]
+    acc_call, acc_sample = price_line(small, full, few, n)
+
+    def keep_state() -> None:
+        with preserved_state(module, cuda):
+            pass
+
+    state = min(_timed(device, keep_state)[0] for _ in range(2))
+    return [acc_call, acc_sample, state, _time_solve(scratch, device)]
+
+
+def modes_to_time(
+    metric: LieGGMetric, rows_per_sample: int, analysis_seconds: float, forward_loaded: bool
+) -> Tuple[List[str], str]:
+    """Which derivative modes are worth timing, and why the others are not.
+
+    Args:
+        metric: The metric (its ``derivative`` option and algebra size).
+        rows_per_sample: Rows one sample gives: the reverse passes.
+        analysis_seconds: What the fit's analyses may spend in all.
+        forward_loaded: Whether this process has already paid forward mode's first use.
+    """
+    if metric.derivative != "auto":
+        return [metric.derivative], "as set"
+    m = metric.action.num_generators
+    if max(m, rows_per_sample) > 4 * min(m, rows_per_sample):
+        # one mode needs over 4x the passes of the other: timing the loser would cost more than it tells
+        return [choose_derivative("auto", m, rows_per_sample)], "by count"
+    if not forward_loaded and analysis_seconds < FORWARD_FIRST_USE:
+        return ["reverse"], f"forward not tried: its first use, ~{FORWARD_FIRST_USE:g} s, is over this fit's budget"
+    return ["reverse", "forward"], "timed"
+
+
+def measure_prices(
+    metric: LieGGMetric, model: Model, probe: Tensor, module: nn.Module, cuda: Sequence[int],
+    analysis_seconds: float,
+) -> Optional[Tuple[Dict[str, Tuple[float, float]], List[float], int, str]]:
+    """Price one analysis of ``metric`` on ``probe`` (this process only: the caller agrees across processes).
+
+    Args:
+        metric: The metric an analysis fills.
+        model: The function analysed (the model, or a layer's output).
+        probe: A few inputs on the model's device.
+        module: The module whose buffers and random states every extra pass leaves as they were.
+        cuda: CUDA devices whose random states are kept.
+        analysis_seconds: What the fit's analyses may spend in all (whether forward mode can pay off).
+
+    Returns:
+        ``(modes, others, rows_per_sample, why)``: per-call and per-sample seconds of each timed
+        derivative mode (``inf`` where it failed), ``[accumulate_call, accumulate_sample,
+        keep_state, solve]`` with the fastest mode's rows, the rows one sample gives and why the
+        untimed modes were not timed. ``None`` when every mode failed. ``InputError`` (a
+        configuration error) is raised.
+    """
+    with preserved_state(module, cuda):
+        rows_per_sample = metric.rows_per_sample(model, probe[:2].clone())
+    modes, why = modes_to_time(metric, rows_per_sample, analysis_seconds, forward_mode_loaded())
+    timed: Dict[str, Tuple[float, float]] = {}
+    rows: Dict[str, Any] = {}
+    for mode in modes:
+        try:
+            per_call, per_sample, rows[mode] = _time_mode(metric, model, probe, mode, module, cuda)
+        except InputError:
+            raise
+        except Exception:  # e.g. torch.no_grad inside forward breaks reverse mode
+            per_call = per_sample = math.inf
+        timed[mode] = (per_call, per_sample)
+    finite = [mode for mode in timed if math.isfinite(timed[mode][1])]
+    if not finite and len(modes) == 1 and metric.derivative == "auto":
+        # the cheaper mode by count failed: try the other
+        other = "forward" if modes[0] == "reverse" else "reverse"
+        try:
+            per_call, per_sample, rows[other] = _time_mode(metric, model, probe, other, module, cuda)
+            timed[other] = (per_call, per_sample)
+            finite = [other]
+        except InputError:
+            raise
+        except Exception:
+            timed[other] = (math.inf, math.inf)
+    if not finite:
+        return None
+    best = min(finite, key=lambda mode: timed[mode][0] + probe.shape[0] * timed[mode][1])
+    return timed, _time_overheads(metric, rows[best], probe, module, cuda), rows_per_sample, why
