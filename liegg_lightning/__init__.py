@@ -10,7 +10,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from liegg_lightning import algebras
-from liegg_lightning.actions import GroupAction, ImageAction, TangentAction, VectorAction
+from liegg_lightning.actions import (
+    GroupAction,
+    ImageAction,
+    SignalAction,
+    TangentAction,
+    VectorAction,
+    VolumeAction,
+)
 from liegg_lightning.analyze import analyze
 from liegg_lightning.metric import LieGGMetric
 from liegg_lightning.report import SymmetryReport
@@ -25,9 +32,11 @@ __all__ = [
     "ImageAction",
     "LieGGCallback",
     "LieGGMetric",
+    "SignalAction",
     "SymmetryReport",
     "TangentAction",
     "VectorAction",
+    "VolumeAction",
     "algebras",
     "analyze",
 ]

@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
 from typing_extensions import override
 
 from liegg_lightning import algebras
+from liegg_lightning._checks import check_int
 from liegg_lightning._errors import InputError
 
-__all__ = ["GroupAction", "VectorAction", "ImageAction", "TangentAction"]
+__all__ = ["GroupAction", "VectorAction", "ImageAction", "SignalAction", "VolumeAction", "TangentAction"]
 
 
 class GroupAction(ABC):
@@ -176,33 +177,94 @@ def _check_floating(x: Tensor, expected: str) -> None:
         raise InputError(f"Expected a floating-point input {expected}, got dtype {x.dtype}.")
 
 
+def _check_bool(value: object, name: str) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"Expected `{name}` to be a bool, got {value!r}.")
+
+
+def _affine_to_generator(vector: Tensor, n: int) -> Tensor:
+    """``(..., n (n + 1))`` coefficients -> ``(..., n + 1, n + 1)`` homogeneous generators with a zero last row."""
+    m = n * (n + 1)
+    if vector.shape[-1] != m:
+        raise ValueError(f"Expected vectors with last dimension m={m}, got shape {tuple(vector.shape)}.")
+    top = vector.reshape(*vector.shape[:-1], n, n + 1)
+    return torch.cat([top, torch.zeros_like(top[..., :1, :])], dim=-2)
+
+
+def _affine_to_vector(generator: Tensor, n: int) -> Tensor:
+    """Inverse of :func:`_affine_to_generator`: the top ``n`` rows, row-major (the last row is dropped)."""
+    if generator.ndim < 2 or tuple(generator.shape[-2:]) != (n + 1, n + 1):
+        raise ValueError(f"Expected generators of shape (..., {n + 1}, {n + 1}), got shape {tuple(generator.shape)}.")
+    return generator[..., :n, :].reshape(*generator.shape[:-2], n * (n + 1))
+
+
+def _homogeneous_generator(generator: Tensor, n: int) -> Tensor:
+    """A linear ``(n, n)`` or affine ``(n + 1, n + 1)`` generator as a homogeneous float64 CPU matrix."""
+    gen = generator.detach().to("cpu", torch.float64)
+    if tuple(gen.shape) == (n + 1, n + 1):
+        gen = torch.cat([gen[:n], torch.zeros(1, n + 1, dtype=gen.dtype)], dim=0)  # the last row is ignored
+    elif tuple(gen.shape) == (n, n):
+        gen = torch.block_diag(gen, torch.zeros(1, 1, dtype=gen.dtype))
+    else:
+        raise ValueError(
+            f"Expected a generator of shape ({n}, {n}) or ({n + 1}, {n + 1}), got shape {tuple(gen.shape)}."
+        )
+    return gen
+
+
 class VectorAction(GroupAction):
-    """``gl(dim)`` acting linearly on ``components`` vectors in ``R^dim`` at once.
+    """``gl(dim)`` (or ``aff(dim)``) acting on ``components`` vectors (points) in ``R^dim`` at once.
 
     The input is ``(B, components * dim)`` or ``(B, components, dim)``; each component is
     transformed by the same matrix. The row of output ``k`` is ``vec(sum_c g_c x_c^T)``.
 
+    With ``affine=True`` the components are points and the algebra is ``aff(dim)``: generators are
+    ``(dim + 1) x (dim + 1)`` homogeneous matrices with a zero last row (like
+    ``ImageAction(affine=True)``), acting on ``(x_c, 1)``; the row is ``vec(sum_c g_c (x_c, 1)^T)``
+    without its last row, ``m = dim**2 + dim`` (row-major: the linear part's row ``a`` followed by
+    the translation along axis ``a``). Reference names then include ``"translation"``,
+    ``"euclidean"``/``"se"`` (rigid motions), ``"affine"`` and, for 4-vectors, ``"poincare"``.
+
     Args:
         dim: Dimension of each vector; the candidate algebra is ``gl(dim)`` with ``m = dim**2``.
         components: Number of vectors per sample. ``None`` infers it from the input.
+        affine: ``True`` for ``aff(dim)`` (translations of every point too).
 
     Example:
         >>> action = VectorAction(dim=5, components=2)
         >>> action.num_generators
         25
+        >>> VectorAction(dim=3, components=4, affine=True).num_generators
+        12
     """
 
-    def __init__(self, dim: int, components: Optional[int] = None) -> None:
-        if not isinstance(dim, int) or isinstance(dim, bool) or dim < 1:
-            raise ValueError(f"Expected `dim` to be a positive integer, got {dim!r}.")
-        if components is not None and (
-            not isinstance(components, int) or isinstance(components, bool) or components < 1
-        ):
-            raise ValueError(f"Expected `components` to be a positive integer or None, got {components!r}.")
+    def __init__(self, dim: int, components: Optional[int] = None, affine: bool = False) -> None:
+        check_int("dim", dim, minimum=1)
+        check_int("components", components, minimum=1, allow_none=True)
+        _check_bool(affine, "affine")
         self.dim = dim
         self.components = components
-        self.generator_shape = (dim, dim)
+        self.affine = affine
+        self.homogeneous = affine
+        self.generator_shape = (dim + 1, dim + 1) if affine else (dim, dim)
         self.vector_block = dim
+
+    @property
+    def num_generators(self) -> int:
+        """``dim**2``, or ``dim**2 + dim`` with ``affine=True``."""
+        return self.dim * (self.dim + 1) if self.affine else self.dim * self.dim
+
+    @override
+    def to_generator(self, vector: Tensor) -> Tensor:
+        if not self.affine:
+            return super().to_generator(vector)
+        return _affine_to_generator(vector, self.dim)
+
+    @override
+    def to_vector(self, generator: Tensor) -> Tensor:
+        if not self.affine:
+            return super().to_vector(generator)
+        return _affine_to_vector(generator, self.dim)
 
     def draws_input_as(self, x: Tensor) -> str:
         """Vector inputs are drawn as vectors, one block per component."""
@@ -229,11 +291,16 @@ class VectorAction(GroupAction):
     def _vectors(self, x: Tensor) -> Tensor:
         return x.reshape(x.shape[0], -1, self.dim)
 
+    def _points(self, x: Tensor) -> Tensor:
+        """The components ``(B, c, dim)``, with a trailing 1 appended (homogeneous) when ``affine``."""
+        xs = self._vectors(x)
+        return torch.cat([xs, torch.ones_like(xs[..., :1])], dim=-1) if self.affine else xs
+
     @override
     def rows(self, x: Tensor, grads: Tensor) -> Tensor:
-        xs = self._vectors(x.to(torch.float64))
+        xs = self._points(x.to(torch.float64))
         gs = grads.to(torch.float64).reshape(grads.shape[0], grads.shape[1], -1, self.dim)
-        # sum over components of the outer product g_c x_c^T, flattened row-major
+        # sum over components of the outer product g_c x_c^T (x_c homogeneous when affine), row-major
         return torch.einsum("bkca,bcd->bkad", gs, xs).flatten(2)
 
     @override
@@ -241,9 +308,9 @@ class VectorAction(GroupAction):
         """Closed form of the tangent Gram matrix.
 
         The tangent of ``E_ab`` on a component ``x_c`` is ``e_a x_c[b]``, so ``T = I_dim (x) S``
-        (Kronecker product) with ``S = sum_{b, c} x_c x_c^T``.
+        (Kronecker product) with ``S = sum_{b, c} x_c x_c^T`` (``x_c`` homogeneous when ``affine``).
         """
-        xs = self._vectors(x.to(torch.float64))
+        xs = self._points(x.to(torch.float64))
         if mask is not None:
             xs = torch.where(mask.reshape(-1, 1, 1), xs, 0.0)
         s = torch.einsum("bcd,bce->de", xs, xs)
@@ -251,20 +318,25 @@ class VectorAction(GroupAction):
 
     @override
     def tangents(self, x: Tensor) -> Tensor:
-        xs = self._vectors(x)
+        xs = self._points(x)
         b, c, d = xs.shape
-        eye = torch.eye(d, dtype=x.dtype, device=x.device)
+        eye = torch.eye(self.dim, dtype=x.dtype, device=x.device)
         # tangent of E_ab on component c is e_a * x_c[b]
         t = torch.einsum("ae,bcd->badce", eye, xs)  # (B, a, b', c, e)
-        return t.reshape(b, d * d, *x.shape[1:])
+        return t.reshape(b, self.dim * d, *x.shape[1:])
 
     @override
     def transform(self, x: Tensor, generator: Tensor, t: float = 1.0) -> Tensor:
+        if self.affine:
+            g = torch.linalg.matrix_exp(t * _homogeneous_generator(generator, self.dim))
+            moved = self._points(x.to(torch.float64)) @ g.to(x.device).T
+            return moved[..., : self.dim].to(x.dtype).reshape(x.shape)
         g = torch.linalg.matrix_exp(t * generator.detach().to("cpu", torch.float64)).to(x.device, x.dtype)
         return (self._vectors(x) @ g.T).reshape(x.shape)
 
     def __repr__(self) -> str:
-        return f"VectorAction(dim={self.dim}, components={self.components})"
+        extra = ", affine=True" if self.affine else ""
+        return f"VectorAction(dim={self.dim}, components={self.components}{extra})"
 
 
 def pixel_coordinates(
@@ -426,6 +498,251 @@ class ImageAction(GroupAction):
 
     def __repr__(self) -> str:
         return f"ImageAction(affine={self.affine}, padding_mode={self.padding_mode!r})"
+
+
+class _GridAction(GroupAction):
+    """``gl(n)`` (or ``aff(n)``) on the coordinates of an ``n``-D grid: shared by signals and volumes.
+
+    ``(g I)(p) = I(g^-1 p)``. Coordinate axis ``a`` (x, y, z) runs along the ``a``-th tensor axis from
+    the end (x along the last one), centred on the grid, in units of half its largest side.
+    """
+
+    #: Number of grid axes ``n``.
+    _spatial: int = 1
+    #: What :meth:`validate_input` expects, e.g. ``"(B, C, L) or (B, L)"``.
+    _shapes: str = ""
+    #: The padding modes :meth:`transform` accepts.
+    _padding_modes: Tuple[str, ...] = ("zeros", "border", "reflection")
+
+    def __init__(self, affine: bool = False, padding_mode: str = "zeros") -> None:
+        _check_bool(affine, "affine")
+        if padding_mode not in self._padding_modes:
+            raise ValueError(
+                f"Expected `padding_mode` to be one of {', '.join(map(repr, self._padding_modes))}, "
+                f"got {padding_mode!r}."
+            )
+        n = self._spatial
+        self.affine = affine
+        self.padding_mode = padding_mode
+        self.homogeneous = affine
+        self.generator_shape = (n + 1, n + 1) if affine else (n, n)
+
+    @property
+    def num_generators(self) -> int:
+        """``n**2``, or ``n**2 + n`` with ``affine=True``."""
+        n = self._spatial
+        return n * (n + 1) if self.affine else n * n
+
+    def draws_input_as(self, x: Tensor) -> str:
+        """Drawn as vectors: an orbit picture shows the model's outputs along it."""
+        return "vector"
+
+    @override
+    def validate_input(self, x: Tensor) -> None:
+        _check_floating(x, f"of shape {self._shapes}")
+        n = self._spatial
+        if x.ndim not in (n + 1, n + 2) or x.shape[0] == 0 or any(s < 3 for s in x.shape[-n:]):
+            raise InputError(
+                f"Expected an input of shape {self._shapes} with every grid side >= 3 and B >= 1 for {self!r}, "
+                f"got shape {tuple(x.shape)}."
+            )
+
+    @override
+    def to_generator(self, vector: Tensor) -> Tensor:
+        if not self.affine:
+            return super().to_generator(vector)
+        return _affine_to_generator(vector, self._spatial)
+
+    @override
+    def to_vector(self, generator: Tensor) -> Tensor:
+        if not self.affine:
+            return super().to_vector(generator)
+        return _affine_to_vector(generator, self._spatial)
+
+    def _sizes(self, x: Tensor) -> Tuple[int, ...]:
+        """Grid sides along x, y, z (the tensor's last axes, from the end)."""
+        return tuple(int(x.shape[-(a + 1)]) for a in range(self._spatial))
+
+    def _coordinates(self, x: Tensor) -> Tuple[List[Tensor], float]:
+        """Coordinate grids (one per axis, plus ones when ``affine``), each of the grid's shape, and the step."""
+        n = self._spatial
+        sizes = self._sizes(x)
+        half = max(sizes) / 2.0
+        grid_shape = x.shape[-n:]
+        coords = []
+        for a, size in enumerate(sizes):
+            line = (torch.arange(size, dtype=x.dtype, device=x.device) - (size - 1) / 2.0) / half
+            view = [1] * n
+            view[n - 1 - a] = size
+            coords.append(line.reshape(view).expand(grid_shape))
+        if self.affine:
+            coords.append(torch.ones(grid_shape, dtype=x.dtype, device=x.device))
+        return coords, 1.0 / half
+
+    def _derivatives(self, x: Tensor, step: float) -> List[Tensor]:
+        """Derivatives along x, y, z: central differences inside, one-sided at the edges (or wrapped)."""
+        out = []
+        for a in range(self._spatial):
+            dim = x.ndim - 1 - a
+            if self.padding_mode == "circular":
+                out.append((x.roll(-1, dims=dim) - x.roll(1, dims=dim)) / (2.0 * step))
+            else:
+                out.append(torch.gradient(x, spacing=step, dim=dim)[0])
+        return out
+
+    @override
+    def rows(self, x: Tensor, grads: Tensor) -> Tensor:
+        x64 = x.to(torch.float64)
+        coords, step = self._coordinates(x64)
+        derivs = self._derivatives(x64, step)
+        g = grads.to(torch.float64)
+        n = self._spatial
+        if x.ndim == n + 1:  # add the channel axis
+            derivs, g = [d.unsqueeze(1) for d in derivs], g.unsqueeze(2)
+        # (g I)(p) = I(g^-1 p): d/dt = -grad I(p) . (h p); entry (a, b) = -sum g * d_a I * p_b
+        da = torch.stack([(g * d.unsqueeze(1)).sum(2) for d in derivs], dim=2).flatten(3)  # (B, K, n, P)
+        p = torch.stack(coords).flatten(1)  # (nb, P)
+        return -torch.einsum("bkap,cp->bkac", da, p).flatten(2)
+
+    @override
+    def tangent_gram(self, x: Tensor, mask: Optional[Tensor] = None) -> Tensor:
+        """Closed form of the tangent Gram matrix.
+
+        ``T[(a, b), (a', b')] = sum_p D_aa'(p) p_b p_b'`` with ``D_aa'(p)`` the products of the
+        derivatives along axes ``a`` and ``a'`` at grid point ``p``, summed over the batch and the
+        channels first (no tangent copies of the batch are formed).
+        """
+        x64 = x.to(torch.float64)
+        if mask is not None:
+            x64 = torch.where(mask.reshape(-1, *([1] * (x64.ndim - 1))), x64, 0.0)
+        coords, step = self._coordinates(x64)
+        derivs = self._derivatives(x64, step)
+        lead = tuple(range(x64.ndim - self._spatial))  # batch (and channel) axes
+        d = torch.stack([torch.stack([(da * db).sum(lead) for db in derivs]) for da in derivs]).flatten(2)
+        p = torch.stack(coords).flatten(1)  # (nb, P)
+        m = self.num_generators
+        return torch.einsum("acq,bq,dq->abcd", d, p, p).reshape(m, m)
+
+    @override
+    def tangents(self, x: Tensor) -> Tensor:
+        coords, step = self._coordinates(x)
+        derivs = self._derivatives(x, step)
+        return torch.stack([-d * c for d in derivs for c in coords], dim=1)
+
+    def _source_coordinates(self, x: Tensor, generator: Tensor, t: float) -> Tensor:
+        """Where each output grid point samples the input: ``g^-1 p`` in ``grid_sample``'s normalised units.
+
+        Returns ``(n, *grid)`` (x, y, z first) for ``align_corners=False``, float64 on the CPU.
+        """
+        n = self._spatial
+        inv = torch.linalg.matrix_exp(-t * _homogeneous_generator(generator, n))  # g^-1, homogeneous
+        sizes = self._sizes(x)
+        half = max(sizes) / 2.0
+        # grid_sample's normalised coordinate (align_corners=False) is p * half / (size / 2)
+        scale = torch.tensor([half / (s / 2.0) for s in sizes] + [1.0], dtype=torch.float64)
+        theta = (torch.diag(scale) @ inv @ torch.diag(1.0 / scale))[:n]
+        coords, _ = self._coordinates(torch.zeros(x.shape[-n:], dtype=torch.float64))
+        ones = [] if self.affine else [torch.ones(x.shape[-n:], dtype=torch.float64)]
+        points = torch.stack(coords + ones) * scale.reshape(-1, *([1] * n))  # normalised output points
+        return torch.einsum("ij,j...->i...", theta, points)
+
+    @override
+    def transform(self, x: Tensor, generator: Tensor, t: float = 1.0) -> Tensor:
+        """Resample ``x`` at ``g^-1 p`` (linear interpolation), ``g = exp(t * generator)``.
+
+        Points that come from outside the grid are filled by ``padding_mode``.
+        """
+        n = self._spatial
+        src = self._source_coordinates(x, generator, t)
+        data = x if x.ndim == n + 2 else x.unsqueeze(1)
+        batch = data.shape[0]
+        if n == 1 and self.padding_mode == "circular":
+            out = _circular_interpolate(data, src[0].to(data.device))
+        else:
+            if n == 1:  # a row image of height 1, sampled on its only row
+                data = data.unsqueeze(2)
+                src = torch.stack([src[0], torch.zeros_like(src[0])]).unsqueeze(1)
+            grid = src.movedim(0, -1).to(data.device, data.dtype).unsqueeze(0).expand(batch, *src.shape[1:], -1)
+            out = torch.nn.functional.grid_sample(
+                data, grid, mode="bilinear", padding_mode=self.padding_mode, align_corners=False
+            )
+            if n == 1:
+                out = out.squeeze(2)
+        return out if x.ndim == n + 2 else out.squeeze(1)
+
+
+def _circular_interpolate(data: Tensor, src: Tensor) -> Tensor:
+    """Linear interpolation of periodic signals ``(B, C, L)`` at normalised positions ``src`` ``(L,)``."""
+    length = data.shape[-1]
+    pos = ((src.to(torch.float64) + 1.0) * length - 1.0) / 2.0  # grid_sample's unnormalisation
+    left = torch.floor(pos)
+    weight = (pos - left).to(data.dtype)
+    i0 = left.long() % length
+    i1 = (i0 + 1) % length
+    return data[..., i0] * (1.0 - weight) + data[..., i1] * weight
+
+
+class SignalAction(_GridAction):
+    """Time scaling (and shift) of signals ``(B, C, L)`` or ``(B, L)``: ``(g f)(t) = f(g^-1 t)``.
+
+    The one coordinate ``t`` runs along the last axis, centred on the signal, in units of half its
+    length (the conventions of :class:`ImageAction`). The time derivative is a central difference
+    inside; at the two ends it is one-sided (first order), as for images, unless
+    ``padding_mode="circular"``, where the signal is periodic and the difference wraps around.
+    The tangent of ``h`` is ``-f'(t) (h_11 t + h_12)``: no tangent copies are formed for the rows.
+
+    Args:
+        affine: ``False`` for time scaling alone (``gl(1)``, ``m = 1``, generator shape ``(1, 1)``);
+            ``True`` for ``aff(1)`` as 2x2 homogeneous generators with a zero last row (``m = 2``:
+            the scaling, then the time shift). Reference names: ``"scaling"``/``"gl"``, and with
+            ``affine=True`` ``"translation"``, ``"affine"``; known generators ``"scaling"`` and
+            ``"translation"``.
+        padding_mode: How :meth:`transform` fills samples that come from outside the signal
+            (``"zeros"``, ``"border"``, ``"reflection"``), or ``"circular"`` for periodic signals
+            (then the derivatives wrap around too).
+
+    Example:
+        >>> SignalAction().num_generators, SignalAction(affine=True).num_generators
+        (1, 2)
+    """
+
+    _spatial = 1
+    _shapes = "(B, C, L) or (B, L)"
+    _padding_modes = ("zeros", "border", "reflection", "circular")
+
+    def __repr__(self) -> str:
+        return f"SignalAction(affine={self.affine}, padding_mode={self.padding_mode!r})"
+
+
+class VolumeAction(_GridAction):
+    """``gl(3)`` (or ``aff(3)``) acting on the voxel coordinates of volumes ``(B, C, D, H, W)`` or ``(B, D, H, W)``.
+
+    ``(g V)(p) = V(g^-1 p)``. Coordinates: ``x`` along the width ``W``, ``y`` along the height
+    ``H``, ``z`` along the depth ``D``, centred on the volume, in units of half its largest side
+    (so a rotation stays a rotation on non-cubic volumes), as :class:`ImageAction` does in 2-D.
+    Spatial derivatives are central differences inside and one-sided (first order) at the faces.
+    The rows are formed in closed form, without tangent copies of the batch.
+
+    Args:
+        affine: ``False`` for ``gl(3)`` (``m = 9``); ``True`` for ``aff(3)`` as 4x4 homogeneous
+            generators with a zero last row (``m = 12``: each row of the linear part followed by the
+            translation along that axis). Reference names as for images: ``"rotation"``/``"so"`` is
+            ``so(3)``, ``"scaling"``, ``"similarity"``, ``"sl"``, ``"gl"``, and with ``affine=True``
+            ``"translation"``, ``"euclidean"``, ``"special_affine"``, ``"affine"``; known generators
+            ``"rotation_x/y/z"``, ``"scaling"``, ``"translation_x/y/z"``.
+        padding_mode: How :meth:`transform` fills voxels that come from outside the volume
+            (``"zeros"``, ``"border"`` or ``"reflection"``).
+
+    Example:
+        >>> VolumeAction().num_generators, VolumeAction(affine=True).num_generators
+        (9, 12)
+    """
+
+    _spatial = 3
+    _shapes = "(B, C, D, H, W) or (B, D, H, W)"
+
+    def __repr__(self) -> str:
+        return f"VolumeAction(affine={self.affine}, padding_mode={self.padding_mode!r})"
 
 
 class TangentAction(GroupAction):
