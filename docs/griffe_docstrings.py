@@ -27,6 +27,8 @@ LINKED = {
     "liegg_lightning.GroupAction": "liegg_lightning.actions.GroupAction",
     "liegg_lightning.VectorAction": "liegg_lightning.actions.VectorAction",
     "liegg_lightning.ImageAction": "liegg_lightning.actions.ImageAction",
+    "liegg_lightning.SignalAction": "liegg_lightning.actions.SignalAction",
+    "liegg_lightning.VolumeAction": "liegg_lightning.actions.VolumeAction",
     "liegg_lightning.TangentAction": "liegg_lightning.actions.TangentAction",
 }
 
