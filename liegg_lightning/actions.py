@@ -354,26 +354,48 @@ class ImageAction(GroupAction):
 
     The input is ``(B, C, H, W)`` or ``(B, H, W)``. Coordinates: ``x`` along the width, ``y`` along
     the height, centred on the image, in units of half the larger side. Spatial derivatives are
-    central differences (one-sided at the border).
+    central differences inside the image and one-sided differences on its outer one-pixel ring,
+    where a central difference would need a pixel from outside.
+
+    Edges on the input side: the tangents of an input image are always taken over the whole image
+    (one-sided on its ring), so a network's input derivative sees every pixel the network sees;
+    ``border`` does not change them. Edges on the output side: analysed as the output action of a
+    feature map (``output_action`` or a layer of ``layers``), this action's rows come only from
+    the pixels at least ``border`` from every edge. A zero-padded convolution really is not
+    equivariant near its edge, and that ring grows inwards with every padded layer, so the whole
+    map's variance mixes "has this layer learned the symmetry" with "how much does padding break
+    it"; the reports of such maps give the ring's share as ``border_share``.
 
     Args:
         affine: ``False`` for ``gl(2)`` (``m = 4``); ``True`` for ``aff(2)`` as 3x3 homogeneous
             generators with a zero last row (``m = 6``: the linear part, then the translations).
         padding_mode: How :meth:`transform` fills pixels that come from outside the image
             (``"zeros"``, ``"border"`` or ``"reflection"``).
+        border: As an output action, leave out the rows of the pixels closer than ``border`` to an
+            edge (``0``, the default, keeps every pixel: the whole map, padding effects included,
+            as before this option existed; ``1`` leaves out the one-sided-difference ring; a
+            network of ``L`` zero-padded 3x3 convolutions reaches ``L`` pixels in). Unused as an
+            input action.
 
     Example:
         >>> ImageAction().num_generators, ImageAction(affine=True).num_generators
         (4, 6)
+        >>> ImageAction(border=1).border_masks((1, 4, 4))[0].reshape(4, 4).int()
+        tensor([[0, 0, 0, 0],
+                [0, 1, 1, 0],
+                [0, 1, 1, 0],
+                [0, 0, 0, 0]], dtype=torch.int32)
     """
 
-    def __init__(self, affine: bool = False, padding_mode: str = "zeros") -> None:
+    def __init__(self, affine: bool = False, padding_mode: str = "zeros", border: int = 0) -> None:
         if not isinstance(affine, bool):
             raise ValueError(f"Expected `affine` to be a bool, got {affine!r}.")
         if padding_mode not in ("zeros", "border", "reflection"):
             raise ValueError(
                 f"Expected `padding_mode` to be one of 'zeros', 'border', 'reflection', got {padding_mode!r}."
             )
+        check_int("border", border, minimum=0)
+        self.border = border
         self.affine = affine
         self.padding_mode = padding_mode
         self.homogeneous = affine
@@ -387,6 +409,33 @@ class ImageAction(GroupAction):
     def draws_input_as(self, x: Tensor) -> str:
         """Images are drawn as images."""
         return "image"
+
+    def border_masks(self, shape: Sequence[int]) -> Tuple[Tensor, Tensor]:
+        """Which components of a map of ``shape`` (``(C, h, w)`` or ``(h, w)``, no batch axis) give rows.
+
+        Returns:
+            ``(kept, ring)``, boolean ``(prod(shape),)`` over the flattened components: ``kept``
+            the pixels at least ``border`` from every edge (all of them for ``border=0``), ``ring``
+            the pixels closer than ``max(border, 1)``: those left out, or with ``border=0`` the
+            outer ring whose derivatives are one-sided.
+
+        Raises:
+            InputError: When ``border`` leaves no pixel of an ``h x w`` map.
+        """
+        h, w = int(shape[-2]), int(shape[-1])
+        rows = torch.arange(h)
+        cols = torch.arange(w)
+        to_edge = torch.minimum(
+            torch.minimum(rows, h - 1 - rows)[:, None], torch.minimum(cols, w - 1 - cols)[None, :]
+        )
+        kept = to_edge >= self.border
+        if not bool(kept.any()):
+            raise InputError(
+                f"{self!r} leaves no pixel of a {h}x{w} map (every pixel is closer than {self.border} to an edge)."
+            )
+        ring = to_edge < max(self.border, 1)
+        channels = math.prod(int(s) for s in shape[:-2])
+        return kept.expand(channels, h, w).reshape(-1), ring.expand(channels, h, w).reshape(-1)
 
     @override
     def validate_input(self, x: Tensor) -> None:
@@ -497,7 +546,8 @@ class ImageAction(GroupAction):
         return out if x.ndim == 4 else out.squeeze(1)
 
     def __repr__(self) -> str:
-        return f"ImageAction(affine={self.affine}, padding_mode={self.padding_mode!r})"
+        border = f", border={self.border}" if self.border else ""
+        return f"ImageAction(affine={self.affine}, padding_mode={self.padding_mode!r}{border})"
 
 
 class _GridAction(GroupAction):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Dict, List, Literal, Mapping, Optional, Sequence, Union, cast
 
 import torch
@@ -10,23 +11,21 @@ from torchmetrics import Metric
 from torchmetrics.utilities import rank_zero_warn
 from torchmetrics.utilities.distributed import gather_all_tensors
 
-from liegg_lightning.actions import GroupAction
-from liegg_lightning.functional.layers import MODEL_OUTPUT, Layers, check_layers, layer_rows, layer_rows_per_sample
-from liegg_lightning.functional.layers import layers_derivative as _layers_derivative
+from liegg_lightning._checks import check_int
+from liegg_lightning.actions import GroupAction, ImageAction
+from liegg_lightning.functional.layers import MODEL_OUTPUT, Layers, batch_rows, check_layers, rows_per_sample
 from liegg_lightning.functional.polarization import (
+    DERIVATIVE_MODES,
+    BatchRows,
     DerivativeMode,
     OutputMode,
-    _check_options,
-    _check_output_action,
-    _model_output,
-    _resolve_derivative,
-    _rows_per_sample,
-    derivative_context,
+    RowOptions,
     float64_device,
-    polarization_rows,
+    tracks_border,
 )
 from liegg_lightning.functional.symmetry import (
     EMPTY_EXPONENT,
+    SymmetryUpdate,
     _check_memory_budget,
     _input_independent,
     _jackknife_groups,
@@ -49,6 +48,35 @@ KnownGenerators = Union[Sequence[str], Mapping[str, Tensor]]
 def _accumulate(state: Tensor, state_exponent: Tensor, increment: Tensor, exponent: Tensor, common: Tensor) -> None:
     """``state += increment`` in place, both brought from their exponents to ``common`` (their maximum)."""
     state.copy_(_rescale(state, state_exponent, common) + _rescale(increment, exponent, common))
+
+
+def _check_settings(
+    nullity_tolerance: float, jackknife_groups: int, memory_budget: Optional[int], seed: int
+) -> None:
+    """The metric's own settings (the row options check themselves)."""
+    if isinstance(nullity_tolerance, bool) or not isinstance(nullity_tolerance, (int, float)) or not (
+        0 < nullity_tolerance < 1
+    ):
+        raise ValueError(f"Expected a number in (0, 1) for `nullity_tolerance`, got {nullity_tolerance!r}.")
+    check_int("jackknife_groups", jackknife_groups, minimum=0)
+    check_int("memory_budget", memory_budget, minimum=1, allow_none=True)
+    check_int("seed", seed)
+
+
+def _ring_update(ring: Tensor, finite: Tensor) -> SymmetryUpdate:
+    """The border ring's update, over the samples whose rows were kept (and whose ring rows are finite)."""
+    kept = finite.to(ring.device)[:, None, None]
+    return _symmetry_update(torch.where(kept, ring.to(torch.float64), math.nan))
+
+
+def _unscaled(update: SymmetryUpdate) -> Tensor:
+    """The update's Gram matrix at its true scale."""
+    return torch.ldexp(update.gram, (2 * update.exponent).clamp_min(-2000).to(update.gram.dtype))
+
+
+def _border_in_gram(output_action: Optional[GroupAction]) -> bool:
+    """Whether the report's own Gram matrix holds the border ring (``border=0``) or leaves it out."""
+    return not (isinstance(output_action, ImageAction) and output_action.border > 0)
 
 
 class LieGGMetric(Metric):
@@ -130,11 +158,15 @@ class LieGGMetric(Metric):
     num_samples: Tensor
     num_rows: Tensor
     num_skipped: Tensor
+    border_gram: Tensor
+    border_samples: Tensor
     # per-layer states (only with `layers`)
     layer_gram: Tensor
     layer_num_samples: Tensor
     layer_num_rows: Tensor
     layer_num_skipped: Tensor
+    layer_border_gram: Tensor
+    layer_border_samples: Tensor
 
     def __init__(
         self,
@@ -153,21 +185,9 @@ class LieGGMetric(Metric):
         layers: Optional[Union[List[str], Dict[str, Optional[GroupAction]]]] = None,
         **kwargs: Any,
     ) -> None:
-        _check_options(action, output_mode, num_projections, derivative, output_transform)
-        _check_output_action(action, output_action)
+        options = RowOptions(action, output_mode, num_projections, output_transform, output_action, derivative)
         layer_actions = None if layers is None else check_layers(action, layers, output_action)
-        if isinstance(nullity_tolerance, bool) or not isinstance(nullity_tolerance, (int, float)) or not (
-            0 < nullity_tolerance < 1
-        ):
-            raise ValueError(f"Expected a number in (0, 1) for `nullity_tolerance`, got {nullity_tolerance!r}.")
-        if isinstance(jackknife_groups, bool) or not isinstance(jackknife_groups, int) or jackknife_groups < 0:
-            raise ValueError(f"Expected `jackknife_groups` to be a non-negative int, got {jackknife_groups!r}.")
-        if memory_budget is not None and (
-            isinstance(memory_budget, bool) or not isinstance(memory_budget, int) or memory_budget < 1
-        ):
-            raise ValueError(f"Expected `memory_budget` to be a positive int (bytes) or None, got {memory_budget!r}.")
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise ValueError(f"Expected `seed` to be an int, got {seed!r}.")
+        _check_settings(nullity_tolerance, jackknife_groups, memory_budget, seed)
         m = action.num_generators
         _check_memory_budget(m, memory_budget)
         groups = _jackknife_groups(m, jackknife_groups, memory_budget)
@@ -182,14 +202,11 @@ class LieGGMetric(Metric):
         known = action.known_vectors(known_generators)
         super().__init__(**kwargs)
         self.action = action
+        self.row_options = options
         self.reference_algebra = reference_algebra
         self.known_generators = known_generators
         self.reference = reference
         self.known = known
-        self.output_mode: OutputMode = output_mode
-        self.num_projections = num_projections
-        self.output_transform = output_transform
-        self.derivative: DerivativeMode = derivative
         self.nullity_tolerance = float(nullity_tolerance)
         self.jackknife_groups = jackknife_groups
         self.num_groups = groups
@@ -199,7 +216,11 @@ class LieGGMetric(Metric):
         # made on first use: a torch.Generator cannot be pickled to ddp_spawn workers
         self._generator: Optional[torch.Generator] = None
         self._resolved_derivative: Optional[str] = None
+        self._add_model_states(m, groups, tracks_border(output_action, output_mode))
+        self._add_layer_states(layers, layer_actions, m, memory_budget)
 
+    def _add_model_states(self, m: int, groups: int, border: bool) -> None:
+        """States of the model's own output, all summed across processes (the exponents: their maximum)."""
         self.add_state("gram", torch.zeros(m, m, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("group_grams", torch.zeros(groups, m, m, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("group_counts", torch.zeros(groups, dtype=torch.float64), dist_reduce_fx="sum")
@@ -210,120 +231,69 @@ class LieGGMetric(Metric):
         self.add_state("num_samples", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("num_rows", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("num_skipped", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
-        self._init_layers(output_action, layers, layer_actions, m, memory_budget)
+        # the border ring's Gram matrix (at `scale_exponent`), empty where the output has no ring
+        size = m if border else 0
+        self.add_state("border_gram", torch.zeros(size, size, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("border_samples", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
 
-    # ------------------------------------------------------------------ equivariance and layers (issue 12)
-
-    def _init_layers(
+    def _add_layer_states(
         self,
-        output_action: Optional[GroupAction],
         layers: Optional[Layers],
         layer_actions: Optional[Dict[str, Optional[GroupAction]]],
         m: int,
         memory_budget: Optional[int],
     ) -> None:
-        """Options and per-layer states (none without ``layers``).
+        """Per-layer options and states (none without ``layers``).
 
-        The states are a stacked ``(L, m, m)`` Gram matrix and ``(L,)`` counts, summed across processes.
+        The states are a stacked ``(L, m, m)`` Gram matrix and ``(L,)`` counts, summed across
+        processes, and the border rings' Gram matrices where a layer's output action has a ring.
         """
-        self.output_action = output_action
         self.layers = layers
         self.layer_actions = layer_actions
         self.layer_names: List[str] = [] if layer_actions is None else list(layer_actions)
         if layer_actions is None:
             return
         num = len(self.layer_names)
-        if memory_budget is not None and 8 * (num + 2) * m * m > memory_budget:
+        border = any(tracks_border(a, self.output_mode) for a in layer_actions.values())
+        matrices = (2 * num + 2) if border else (num + 2)
+        if memory_budget is not None and 8 * matrices * m * m > memory_budget:
             raise ValueError(
-                f"{num} layers of m={m} generators need {num} float64 Gram matrices and a solve, about "
-                f"{8 * (num + 2) * m * m / 2**20:.1f} MiB, over the memory budget of {memory_budget / 2**20:.1f} MiB. "
+                f"{num} layers of m={m} generators need {matrices - 2} float64 Gram matrices and a solve, about "
+                f"{8 * matrices * m * m / 2**20:.1f} MiB, over the memory budget of {memory_budget / 2**20:.1f} MiB. "
                 "Analyse fewer layers or raise `memory_budget`."
             )
+        size = m if border else 0
         self.add_state("layer_gram", torch.zeros(num, m, m, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("layer_num_samples", torch.zeros(num, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("layer_num_rows", torch.zeros(num, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("layer_num_skipped", torch.zeros(num, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("layer_border_gram", torch.zeros(num, size, size, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("layer_border_samples", torch.zeros(num, dtype=torch.float64), dist_reduce_fx="sum")
 
-    def _layer_rows(
-        self, model: Callable[[Tensor], Tensor], inputs: Tensor, derivative: Optional[str] = None
-    ) -> Dict[str, Tensor]:
-        """Rows of every analysed layer from one pass; ``"auto"`` is decided once, on the first batch."""
-        assert self.layer_actions is not None
-        if self._resolved_derivative is None and derivative is None:
-            if self.derivative == "auto":
-                per_sample = self._layer_rows_per_sample(model, inputs)
-                self._resolved_derivative = _layers_derivative("auto", self.action, per_sample)
-            else:
-                self._resolved_derivative = self.derivative
-        return layer_rows(
-            model,  # type: ignore[arg-type]
-            inputs,
-            self.action,
-            self.layer_actions,
-            output_mode=self.output_mode,
-            num_projections=self.num_projections,
-            generator=self.generator,
-            output_transform=self.output_transform,
-            derivative=derivative or self._resolved_derivative,  # type: ignore[arg-type]
-        )
+    @property
+    def output_mode(self) -> OutputMode:
+        """``"jacobian"``, ``"sum"`` or ``"random"``."""
+        return self.row_options.output_mode
 
-    def _probe_derivative(self, model: Callable[[Tensor], Tensor], inputs: Tensor) -> str:
-        """The cheaper mode from one plain forward pass's output size.
+    @property
+    def num_projections(self) -> Optional[int]:
+        """Gaussian output projections for ``output_mode="random"``."""
+        return self.row_options.num_projections
 
-        With an output action the output is often a feature map: a first batch in reverse mode
-        would cost one backward pass per output component.
-        """
-        return _resolve_derivative("auto", self.action, self.rows_per_sample(model, inputs))
+    @property
+    def output_transform(self) -> Optional[Callable[[Tensor], Tensor]]:
+        """Applied to the model output before differentiating."""
+        return self.row_options.output_transform
 
-    def _update_layer_rows(self, rows: Mapping[str, Tensor]) -> None:
-        """Add each layer's rows ``(B, K_l, m)`` to its own Gram matrix."""
-        if set(rows) != set(self.layer_names):
-            raise ValueError(
-                f"Expected rows for the layers {self.layer_names}, got them for {sorted(rows)}."
-            )
-        m = self.layer_gram.shape[-1]
-        for i, name in enumerate(self.layer_names):
-            r = rows[name]
-            if r.ndim != 3 or r.shape[-1] != m:
-                raise ValueError(f"Expected rows of shape (B, K, {m}) for layer {name!r}, got {tuple(r.shape)}.")
-            update = _symmetry_update(r)
-            # per-layer states are kept unscaled (no exponent state, no jackknife groups per layer yet)
-            gram = torch.ldexp(update.gram, (2 * update.exponent).clamp_min(-2000).to(update.gram.dtype))
-            dev, dt = self.layer_gram.device, self.layer_gram.dtype
-            self.layer_gram[i] += gram.to(dt).to(dev)
-            self.layer_num_samples[i] += update.num_samples.to(dt).to(dev)
-            self.layer_num_rows[i] += update.num_rows.to(dt).to(dev)
-            self.layer_num_skipped[i] += update.num_skipped.to(dt).to(dev)
+    @property
+    def output_action(self) -> Optional[GroupAction]:
+        """How the algebra acts on the output; ``None`` for invariance."""
+        return self.row_options.output_action
 
-    def _compute_layers(self) -> Dict[str, SymmetryReport]:
-        """One report per analysed layer, in the order of ``layers``."""
-        reports: Dict[str, SymmetryReport] = {}
-        m = self.layer_gram.shape[-1]
-        for i, name in enumerate(self.layer_names):
-            label = "the model output" if name == MODEL_OUTPUT else f"layer {name!r}"
-            samples, rows = int(self.layer_num_samples[i]), int(self.layer_num_rows[i])
-            if samples <= 0:
-                raise ValueError(
-                    f"LieGGMetric has no samples to solve for {label}: call `update` with at least one finite sample."
-                )
-            if rows < m:
-                rank_zero_warn(
-                    f"LieGGMetric: {rows} rows for m={m} generators at {label}; at least {m - rows} zero "
-                    "eigenvalues come from too little data, not from learned symmetries."
-                )
-            reports[name] = _symmetry_compute(
-                self.layer_gram[i],
-                samples,
-                rows,
-                int(self.layer_num_skipped[i]),
-                self.action,
-                reference=self.reference,
-                known=self.known,
-                nullity_tolerance=self.nullity_tolerance,
-            )
-        return reports
-
-    # ------------------------------------------------------------------ end of equivariance and layers
+    @property
+    def derivative(self) -> DerivativeMode:
+        """The requested derivative mode (``"auto"``, ``"reverse"`` or ``"forward"``)."""
+        return self.row_options.derivative
 
     def place_on(self, device: Union[str, torch.device]) -> LieGGMetric:
         """Move the states to ``device``; where it has no float64 (MPS), keep them in float32 with a warning."""
@@ -363,65 +333,37 @@ class LieGGMetric(Metric):
             parts.append(f"layers={self.layer_names!r}")
         return ", ".join(parts)
 
+    def _batch_rows(self, model: Callable[[Tensor], Tensor], inputs: Tensor, derivative: Optional[str]) -> BatchRows:
+        """One functional call for a batch; an ``"auto"`` mode is decided on the first batch and kept."""
+        mode = derivative or self._resolved_derivative or self.derivative
+        options = self.row_options.replace(derivative=mode, generator=self.generator)
+        result = batch_rows(model, inputs, options, self.layer_actions)
+        if derivative is None and self._resolved_derivative is None:
+            self._resolved_derivative = result.derivative
+        return result
+
     def rows(
         self, model: Callable[[Tensor], Tensor], inputs: Tensor, derivative: Optional[str] = None
     ) -> Union[Tensor, Dict[str, Tensor]]:
         """Polarization rows ``(B, K, m)`` (float64) of ``model`` at ``inputs``, as :meth:`update` uses them.
 
-        With ``derivative="auto"`` the first batch runs in reverse mode, which tells the number of
-        rows per sample; later batches use forward mode when the algebra is the smaller of the two
-        (unless :meth:`fix_derivative` chose one by measurement). ``derivative`` overrides the
-        strategy for this call only. With ``layers``, a dict ``name -> rows`` from one pass
-        (``"auto"`` then decides on the first batch from a plain forward pass's output sizes:
-        forward when ``m`` is below the layers' total rows per sample).
+        With ``derivative="auto"`` the first batch decides the mode by count from a plain forward
+        pass's output sizes (:func:`~liegg_lightning.functional.polarization.choose_derivative`:
+        forward when the algebra is smaller than the rows per sample, all layers together) and
+        later batches keep it (unless :meth:`fix_derivative` chose one by measurement).
+        ``derivative`` overrides the mode for this call only. With ``layers``, a dict
+        ``name -> rows`` from one pass.
         """
-        if self.layer_actions is not None:
-            return self._layer_rows(model, inputs, derivative)
-        if (
-            derivative is None and self._resolved_derivative is None and self.derivative == "auto"
-            and self.output_action is not None
-        ):
-            self._resolved_derivative = self._probe_derivative(model, inputs)
-        mode = derivative or self._resolved_derivative or (
-            "reverse" if self.derivative == "auto" else self.derivative
-        )
-        rows = polarization_rows(
-            model,
-            inputs,
-            self.action,
-            output_mode=self.output_mode,
-            num_projections=self.num_projections,
-            generator=self.generator,
-            output_transform=self.output_transform,
-            derivative=mode,  # type: ignore[arg-type]
-            output_action=self.output_action,
-        )
-        if self._resolved_derivative is None and derivative is None:
-            self._resolved_derivative = _resolve_derivative(self.derivative, self.action, rows.shape[1])
-        return rows
+        result = self._batch_rows(model, inputs, derivative)
+        return result.rows if self.layer_actions is not None else result.rows[MODEL_OUTPUT]
 
     def rows_per_sample(self, model: Callable[[Tensor], Tensor], inputs: Tensor) -> int:
         """Rows one sample contributes (all layers together), from one plain forward pass without gradients."""
-        if self.layer_actions is not None:
-            return int(sum(self._layer_rows_per_sample(model, inputs).values()))
-        with derivative_context(inputs.device), torch.no_grad():
-            out = _model_output(model, inputs.detach(), self.output_transform)
-        return _rows_per_sample(self.output_mode, out[0].numel(), self.num_projections)
-
-    def _layer_rows_per_sample(self, model: Callable[[Tensor], Tensor], inputs: Tensor) -> Dict[str, int]:
-        assert self.layer_actions is not None
-        return layer_rows_per_sample(
-            model,  # type: ignore[arg-type]
-            inputs,
-            self.layer_actions,
-            output_mode=self.output_mode,
-            num_projections=self.num_projections,
-            output_transform=self.output_transform,
-        )
+        return int(sum(rows_per_sample(model, inputs, self.row_options, self.layer_actions).values()))
 
     def fix_derivative(self, mode: str) -> None:
         """Use ``mode`` (``"reverse"`` or ``"forward"``) for every later batch, e.g. the faster one as measured."""
-        if mode not in ("reverse", "forward"):
+        if mode not in DERIVATIVE_MODES[1:]:
             raise ValueError(f"Expected 'reverse' or 'forward', got {mode!r}.")
         self._resolved_derivative = mode
 
@@ -432,13 +374,20 @@ class LieGGMetric(Metric):
 
     def update(self, model: Callable[[Tensor], Tensor], inputs: Tensor) -> None:  # type: ignore[override]
         """Add the rows of ``model`` at a batch of ``inputs`` (and the inputs' tangent Gram matrix)."""
-        self._add_rows(self.rows(model, inputs), inputs)
+        result = self._batch_rows(model, inputs, None)
+        rows = result.rows if self.layer_actions is not None else result.rows[MODEL_OUTPUT]
+        self._add_rows(rows, inputs, result.border_rows)
 
     def forward(self, model: Callable[[Tensor], Tensor], inputs: Tensor) -> None:  # type: ignore[override]
         """``metric(model, inputs)`` is :meth:`update`: a per-batch solve would cost an eigendecomposition each."""
         self.update(model, inputs)
 
-    def update_rows(self, rows: Union[Tensor, Mapping[str, Tensor]], inputs: Optional[Tensor] = None) -> None:
+    def update_rows(
+        self,
+        rows: Union[Tensor, Mapping[str, Tensor]],
+        inputs: Optional[Tensor] = None,
+        border_rows: Optional[Mapping[str, Tensor]] = None,
+    ) -> None:
         """Add precomputed rows ``(B, K, m)`` (with ``layers`` a dict ``name -> rows``).
 
         Samples with non-finite rows are dropped and counted.
@@ -448,17 +397,22 @@ class LieGGMetric(Metric):
             inputs: The ``B`` inputs behind the rows, for the tangent Gram matrix of the relative
                 variances. Without them the report has no relative variances (unless every batch
                 of an accumulation brings its inputs, they are left out).
+            border_rows: ``name -> (B, K_ring, m)`` rows of the border rings (the model's own
+                output is ``""``), as :func:`~liegg_lightning.functional.layers.batch_rows` gives
+                them, for ``border_share``; without them in every batch, it is NaN.
         """
         # what TorchMetrics' wrapper does for `update`: forget a cached result, count the update
         self._computed = None
         self._update_count += 1
-        self._add_rows(rows, inputs)
+        self._add_rows(rows, inputs, border_rows or {})
 
-    def _add_rows(self, rows: Union[Tensor, Mapping[str, Tensor]], inputs: Optional[Tensor]) -> None:
+    def _add_rows(
+        self, rows: Union[Tensor, Mapping[str, Tensor]], inputs: Optional[Tensor], border_rows: Mapping[str, Tensor]
+    ) -> None:
         if self.layer_actions is not None:
             if not isinstance(rows, Mapping):
                 raise ValueError(f"Expected a dict layer name -> rows with `layers`, got {type(rows).__name__}.")
-            self._update_layer_rows(rows)
+            self._add_layer_rows(rows, border_rows)
             return
         if isinstance(rows, Mapping):
             raise ValueError("Expected rows as a tensor (B, K, m); a dict of rows needs `layers`.")
@@ -472,15 +426,26 @@ class LieGGMetric(Metric):
             got = tuple(inputs.shape) if isinstance(inputs, Tensor) else type(inputs).__name__
             raise ValueError(f"Expected `inputs` with batch size {rows.shape[0]} (that of the rows), got {got}.")
         update = _symmetry_update(rows, self.num_groups, group_keys=inputs)
-        dtype, device = self.gram.dtype, self.gram.device
+        ring = border_rows.get(MODEL_OUTPUT) if self.border_gram.numel() else None
+        self._accumulate_model(update, None if ring is None else _ring_update(ring, update.finite))
+        if inputs is not None:
+            self._accumulate_tangents(inputs, update)
 
-        def here(t: Tensor) -> Tensor:
-            # dtype first: a float64 tensor cannot move to a device without float64 (MPS, float32 states)
-            return t.to(dtype).to(device)
+    def _here(self, t: Tensor) -> Tensor:
+        """``t`` in the states' dtype and on their device."""
+        # dtype first: a float64 tensor cannot move to a device without float64 (MPS, float32 states)
+        return t.to(self.gram.dtype).to(self.gram.device)
 
+    def _accumulate_model(self, update: SymmetryUpdate, ring: Optional[SymmetryUpdate]) -> None:
+        """Add a batch's update (and its border ring's) to the states, all brought to one scale."""
         # everything in place: the states stay ordinary tensors when this runs under inference mode
+        here = self._here
         exponent = here(update.exponent)
         common = torch.maximum(self.scale_exponent, exponent)
+        if ring is not None:
+            common = torch.maximum(common, here(ring.exponent))
+            _accumulate(self.border_gram, self.scale_exponent, here(ring.gram), here(ring.exponent), common)
+            self.border_samples += here(ring.num_samples)
         _accumulate(self.gram, self.scale_exponent, here(update.gram), exponent, common)
         if self.num_groups:
             _accumulate(self.group_grams, self.scale_exponent, here(update.group_grams), exponent, common)
@@ -489,21 +454,81 @@ class LieGGMetric(Metric):
         self.num_samples += here(update.num_samples)
         self.num_rows += here(update.num_rows)
         self.num_skipped += here(update.num_skipped)
-        if inputs is not None:
-            with torch.inference_mode(False):
-                x = inputs.detach().to(float64_device(inputs.device))
-                tangent, t_exp = _scaled(self.action.tangent_gram(x, mask=update.finite.to(x.device)))
-            t_exp = here(t_exp)
-            t_common = torch.maximum(self.tangent_exponent, t_exp)
-            _accumulate(self.tangent_gram, self.tangent_exponent, here(tangent), t_exp, t_common)
-            self.tangent_exponent.copy_(t_common)
-            self.tangent_samples += here(update.num_samples)
+
+    def _accumulate_tangents(self, inputs: Tensor, update: SymmetryUpdate) -> None:
+        """Add the tangent Gram matrix of the kept inputs, for the relative variances."""
+        here = self._here
+        with torch.inference_mode(False):
+            x = inputs.detach().to(float64_device(inputs.device))
+            tangent, t_exp = _scaled(self.action.tangent_gram(x, mask=update.finite.to(x.device)))
+        t_exp = here(t_exp)
+        t_common = torch.maximum(self.tangent_exponent, t_exp)
+        _accumulate(self.tangent_gram, self.tangent_exponent, here(tangent), t_exp, t_common)
+        self.tangent_exponent.copy_(t_common)
+        self.tangent_samples += here(update.num_samples)
+
+    def _add_layer_rows(self, rows: Mapping[str, Tensor], border_rows: Mapping[str, Tensor]) -> None:
+        """Add each layer's rows ``(B, K_l, m)`` (and its border ring's) to its own Gram matrices."""
+        if set(rows) != set(self.layer_names):
+            raise ValueError(
+                f"Expected rows for the layers {self.layer_names}, got them for {sorted(rows)}."
+            )
+        m = self.layer_gram.shape[-1]
+        for i, name in enumerate(self.layer_names):
+            r = rows[name]
+            if r.ndim != 3 or r.shape[-1] != m:
+                raise ValueError(f"Expected rows of shape (B, K, {m}) for layer {name!r}, got {tuple(r.shape)}.")
+            update = _symmetry_update(r)
+            # per-layer states are kept unscaled (no exponent state, no jackknife groups per layer yet)
+            self.layer_gram[i] += self._here(_unscaled(update))
+            self.layer_num_samples[i] += self._here(update.num_samples)
+            self.layer_num_rows[i] += self._here(update.num_rows)
+            self.layer_num_skipped[i] += self._here(update.num_skipped)
+            ring = border_rows.get(name)
+            if ring is not None and self.layer_border_gram.shape[-1] and tracks_border(
+                    self.layer_actions[name], self.output_mode):  # type: ignore[index]
+                ring_update = _ring_update(ring, update.finite)
+                self.layer_border_gram[i] += self._here(_unscaled(ring_update))
+                self.layer_border_samples[i] += self._here(ring_update.num_samples)
+
+    def _compute_layers(self) -> Dict[str, SymmetryReport]:
+        """One report per analysed layer, in the order of ``layers``."""
+        reports: Dict[str, SymmetryReport] = {}
+        m = self.layer_gram.shape[-1]
+        for i, name in enumerate(self.layer_names):
+            label = "the model output" if name == MODEL_OUTPUT else f"layer {name!r}"
+            samples, rows = int(self.layer_num_samples[i]), int(self.layer_num_rows[i])
+            if samples <= 0:
+                raise ValueError(
+                    f"LieGGMetric has no samples to solve for {label}: call `update` with at least one finite sample."
+                )
+            if rows < m:
+                rank_zero_warn(
+                    f"LieGGMetric: {rows} rows for m={m} generators at {label}; at least {m - rows} zero "
+                    "eigenvalues come from too little data, not from learned symmetries."
+                )
+            border = self.layer_actions[name]  # type: ignore[index]
+            whole = self.layer_border_gram.shape[-1] and int(self.layer_border_samples[i]) == samples
+            reports[name] = _symmetry_compute(
+                self.layer_gram[i],
+                samples,
+                rows,
+                int(self.layer_num_skipped[i]),
+                self.action,
+                reference=self.reference,
+                known=self.known,
+                nullity_tolerance=self.nullity_tolerance,
+                border_gram=self.layer_border_gram[i] if whole and tracks_border(border, self.output_mode) else None,
+                border_in_gram=_border_in_gram(border),
+            )
+        return reports
 
     def _align(self, exponents: Tensor) -> None:
         """Rescale the states to the largest of ``exponents`` ``(P, 2)`` (scale, tangent), that of every process."""
         scale, tangent = exponents[:, 0].max(), exponents[:, 1].max()
         self.gram = _rescale(self.gram, self.scale_exponent, scale)
         self.group_grams = _rescale(self.group_grams, self.scale_exponent, scale)
+        self.border_gram = _rescale(self.border_gram, self.scale_exponent, scale)
         self.tangent_gram = _rescale(self.tangent_gram, self.tangent_exponent, tangent)
         self.scale_exponent = scale.clone()
         self.tangent_exponent = tangent.clone()
@@ -530,7 +555,7 @@ class LieGGMetric(Metric):
         mine = torch.stack([self.scale_exponent, self.tangent_exponent])
         self._align(torch.stack([mine, theirs.to(mine.dtype)]))
         for name, exp_name in (("gram", "scale_exponent"), ("group_grams", "scale_exponent"),
-                               ("tangent_gram", "tangent_exponent")):
+                               ("border_gram", "scale_exponent"), ("tangent_gram", "tangent_exponent")):
             state, exponent = incoming[name], incoming[exp_name]
             incoming[name] = _rescale(state.to(device), exponent.to(device), getattr(self, exp_name))
         incoming["scale_exponent"], incoming["tangent_exponent"] = self.scale_exponent, self.tangent_exponent
@@ -556,6 +581,7 @@ class LieGGMetric(Metric):
             )
         constant = _input_independent(self.gram, num_samples)
         with_tangents = int(self.tangent_samples) == num_samples
+        whole_ring = int(self.border_samples) == num_samples
         report = _symmetry_compute(
             self.gram,
             num_samples,
@@ -571,6 +597,8 @@ class LieGGMetric(Metric):
             known=self.known,
             nullity_tolerance=self.nullity_tolerance,
             warn=constant and not self._warned_constant,
+            border_gram=self.border_gram if self.border_gram.numel() and whole_ring else None,
+            border_in_gram=_border_in_gram(self.output_action),
         )
         self._warned_constant = self._warned_constant or constant
         return report

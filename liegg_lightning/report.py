@@ -84,6 +84,12 @@ class SymmetryReport:
             each generator, comparable across generators and actions. NaN (at the end) for
             generators that move no input. ``None`` when the inputs were not available.
         relative_generators: ``(m, *generator_shape)`` their generators, unit Frobenius norm.
+        border_share: For a feature map analysed with an ``ImageAction`` output action (one row per
+            component), the share in ``[0, 1]`` of the whole map's variance along the most
+            invariant generator that comes from the border ring: the pixels closer than
+            ``max(border, 1)`` to an edge (the left-out ring, or with ``border=0`` the outer ring
+            of one-sided differences). NaN where it has no meaning (no image output, projected
+            outputs, no variance at all).
 
     Undefined values are NaN, never a number that reads as a result: ``closure_error`` with fewer
     than two symmetries, the biases and normalised variances when the outputs do not depend on the
@@ -115,6 +121,7 @@ class SymmetryReport:
     symmetry_variance_stderr: float = float("nan")
     relative_variances: Optional[Tensor] = None
     relative_generators: Optional[Tensor] = None
+    border_share: float = float("nan")
 
     @property
     def generator_shape(self) -> Tuple[int, ...]:
@@ -200,7 +207,7 @@ class SymmetryReport:
                     f"got {tuple(value.shape)}."
                 )
         # a null for an optional float: undefined (NaN) where the measure applies, absent (None) where not
-        for name in ("symmetry_variance", "symmetry_variance_stderr"):
+        for name in ("symmetry_variance", "symmetry_variance_stderr", "border_share"):
             if name in kwargs and kwargs[name] is None:
                 kwargs[name] = float("nan")
         has_reference = isinstance(kwargs.get("biases"), Tensor)
@@ -261,7 +268,8 @@ class SymmetryReport:
 
         Keys: ``symmetry_variance``, ``symmetry_variance_stderr``, ``normalized_variance``,
         ``relative_variance`` (the smallest relative variance), ``nullity``, ``closure_error``,
-        ``symmetry_bias``, ``subspace_bias`` and ``variance/<name>`` for each known generator.
+        ``symmetry_bias``, ``subspace_bias``, ``border_share`` (feature maps) and ``variance/<name>``
+        for each known generator.
         """
         values: List[Tuple[str, Optional[float]]] = [
             ("symmetry_variance", float(self.symmetry_variance)),
@@ -273,6 +281,7 @@ class SymmetryReport:
             ("closure_error", self.closure_error),
             ("symmetry_bias", self.symmetry_bias),
             ("subspace_bias", self.subspace_bias),
+            ("border_share", self.border_share),
         ]
         values += [(f"variance/{name}", value) for name, value in self.known_variances.items()]
         return {name: float(value) for name, value in values if value is not None and not math.isnan(float(value))}

@@ -24,7 +24,8 @@ from torch import Tensor, nn
 from liegg_lightning import ImageAction, LieGGMetric, SymmetryReport, TangentAction, VectorAction, analyze
 from liegg_lightning._errors import InputError
 from liegg_lightning.functional import polarization_rows
-from liegg_lightning.functional.layers import layer_rows, layers_derivative
+from liegg_lightning.functional.layers import layer_rows
+from liegg_lightning.functional.polarization import choose_derivative
 from liegg_lightning.rendering_layers import layers_figure, layers_table
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -319,10 +320,11 @@ def test_output_transform_applies_to_the_model_output_only(small_images: Tensor)
 
 def test_auto_derivative_for_layers_picks_fewer_passes(small_images: Tensor) -> None:
     # m = 4 JVPs carry every layer; reverse needs the layers' rows per sample together
-    assert layers_derivative("auto", ImageAction(), {"a": 1, "b": 2}) == "reverse"
-    assert layers_derivative("auto", ImageAction(), {"a": 3, "b": 2}) == "forward"
-    assert layers_derivative("auto", ImageAction(), {"a": 300}) == "forward"
-    assert layers_derivative("reverse", ImageAction(), {"a": 300}) == "reverse"
+    m = ImageAction().num_generators
+    assert choose_derivative("auto", m, sum({"a": 1, "b": 2}.values())) == "reverse"
+    assert choose_derivative("auto", m, sum({"a": 3, "b": 2}.values())) == "forward"
+    assert choose_derivative("auto", m, sum({"a": 300}.values())) == "forward"
+    assert choose_derivative("reverse", m, sum({"a": 300}.values())) == "reverse"
     metric = LieGGMetric(ImageAction(), layers=LAYERS)
     metric.update(SmallCNN(), small_images)
     assert metric._resolved_derivative == "forward"  # feature maps: hundreds of outputs, m = 4

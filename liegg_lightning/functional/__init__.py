@@ -4,14 +4,22 @@ One call, :func:`symmetry_report`, goes from a model and a batch to a report. Th
 for those who assemble their own pipeline:
 
 * rows: :func:`polarization_rows` (and its two strategies :func:`input_gradients` with an action's
-  ``rows``, and :func:`forward_rows`);
+  ``rows``, and :func:`forward_rows`), with the options of a metric as one :class:`RowOptions`;
+  :func:`choose_derivative`, the one rule for forward against reverse mode;
 * the spectrum's measures: :func:`solve_spectrum`, :func:`estimate_nullity` (with :func:`log_gaps`),
   :func:`jackknife_stderr`, :func:`relative_spectrum`, :func:`reference_biases`, :func:`subspace_bias`,
-  :func:`closure_error`, :func:`known_variances`.
+  :func:`closure_error`, :func:`known_variances`, :func:`border_share`.
 """
 
-from liegg_lightning.functional.polarization import forward_rows, input_gradients, polarization_rows
+from liegg_lightning.functional.polarization import (
+    RowOptions,
+    choose_derivative,
+    forward_rows,
+    input_gradients,
+    polarization_rows,
+)
 from liegg_lightning.functional.spectrum import (
+    border_share,
     closure_error,
     estimate_nullity,
     jackknife_stderr,
@@ -25,6 +33,9 @@ from liegg_lightning.functional.spectrum import (
 from liegg_lightning.functional.symmetry import symmetry_report
 
 __all__ = [
+    "RowOptions",
+    "border_share",
+    "choose_derivative",
     "closure_error",
     "estimate_nullity",
     "forward_rows",

@@ -13,36 +13,33 @@ one costs. Reverse mode runs one forward pass (hooks keep each layer's output wi
 then each layer's backward passes, ``R`` per layer (the rows per sample of the output mode). Once
 a forward pass is paid for, every layer's rows come with it, so ``"auto"`` chooses between all
 forward (``m`` JVPs) and all reverse (``sum_l R_l`` backward passes), whichever is fewer.
+
+:func:`batch_rows` is the one entry point of the metric: the model's own output is the layer
+``""``, so one model output and several layers take the same path.
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
-import torch
 from torch import Tensor, nn
 
 from liegg_lightning._errors import InputError
 from liegg_lightning.actions import GroupAction
 from liegg_lightning.functional.polarization import (
+    MODEL_OUTPUT,
+    BatchRows,
     OutputMode,
-    _check_options,
-    _check_output_action,
-    _checked_output,
-    _draw_projections,
-    _rows_from_gradients,
-    _rows_from_jvps,
-    _rows_per_sample,
-    derivative_context,
-    jvp_through,
-    output_gradients,
-    output_tangents,
+    OutputsFn,
+    RowOptions,
+    check_output_action,
+    checked_output,
+    model_output,
+    outputs_rows,
+    outputs_rows_per_sample,
 )
 
-__all__ = ["MODEL_OUTPUT", "check_layers", "layer_rows", "layers_derivative"]
-
-#: The name of the model's own output (after ``output_transform``) among the analysed layers.
-MODEL_OUTPUT = ""
+__all__ = ["MODEL_OUTPUT", "batch_rows", "check_layers", "layer_output_fn", "layer_rows", "rows_per_sample"]
 
 Layers = Union[Sequence[str], Mapping[str, Optional[GroupAction]]]
 
@@ -83,16 +80,12 @@ def check_layers(
         if name in out:
             raise ValueError(f"Expected each layer once in `layers`, got {name!r} twice.")
         try:
-            _check_output_action(action, act)
+            check_output_action(action, act)
         except ValueError as err:
             where = "the model output" if name == MODEL_OUTPUT else f"layer {name!r}"
             raise ValueError(f"For {where}: {err}") from None
         out[name] = act
     return out
-
-
-def _describe(name: str) -> str:
-    return "the model output" if name == MODEL_OUTPUT else f"the output of layer {name!r}"
 
 
 def _resolve_modules(model: Any, names: Sequence[str]) -> Dict[str, nn.Module]:
@@ -114,71 +107,113 @@ def _resolve_modules(model: Any, names: Sequence[str]) -> Dict[str, nn.Module]:
     return {n: modules[n] for n in names if n != MODEL_OUTPUT}
 
 
-def _capturing(
-    model: nn.Module, names: Sequence[str], output_transform: Optional[Callable[[Tensor], Tensor]]
-) -> Callable[[Tensor], Tuple[Tensor, ...]]:
-    """A function from the model's input to the outputs of the named layers, in order.
+def _run_capturing(model: nn.Module, modules: Mapping[str, nn.Module], x: Tensor) -> Tuple[Any, Dict[str, Any]]:
+    """The model's output at ``x`` and the outputs of ``modules`` (their last call) during that pass.
 
-    Forward hooks record each layer's output (its last call, for a module called more than once)
-    during one forward pass of the whole model; they are removed when the pass ends.
+    The forward hooks are removed when the pass ends, whatever happens.
     """
-    modules = _resolve_modules(model, names)
+    captured: Dict[str, Any] = {}
+    handles = []
+    try:
+        for name, module in modules.items():
+            handles.append(module.register_forward_hook(lambda _m, _i, out, name=name: captured.__setitem__(name, out)))
+        out = model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return out, captured
+
+
+def layer_output_fn(model: nn.Module, name: str) -> Callable[[Tensor], Tensor]:
+    """A function from the model's input to the output of its submodule ``name`` (its last call).
+
+    Args:
+        model: The network.
+        name: A name from ``model.named_modules()``.
+
+    Raises:
+        InputError: When ``name`` is not a submodule (at once) or was not called by the model's
+            forward (when the function runs).
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> net = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 1))
+        >>> layer_output_fn(net, "1")(torch.randn(4, 3)).shape
+        torch.Size([4, 8])
+    """
+    modules = _resolve_modules(model, [name])
+
+    def forward(x: Tensor) -> Tensor:
+        _, captured = _run_capturing(model, modules, x)
+        if name not in captured:
+            raise InputError(f"The layer {name!r} was not called by the model's forward.")
+        return captured[name]
+
+    return forward
+
+
+def outputs_function(
+    model: Callable[[Tensor], Tensor], names: Sequence[str], output_transform: Optional[Callable[[Tensor], Tensor]]
+) -> OutputsFn:
+    """A function from the model's input to the checked outputs of the named layers, in order.
+
+    Only the model's own output (``[""]``) needs no ``nn.Module``: any callable will do.
+    """
+    modules = {} if list(names) == [MODEL_OUTPUT] else _resolve_modules(model, names)
 
     def f(x: Tensor) -> Tuple[Tensor, ...]:
-        captured: Dict[str, Any] = {}
-        handles = []
-        try:
-            for name, module in modules.items():
-                handles.append(
-                    module.register_forward_hook(lambda _m, _i, out, name=name: captured.__setitem__(name, out))
-                )
-            out = model(x)
-        finally:
-            for handle in handles:
-                handle.remove()
+        if not modules:
+            return (model_output(model, x, output_transform),)
+        out, captured = _run_capturing(model, modules, x)  # type: ignore[arg-type]
         results: List[Tensor] = []
         for name in names:
             if name == MODEL_OUTPUT:
                 value = out if output_transform is None else output_transform(out)
-                results.append(_checked_output(value, x.shape[0]))
+                results.append(checked_output(value, x.shape[0]))
                 continue
             if name not in captured:
                 raise InputError(f"The layer {name!r} was not called by the model's forward.")
-            results.append(_checked_output(captured[name], x.shape[0], what=f"layer {name!r}"))
+            results.append(checked_output(captured[name], x.shape[0], what=f"layer {name!r}"))
         return tuple(results)
 
     return f
 
 
-def layers_derivative(derivative: str, action: GroupAction, rows_per_sample: Mapping[str, int]) -> str:
-    """``"forward"`` when ``m`` JVPs are fewer than the reverse passes of all layers together, else ``"reverse"``.
+def _analysed(options: RowOptions, layers: Optional[Mapping[str, Optional[GroupAction]]]) -> Dict[str, Any]:
+    """The analysed outputs: the checked ``layers``, or the model's own output with ``options.output_action``."""
+    return dict(layers) if layers is not None else {MODEL_OUTPUT: options.output_action}
+
+
+def batch_rows(
+    model: Callable[[Tensor], Tensor],
+    x: Tensor,
+    options: RowOptions,
+    layers: Optional[Mapping[str, Optional[GroupAction]]] = None,
+) -> BatchRows:
+    """The rows of one batch for every analysed output, from one pass.
 
     Args:
-        derivative: ``"auto"``, ``"forward"`` or ``"reverse"`` (the last two are returned as they are).
-        action: The input action (``m`` basis tangents).
-        rows_per_sample: Rows per sample (reverse passes) of each layer.
+        model: The network (an ``nn.Module`` when ``layers`` name submodules).
+        x: A batch of inputs.
+        options: How rows are formed.
+        layers: Checked layers (:func:`check_layers`), or ``None`` for the model's own output.
     """
-    if derivative != "auto":
-        return derivative
-    return "forward" if action.num_generators < sum(rows_per_sample.values()) else "reverse"
+    outputs = _analysed(options, layers)
+    return outputs_rows(outputs_function(model, list(outputs), options.output_transform), x, outputs, options)
 
 
-def layer_rows_per_sample(
-    model: nn.Module,
+def rows_per_sample(
+    model: Callable[[Tensor], Tensor],
     x: Tensor,
-    layers: Mapping[str, Optional[GroupAction]],
-    *,
-    output_mode: OutputMode = "jacobian",
-    num_projections: Optional[int] = None,
-    output_transform: Optional[Callable[[Tensor], Tensor]] = None,
+    options: RowOptions,
+    layers: Optional[Mapping[str, Optional[GroupAction]]] = None,
 ) -> Dict[str, int]:
-    """Rows per sample of each layer, from one plain forward pass (no derivative) on ``x``."""
-    f = _capturing(model, list(layers), output_transform)
-    with derivative_context(x.device), torch.no_grad():
-        outs = f(x.detach())
-    return {
-        name: _rows_per_sample(output_mode, out[0].numel(), num_projections) for name, out in zip(layers, outs)
-    }
+    """Rows per sample of each analysed output, from one plain forward pass (no derivative) on ``x``."""
+    outputs = _analysed(options, layers)
+    fn = outputs_function(model, list(outputs), options.output_transform)
+    components = outputs_rows_per_sample(fn, x, outputs)
+    return {name: options.rows_per_output(k) for name, k in components.items()}
 
 
 def layer_rows(
@@ -189,7 +224,7 @@ def layer_rows(
     *,
     output_mode: OutputMode = "jacobian",
     num_projections: Optional[int] = None,
-    generator: Optional[torch.Generator] = None,
+    generator: Any = None,
     output_transform: Optional[Callable[[Tensor], Tensor]] = None,
     derivative: str = "auto",
     output_action: Optional[GroupAction] = None,
@@ -223,38 +258,8 @@ def layer_rows(
         >>> {name: tuple(r.shape) for name, r in rows.items()}
         {'0': (4, 8, 9), '1': (4, 8, 9), '': (4, 1, 9)}
     """
-    _check_options(action, output_mode, num_projections, derivative, output_transform)
-    checked = check_layers(action, layers, output_action)
-    action.validate_input(x)
-    names = list(checked)
-    if derivative == "auto":
-        per_sample = layer_rows_per_sample(
-            model, x, checked, output_mode=output_mode, num_projections=num_projections,
-            output_transform=output_transform,
-        )
-        derivative = layers_derivative(derivative, action, per_sample)
-    f = _capturing(model, names, output_transform)
-    rows: Dict[str, Tensor] = {}
-    if derivative == "forward":
-        with derivative_context(x.device), torch.no_grad():
-            xd = x.detach().clone()
-            tangents = action.tangents(xd).to(xd.dtype)
-            outs, jvps = jvp_through(f, xd, tangents)
-            for name, out, jvp in zip(names, outs, jvps):
-                projections = _draw_projections(output_mode, out[0].numel(), num_projections, generator)
-                rows[name] = _rows_from_jvps(jvp, out, checked[name], projections, what=_describe(name))
-        return rows
-    with derivative_context(x.device):
-        xg = x.detach().clone().requires_grad_(True)
-        outs = f(xg)
-        # every output is checked against its action before any backward pass
-        out_tangents = [
-            None if checked[n] is None else output_tangents(checked[n], o, what=_describe(n))  # type: ignore[arg-type]
-            for n, o in zip(names, outs)
-        ]
-        for i, (name, out) in enumerate(zip(names, outs)):
-            flat = out.reshape(out.shape[0], -1)
-            projections = _draw_projections(output_mode, flat.shape[1], num_projections, generator)
-            grads = output_gradients(flat, xg, projections, retain_graph=i < len(names) - 1)
-            rows[name] = _rows_from_gradients(x, grads, action, out_tangents[i], projections)
-    return rows
+    options = RowOptions(
+        action, output_mode, num_projections, output_transform, output_action, derivative,  # type: ignore[arg-type]
+        generator,
+    )
+    return batch_rows(model, x, options, check_layers(action, layers, output_action)).rows

@@ -9,26 +9,96 @@ Equivariance: with an ``output_action`` the rows are those of the Lie derivative
 ``J_F(x) A_in,i(x) - A_out,i(F(x))`` (output component ``k``, basis element ``i``), which vanish
 for every ``h`` the map is *equivariant* to; without one they are ``J_F(x) A_in,i(x)``
 (invariance), as in LieGG.
+
+:class:`RowOptions` says how rows are formed; :func:`outputs_rows` forms them for every analysed
+output of one pass (the model's, or several layers'); :func:`choose_derivative` is the one rule
+for forward against reverse mode.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
-from typing import Callable, Iterator, Literal, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, Literal, Mapping, NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor
 
+from liegg_lightning._checks import is_int
 from liegg_lightning._errors import InputError
-from liegg_lightning.actions import GroupAction
+from liegg_lightning.actions import GroupAction, ImageAction
 
-__all__ = ["input_gradients", "forward_rows", "output_tangents", "polarization_rows"]
+__all__ = [
+    "MODEL_OUTPUT",
+    "BatchRows",
+    "RowOptions",
+    "choose_derivative",
+    "forward_rows",
+    "input_gradients",
+    "output_tangents",
+    "outputs_rows",
+    "polarization_rows",
+]
 
 OutputMode = Literal["jacobian", "sum", "random"]
 DerivativeMode = Literal["auto", "reverse", "forward"]
 OUTPUT_MODES = ("jacobian", "sum", "random")
 DERIVATIVE_MODES = ("auto", "reverse", "forward")
+
+#: The name of the model's own output (after ``output_transform``) among the analysed outputs, as
+#: ``named_modules()`` names the root.
+MODEL_OUTPUT = ""
+
+#: A function from the network's input to the analysed outputs, in order.
+OutputsFn = Callable[[Tensor], Tuple[Tensor, ...]]
+
+
+@dataclasses.dataclass(frozen=True)
+class RowOptions:
+    """How polarization rows are formed from a network's outputs; checked once, when made.
+
+    Attributes:
+        action: How the candidate algebra acts on the network's input.
+        output_mode: ``"jacobian"`` (a row per output component), ``"sum"`` (the original LieGG's
+            summed output) or ``"random"`` (``num_projections`` Gaussian output projections).
+        num_projections: Projections for ``"random"``.
+        output_transform: Applied to the model's output before differentiating (no other layer's).
+        output_action: How the algebra acts on the model's output (and on layers given as a list);
+            ``None`` measures invariance.
+        derivative: ``"reverse"``, ``"forward"`` or ``"auto"`` (:func:`choose_derivative` by count,
+            from a plain forward pass's output sizes).
+        generator: Random generator for ``"random"`` (the global RNG is never consumed when given).
+
+    Example:
+        >>> from liegg_lightning import VectorAction
+        >>> RowOptions(VectorAction(dim=3), output_mode="random", num_projections=2).rows_per_output(10)
+        2
+    """
+
+    action: GroupAction
+    output_mode: OutputMode = "jacobian"
+    num_projections: Optional[int] = None
+    output_transform: Optional[Callable[[Tensor], Tensor]] = None
+    output_action: Optional[GroupAction] = None
+    derivative: DerivativeMode = "auto"
+    generator: Optional[torch.Generator] = None
+
+    def __post_init__(self) -> None:
+        _check_options(self.action, self.output_mode, self.num_projections, self.derivative, self.output_transform)
+        check_output_action(self.action, self.output_action)
+
+    def replace(self, **changes: object) -> RowOptions:
+        """A copy with ``changes`` (checked again)."""
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+    def rows_per_output(self, num_components: int) -> int:
+        """How many rows one sample gives from an output of ``num_components`` analysed components."""
+        if self.output_mode == "jacobian":
+            return num_components
+        if self.output_mode == "sum":
+            return 1
+        return int(self.num_projections or 1)
 
 
 def _check_options(
@@ -38,7 +108,6 @@ def _check_options(
     derivative: str,
     output_transform: Optional[Callable[[Tensor], Tensor]],
 ) -> None:
-    """The one check of the derivative options, shared by the metric, ``analyze`` and the functions here."""
     if not isinstance(action, GroupAction):
         raise ValueError(
             "Expected `action` to be a GroupAction (VectorAction, ImageAction or TangentAction), "
@@ -46,9 +115,7 @@ def _check_options(
         )
     if output_mode not in OUTPUT_MODES:
         raise ValueError(f"Expected `output_mode` to be one of {', '.join(OUTPUT_MODES)}, got {output_mode!r}.")
-    if output_mode == "random" and (
-        not isinstance(num_projections, int) or isinstance(num_projections, bool) or num_projections < 1
-    ):
+    if output_mode == "random" and not (is_int(num_projections) and num_projections >= 1):  # type: ignore[operator]
         raise ValueError(
             f"Expected a positive int `num_projections` with output_mode='random', got {num_projections!r}."
         )
@@ -58,8 +125,8 @@ def _check_options(
         raise ValueError(f"Expected `output_transform` to be callable or None, got {output_transform!r}.")
 
 
-def _check_output_action(action: GroupAction, output_action: Optional[GroupAction]) -> None:
-    """An output action must be a GroupAction with the input action's generators (shape and number)."""
+def check_output_action(action: GroupAction, output_action: Optional[GroupAction]) -> None:
+    """Raise ``ValueError`` unless ``output_action`` is None or a GroupAction with ``action``'s generators."""
     if output_action is None:
         return
     if not isinstance(output_action, GroupAction):
@@ -84,6 +151,44 @@ def _homogeneous(action: GroupAction) -> str:
     return ", homogeneous" if action.homogeneous else ""
 
 
+def choose_derivative(
+    requested: str, num_generators: int, rows_per_sample: int, seconds: Optional[Mapping[str, float]] = None
+) -> str:
+    """The derivative mode to use: the one place that decides forward against reverse mode.
+
+    Reverse mode costs one backward pass per row of a sample, forward mode one Jacobian-vector
+    product per basis element, each about a forward pass.
+
+    Args:
+        requested: ``"reverse"`` or ``"forward"`` (returned as they are), or ``"auto"``.
+        num_generators: ``m``, the forward passes.
+        rows_per_sample: The rows one sample gives (all analysed outputs together): the reverse passes.
+        seconds: Measured seconds per mode (``inf`` for a mode that failed); with at least one
+            finite time, the faster finite mode wins (a tie goes to the count rule's choice).
+
+    Returns:
+        ``"forward"`` or ``"reverse"``; without finite measurements, ``"forward"`` exactly when
+        ``num_generators < rows_per_sample``.
+
+    Example:
+        >>> choose_derivative("auto", 4, 300), choose_derivative("auto", 25, 10)
+        ('forward', 'reverse')
+        >>> choose_derivative("auto", 4, 300, seconds={"forward": float("inf"), "reverse": 0.2})
+        'reverse'
+    """
+    if requested not in DERIVATIVE_MODES:
+        raise ValueError(f"Expected `requested` to be one of {', '.join(DERIVATIVE_MODES)}, got {requested!r}.")
+    if requested != "auto":
+        return requested
+    by_count = "forward" if num_generators < rows_per_sample else "reverse"
+    timed = {mode: float(t) for mode, t in (seconds or {}).items() if mode in ("forward", "reverse")}
+    finite = {mode: t for mode, t in timed.items() if math.isfinite(t)}
+    if not finite:
+        return by_count
+    fastest = min(finite.values())
+    return by_count if finite.get(by_count) == fastest else min(finite, key=finite.__getitem__)
+
+
 def float64_device(device: torch.device) -> torch.device:
     """Where float64 rows can be formed: the device itself, or the CPU where it has no float64 (MPS)."""
     return torch.device("cpu") if device.type == "mps" else device
@@ -101,7 +206,7 @@ def derivative_context(device: torch.device) -> Iterator[None]:
         yield
 
 
-def _checked_output(out: object, batch_size: int, what: str = "the model (after `output_transform`)") -> Tensor:
+def checked_output(out: object, batch_size: int, what: str = "the model (after `output_transform`)") -> Tensor:
     """A batch-first output tensor (``(B, ...)``, at least one axis), or :class:`InputError`."""
     if not isinstance(out, Tensor):
         raise InputError(
@@ -118,16 +223,17 @@ def _checked_output(out: object, batch_size: int, what: str = "the model (after 
     return out
 
 
-def _model_output(model: Callable[[Tensor], Tensor], x: Tensor, output_transform: Optional[Callable]) -> Tensor:
+def model_output(model: Callable[[Tensor], Tensor], x: Tensor, output_transform: Optional[Callable]) -> Tensor:
     """The model's output after ``output_transform``, checked, in its own shape ``(B, ...)``."""
     out = model(x)
     if output_transform is not None:
         out = output_transform(out)
-    return _checked_output(out, x.shape[0])
+    return checked_output(out, x.shape[0])
 
 
-def _flat_output(model: Callable[[Tensor], Tensor], x: Tensor, output_transform: Optional[Callable]) -> Tensor:
-    return _model_output(model, x, output_transform).reshape(x.shape[0], -1)  # (B,) is one output
+def describe(name: str) -> str:
+    """How errors name an analysed output."""
+    return "the model output" if name == MODEL_OUTPUT else f"the output of layer {name!r}"
 
 
 def output_tangents(output_action: GroupAction, out: Tensor, *, what: str = "the model output") -> Tensor:
@@ -161,14 +267,61 @@ def output_tangents(output_action: GroupAction, out: Tensor, *, what: str = "the
     return t.flatten(2).transpose(1, 2)
 
 
-def _draw_projections(
+class _Components(NamedTuple):
+    """Which flattened components of one output give the report's rows, and which form its border ring."""
+
+    kept: Optional[Tensor]  #: (K,) bool, or None for every component
+    ring: Optional[Tensor]  #: (K,) bool, or None where no ring is tracked
+
+
+def tracks_border(output_action: Optional[GroupAction], output_mode: str) -> bool:
+    """Whether an output's border ring gets rows of its own (for ``border_share``).
+
+    Only an image's pixels have a border, and only rows of single components split exactly into
+    the ring's and the rest's: projections mix them.
+    """
+    return isinstance(output_action, ImageAction) and output_mode == "jacobian"
+
+
+def _components(output_action: Optional[GroupAction], out: Tensor, options: RowOptions, what: str) -> _Components:
+    """The output action's border split of ``out`` ``(B, ...)``; the ring only where :func:`tracks_border`."""
+    if not isinstance(output_action, ImageAction):
+        return _Components(None, None)
+    try:
+        kept, ring = output_action.border_masks(tuple(out.shape[1:]))
+    except InputError as err:
+        raise InputError(f"For {what}: {err}") from None
+    kept_or_all = None if bool(kept.all()) else kept.to(out.device)
+    ring_rows = ring.to(out.device) if tracks_border(output_action, options.output_mode) else None
+    return _Components(kept_or_all, ring_rows)
+
+
+def _analysed_components(output_action: Optional[GroupAction], out: Tensor) -> int:
+    """The components of ``out`` ``(B, ...)`` whose rows the report gets."""
+    if isinstance(output_action, ImageAction) and output_action.border:
+        return int(output_action.border_masks(tuple(out.shape[1:]))[0].sum())
+    return out[0].numel()
+
+
+def _draw_projections(options: RowOptions, num_outputs: int) -> Optional[Tensor]:
+    """The ``(R, K)`` float64 (CPU) output projections of ``options``; ``None`` for ``"jacobian"``."""
+    return projection_matrix(options.output_mode, num_outputs, options.num_projections, options.generator)
+
+
+def projection_matrix(
     output_mode: str, num_outputs: int, num_projections: Optional[int], generator: Optional[torch.Generator]
 ) -> Optional[Tensor]:
     """The ``(R, K)`` float64 (CPU) output projections of a mode; ``None`` for ``"jacobian"`` (every component)."""
     if output_mode == "sum":
         return torch.ones(1, num_outputs, dtype=torch.float64)
     if output_mode == "random":
-        return _projection_matrix(num_outputs, num_projections, generator)
+        if not (is_int(num_projections) and num_projections >= 1):  # type: ignore[operator]
+            raise ValueError(
+                f"Expected a positive int `num_projections` with output_mode='random', got {num_projections!r}."
+            )
+        # z / sqrt(r): E[z^T z] / r = I, so sum_j (z_j J)^T (z_j J) / r estimates J^T J without bias
+        z = torch.randn(num_projections, num_outputs, generator=generator, dtype=torch.float64)  # type: ignore[arg-type]
+        return z / math.sqrt(num_projections)  # type: ignore[arg-type]
     if output_mode == "jacobian":
         return None
     raise ValueError(f"Expected `output_mode` to be one of {', '.join(OUTPUT_MODES)}, got {output_mode!r}.")
@@ -181,23 +334,9 @@ def _project(rows: Tensor, projections: Optional[Tensor]) -> Tensor:
     return torch.einsum("rk,bkm->brm", projections.to(rows.device, rows.dtype), rows)
 
 
-def _projection_matrix(
-    num_outputs: int, num_projections: Optional[int], generator: Optional[torch.Generator]
-) -> Tensor:
-    if num_projections is None or num_projections < 1:
-        raise ValueError(f"Expected a positive `num_projections` for output_mode='random', got {num_projections!r}.")
-    # z / sqrt(r): E[z^T z] / r = I, so sum_j (z_j J)^T (z_j J) / r estimates J^T J without bias
-    z = torch.randn(num_projections, num_outputs, generator=generator, dtype=torch.float64)
-    return z / math.sqrt(num_projections)
-
-
-def _rows_per_sample(output_mode: str, num_outputs: int, num_projections: Optional[int]) -> int:
-    """How many polarization rows one sample contributes."""
-    if output_mode == "jacobian":
-        return num_outputs
-    if output_mode == "sum":
-        return 1
-    return int(num_projections or 1)
+def _select(values: Tensor, mask: Optional[Tensor]) -> Tensor:
+    """The components ``mask`` picks along axis 1 (all for ``None``)."""
+    return values if mask is None else values[:, mask.to(values.device)]
 
 
 def input_gradients(
@@ -216,33 +355,11 @@ def input_gradients(
     so that their Gram matrix is an unbiased estimate of the Jacobian's. Samples must not interact
     inside the model (e.g. no batch norm in training mode).
     """
-    grads, _, _ = _reverse_pass(model, x, output_mode, num_projections, generator, output_transform, None)
-    return grads
-
-
-def _reverse_pass(
-    model: Callable[[Tensor], Tensor],
-    x: Tensor,
-    output_mode: str,
-    num_projections: Optional[int],
-    generator: Optional[torch.Generator],
-    output_transform: Optional[Callable[[Tensor], Tensor]],
-    output_action: Optional[GroupAction],
-) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
-    """Input gradients, output tangents and projections from one forward pass.
-
-    Returns the gradients ``(B, R, *x.shape[1:])``, the output action's tangents ``(B, K, m)`` (or
-    ``None``) and the projections ``(R, K)`` (``None`` for every component). The output is checked
-    against ``output_action`` before any backward pass runs.
-    """
     with derivative_context(x.device):
         xg = x.detach().clone().requires_grad_(True)
-        out = _model_output(model, xg, output_transform)
-        out_tangents = None if output_action is None else output_tangents(output_action, out)
-        flat = out.reshape(out.shape[0], -1)
-        projections = _draw_projections(output_mode, flat.shape[1], num_projections, generator)
-        grads = output_gradients(flat, xg, projections, retain_graph=False)
-    return grads, out_tangents, projections
+        flat = model_output(model, xg, output_transform).reshape(x.shape[0], -1)
+        projections = projection_matrix(output_mode, flat.shape[1], num_projections, generator)
+        return output_gradients(flat, xg, projections, retain_graph=False)
 
 
 def output_gradients(out: Tensor, xg: Tensor, projections: Optional[Tensor], *, retain_graph: bool = True) -> Tensor:
@@ -312,61 +429,136 @@ def jvp_through(
         return tuple(primals), tuple(torch.stack([r[1][j] for r in results]) for j in range(len(primals)))
 
 
-def _rows_from_jvps(
-    jvp: Tensor,
-    out: Tensor,
-    output_action: Optional[GroupAction],
-    projections: Optional[Tensor],
-    what: str = "the model output",
-) -> Tensor:
-    """Rows ``(B, R, m)`` from the tangents ``(m, B, ...)`` of an output ``(B, ...)``.
-
-    The output action's tangents are subtracted when there is one, then the rows are projected.
-    """
+def _float64_rows(jvp: Tensor) -> Tensor:
+    """Rows ``(B, K, m)`` in float64 from the tangents ``(m, B, ...)`` of an output."""
     flat = jvp.reshape(jvp.shape[0], jvp.shape[1], -1)
-    rows = flat.permute(1, 2, 0).to(float64_device(flat.device)).to(torch.float64)  # (B, K, m)
-    if output_action is not None:
-        rows = rows - output_tangents(output_action, out, what=what).to(rows.device)
-    return _project(rows, projections)
+    return flat.permute(1, 2, 0).to(float64_device(flat.device)).to(torch.float64)
 
 
-def forward_rows(
-    model: Callable[[Tensor], Tensor],
-    x: Tensor,
-    action: GroupAction,
-    *,
-    output_mode: OutputMode = "jacobian",
-    num_projections: Optional[int] = None,
-    generator: Optional[torch.Generator] = None,
-    output_transform: Optional[Callable[[Tensor], Tensor]] = None,
-    output_action: Optional[GroupAction] = None,
-) -> Tensor:
-    """Rows ``(B, K, m)`` by forward mode: one Jacobian-vector product per basis tangent.
+class BatchRows(NamedTuple):
+    """The rows of one batch from one pass, for every analysed output.
 
-    With an ``output_action``, the output action's tangents at the model output are subtracted
-    (equivariance rows); see :func:`polarization_rows` for the arguments.
+    Attributes:
+        rows: ``name -> (B, R, m)`` float64: the rows the report solves.
+        border_rows: ``name -> (B, K_ring, m)`` float64 rows of the border ring, for the outputs
+            whose output action is an :class:`~liegg_lightning.ImageAction` (with one row per
+            component): what ``border_share`` is read from.
+        derivative: The mode that formed them (``"forward"`` or ``"reverse"``).
     """
+
+    rows: Dict[str, Tensor]
+    border_rows: Dict[str, Tensor]
+    derivative: str
+
+
+def outputs_rows(
+    outputs_fn: OutputsFn, x: Tensor, outputs: Mapping[str, Optional[GroupAction]], options: RowOptions
+) -> BatchRows:
+    """Polarization rows of several outputs of one network from one pass.
+
+    Args:
+        outputs_fn: From the network's input to the outputs named in ``outputs``, in that order.
+        x: A batch of inputs; validated against ``options.action``.
+        outputs: ``name -> output action`` (``None``: invariance) of each output, in order.
+        options: How rows are formed; ``"auto"`` is decided here from a plain forward pass.
+
+    Returns:
+        The :class:`BatchRows` of every output.
+    """
+    options.action.validate_input(x)
+    derivative = options.derivative
+    if derivative == "auto":
+        per_sample = outputs_rows_per_sample(outputs_fn, x, outputs)
+        derivative = choose_derivative("auto", options.action.num_generators,  # type: ignore[assignment]
+                                       sum(options.rows_per_output(k) for k in per_sample.values()))
+    if derivative == "forward":
+        rows, border = _forward_rows(outputs_fn, x, outputs, options)
+    else:
+        rows, border = _reverse_rows(outputs_fn, x, outputs, options)
+    return BatchRows(rows, border, derivative)
+
+
+def outputs_rows_per_sample(
+    outputs_fn: OutputsFn, x: Tensor, outputs: Mapping[str, Optional[GroupAction]]
+) -> Dict[str, int]:
+    """Analysed components of each output (before any projection), from one plain forward pass on ``x``."""
+    with derivative_context(x.device), torch.no_grad():
+        outs = outputs_fn(x.detach())
+    return {name: _analysed_components(outputs[name], out) for name, out in zip(outputs, outs)}
+
+
+def _forward_rows(
+    outputs_fn: OutputsFn, x: Tensor, outputs: Mapping[str, Optional[GroupAction]], options: RowOptions
+) -> Tuple[Dict[str, Tensor], Dict[str, Tensor]]:
+    """Forward mode: one JVP per basis tangent carries every output's tangent at once."""
+    rows: Dict[str, Tensor] = {}
+    border: Dict[str, Tensor] = {}
     # forward mode needs no backward graph: no_grad (inside inference_mode(False)) skips building one
     with derivative_context(x.device), torch.no_grad():
         xd = x.detach().clone()
-        tangents = action.tangents(xd).to(xd.dtype)
+        tangents = options.action.tangents(xd).to(xd.dtype)
+        outs, jvps = jvp_through(outputs_fn, xd, tangents)
+        for (name, output_action), out, jvp in zip(outputs.items(), outs, jvps):
+            full = _float64_rows(jvp)
+            if output_action is not None:
+                full = full - output_tangents(output_action, out, what=describe(name)).to(full.device)
+            parts = _components(output_action, out, options, describe(name))
+            kept = _select(full, parts.kept)
+            rows[name] = _project(kept, _draw_projections(options, kept.shape[1]))
+            if parts.ring is not None:
+                border[name] = _select(full, parts.ring)
+    return rows, border
 
-        def f(inp: Tensor) -> Tuple[Tensor]:
-            return (_model_output(model, inp, output_transform),)
 
-        (out,), (jvp,) = jvp_through(f, xd, tangents)
-        projections = _draw_projections(output_mode, out[0].numel(), num_projections, generator)
-        return _rows_from_jvps(jvp, out, output_action, projections)
+def _reverse_rows(
+    outputs_fn: OutputsFn, x: Tensor, outputs: Mapping[str, Optional[GroupAction]], options: RowOptions
+) -> Tuple[Dict[str, Tensor], Dict[str, Tensor]]:
+    """Reverse mode: one forward pass keeps every output's graph, then each output's backward passes."""
+    rows: Dict[str, Tensor] = {}
+    border: Dict[str, Tensor] = {}
+    names = list(outputs)
+    with derivative_context(x.device):
+        xg = x.detach().clone().requires_grad_(True)
+        outs = outputs_fn(xg)
+        # every output is checked against its action before any backward pass
+        out_tangents = [
+            None if outputs[n] is None else output_tangents(outputs[n], o, what=describe(n))  # type: ignore[arg-type]
+            for n, o in zip(names, outs)
+        ]
+        for i, (name, out) in enumerate(zip(names, outs)):
+            parts = _components(outputs[name], out, options, describe(name))
+            # per-component rows are formed for the whole map and split; projections see the kept part only
+            selected = out.reshape(out.shape[0], -1) if parts.ring is not None else _select(
+                out.reshape(out.shape[0], -1), parts.kept)
+            projections = _draw_projections(options, selected.shape[1])
+            grads = output_gradients(selected, xg, projections, retain_graph=i < len(names) - 1)
+            tangents = out_tangents[i]
+            if tangents is not None and parts.ring is None:
+                tangents = _project(_select(tangents, parts.kept), projections)
+            full = _rows_from_gradients(x, grads, options.action, tangents)
+            rows[name] = _select(full, parts.kept) if parts.ring is not None else full
+            if parts.ring is not None:
+                border[name] = _select(full, parts.ring)
+    return rows, border
 
 
-def _resolve_derivative(derivative: str, action: GroupAction, rows_per_sample: int) -> str:
-    """``"forward"`` when fewer basis tangents than reverse passes are needed, else ``"reverse"``.
+def _rows_from_gradients(x: Tensor, grads: Tensor, action: GroupAction, out_tangents: Optional[Tensor]) -> Tensor:
+    """Reverse-mode rows ``(B, R, m)``: the action's closed form on the gradients, minus the output tangents."""
+    with torch.inference_mode(False):
+        dev = float64_device(x.device)
+        rows = action.rows(x.detach().to(dev).clone(), grads.detach().to(dev))
+        if out_tangents is not None:
+            rows = rows - out_tangents.to(rows.device)
+        return rows
 
-    ``rows_per_sample`` is the number of reverse passes (``K``): the second axis of the rows.
-    """
-    if derivative != "auto":
-        return derivative
-    return "forward" if action.num_generators < rows_per_sample else "reverse"
+
+def _model_outputs(model: Callable[[Tensor], Tensor], output_transform: Optional[Callable]) -> OutputsFn:
+    """The model's output (after ``output_transform``) as the one analysed output."""
+
+    def f(inp: Tensor) -> Tuple[Tensor]:
+        return (model_output(model, inp, output_transform),)
+
+    return f
 
 
 def polarization_rows(
@@ -385,7 +577,8 @@ def polarization_rows(
 
     Without ``output_action`` (invariance) ``rows[b, k, i] = (J_F(x_b) A_i(x_b))_k``; with one
     (equivariance) ``rows[b, k, i] = (J_F(x_b) A_i(x_b))_k - (A_out,i(F(x_b)))_k``, ``k`` running over
-    the flattened output components. ``"sum"`` and ``"random"`` project both terms alike.
+    the flattened output components (those an ``ImageAction(border=k)`` keeps). ``"sum"`` and
+    ``"random"`` project both terms alike.
 
     Args:
         model: Any callable mapping a batch ``(B, ...)`` to outputs ``(B, ...)``.
@@ -397,9 +590,8 @@ def polarization_rows(
         generator: Random generator for ``"random"`` (the global RNG is never consumed when given).
         output_transform: Applied to the model output before differentiating.
         derivative: ``"reverse"`` (gradients, then the action's closed form), ``"forward"``
-            (one JVP per basis tangent), or ``"auto"``: reverse for a single call, since the output
-            size is known only after a pass (:class:`~liegg_lightning.LieGGMetric` picks the
-            cheaper mode for its later batches from the first one's rows).
+            (one JVP per basis tangent), or ``"auto"`` (:func:`choose_derivative` by count, from a
+            plain forward pass's output size).
         output_action: How the algebra acts on the output (after ``output_transform``), with the
             generator shape of ``action``; ``None`` measures invariance. The output is checked
             against it (:class:`~liegg_lightning._errors.InputError` naming the expected shape)
@@ -412,30 +604,17 @@ def polarization_rows(
         >>> polarization_rows(f, torch.randn(4, 3), VectorAction(dim=3)).shape
         torch.Size([4, 1, 9])
     """
-    _check_options(action, output_mode, num_projections, derivative, output_transform)
-    _check_output_action(action, output_action)
-    action.validate_input(x)
-    if derivative == "forward":
-        return forward_rows(
-            model, x, action, output_mode=output_mode, num_projections=num_projections, generator=generator,
-            output_transform=output_transform, output_action=output_action,
-        )
-    grads, out_tangents, projections = _reverse_pass(
-        model, x, output_mode, num_projections, generator, output_transform, output_action
-    )
-    return _rows_from_gradients(x, grads, action, out_tangents, projections)
+    options = RowOptions(action, output_mode, num_projections, output_transform, output_action, derivative, generator)
+    fn = _model_outputs(model, output_transform)
+    return outputs_rows(fn, x, {MODEL_OUTPUT: output_action}, options).rows[MODEL_OUTPUT]
 
 
-def _rows_from_gradients(
-    x: Tensor, grads: Tensor, action: GroupAction, out_tangents: Optional[Tensor], projections: Optional[Tensor]
-) -> Tensor:
-    """Reverse-mode rows ``(B, R, m)``: the action's closed form on the gradients.
+def forward_rows(model: Callable[[Tensor], Tensor], x: Tensor, action: GroupAction, **options: Any) -> Tensor:
+    """Rows ``(B, K, m)`` by forward mode: one Jacobian-vector product per basis tangent.
 
-    Minus the projected output tangents ``(B, K, m)`` when there are any.
+    :func:`polarization_rows` with ``derivative="forward"``; ``options`` are its keywords
+    (``output_mode``, ``num_projections``, ``generator``, ``output_transform``, ``output_action``).
     """
-    with torch.inference_mode(False):
-        dev = float64_device(x.device)
-        rows = action.rows(x.detach().to(dev).clone(), grads.detach().to(dev))
-        if out_tangents is not None:
-            rows = rows - _project(out_tangents.to(rows.device), projections)
-        return rows
+    if "derivative" in options:
+        raise ValueError("forward_rows is forward mode: pass `derivative` to polarization_rows instead.")
+    return polarization_rows(model, x, action, derivative="forward", **options)

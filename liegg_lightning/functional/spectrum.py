@@ -24,6 +24,7 @@ __all__ = [
     "closure_error",
     "known_variances",
     "canonical_signs",
+    "border_share",
 ]
 
 def canonical_signs(vectors: Tensor) -> Tensor:
@@ -307,3 +308,32 @@ def known_variances(
             raise ValueError(f"The known generator {name!r} is zero.")
         out[name] = float(v @ g @ v) / (max(num_samples, 1) * norm2)
     return out
+
+
+def border_share(direction: Tensor, gram: Tensor, border_gram: Tensor, *, border_in_gram: bool) -> float:
+    """The share of the variance along ``direction`` that comes from an output's border ring.
+
+    Args:
+        direction: ``(m,)`` coefficients of a generator (the report's most invariant one).
+        gram: ``(m, m)`` the report's Gram matrix.
+        border_gram: ``(m, m)`` the Gram matrix of the ring's rows alone, at the scale of ``gram``.
+        border_in_gram: Whether ``gram`` holds the ring's rows (then the whole map's variance is
+            ``gram``'s) or leaves them out (then it is ``gram``'s plus the ring's).
+
+    Returns:
+        ``ring / whole`` in ``[0, 1]``; NaN where the whole map's variance along ``direction`` is
+        zero or not finite (a share of nothing).
+
+    Example:
+        >>> import torch
+        >>> g, ring = torch.diag(torch.tensor([4.0, 1.0])), torch.diag(torch.tensor([1.0, 1.0]))
+        >>> border_share(torch.tensor([1.0, 0.0]), g, ring, border_in_gram=True)
+        0.25
+    """
+    v = direction.to(torch.float64)
+    ring = float(v @ border_gram.to(torch.float64) @ v)
+    rest = float(v @ gram.to(torch.float64) @ v)
+    whole = rest if border_in_gram else rest + ring
+    if not (math.isfinite(whole) and whole > 0):
+        return math.nan
+    return min(max(ring / whole, 0.0), 1.0)

@@ -217,6 +217,8 @@ def _symmetry_compute(
     nullity_tolerance: float = 0.1,
     nullity_confidence: float = 2.0,
     warn: bool = True,
+    border_gram: Optional[Tensor] = None,
+    border_in_gram: bool = True,
 ) -> SymmetryReport:
     """Solve the accumulated Gram matrix and read every measure off its spectrum.
 
@@ -243,6 +245,10 @@ def _symmetry_compute(
         nullity_tolerance: ``tolerance`` of :func:`~liegg_lightning.functional.spectrum.estimate_nullity`.
         nullity_confidence: ``confidence`` of :func:`~liegg_lightning.functional.spectrum.estimate_nullity`.
         warn: Warn when the outputs do not depend on the input.
+        border_gram: ``(m, m)`` Gram matrix of the rows of the output's border ring, at the scale of
+            ``gram``, for ``border_share``; ``None`` gives NaN.
+        border_in_gram: Whether ``gram`` holds the ring's rows too (``ImageAction(border=0)``) or
+            leaves them out (``border > 0``).
 
     Example:
         >>> import torch
@@ -267,37 +273,13 @@ def _symmetry_compute(
         )
     mean = evals.mean()
     normalized = evals / mean if float(mean) > 0 else torch.full_like(evals, nan)
-
-    # jackknife: the spectrum with each group left out in turn
-    stderr = torch.full((m,), nan, dtype=torch.float64)
-    gap_stderr: Optional[Tensor] = None
-    if group_grams is not None and group_counts is not None and group_grams.shape[0] >= 2 and not constant:
-        gg = group_grams.detach().to("cpu", torch.float64)
-        counts = group_counts.detach().to("cpu", torch.float64).reshape(-1)
-        kept = counts > 0
-        if int(kept.sum()) >= 2:
-            reps = torch.stack([torch.linalg.eigvalsh(_symmetric(gram - gg[j])).clamp_min(0.0) for j in range(len(gg))])
-            rep_n = (float(num_samples) - counts).clamp_min(1.0)[:, None]
-            stderr = _unscale(S.jackknife_stderr(evals / n, reps / rep_n, counts), scale)
-            gap_stderr = S.jackknife_stderr(S.log_gaps(evals), S.log_gaps(reps), counts)
-
+    stderr, gap_stderr = _jackknife(gram, evals, num_samples, group_grams, group_counts, constant)
+    stderr = _unscale(stderr, scale)
     nullity = S.estimate_nullity(evals, gap_stderr, tolerance=nullity_tolerance, confidence=nullity_confidence)
     generators = action.to_generator(evecs.T.contiguous())
-    biases: Optional[Tensor] = None
-    symmetry_bias: Optional[float] = None
-    sub_bias: Optional[float] = None
-    if reference is not None:
-        ref = reference.to(torch.float64)
-        if constant:
-            biases = torch.full((m,), nan, dtype=torch.float64)
-            symmetry_bias = sub_bias = nan
-        else:
-            biases = S.reference_biases(evecs, ref)
-            symmetry_bias = float(biases[0])
-            sub_bias = S.subspace_bias(evecs[:, : ref.shape[0]], ref)
+    biases, symmetry_bias, sub_bias = _biases(evecs, reference, constant)
     known_var = {k: float(_unscale(torch.tensor(v, dtype=torch.float64), scale))
                  for k, v in S.known_variances(gram, n, known).items()} if known else {}
-
     relative_variances: Optional[Tensor] = None
     relative_generators: Optional[Tensor] = None
     if tangent_gram is not None:
@@ -306,6 +288,10 @@ def _symmetry_compute(
         t_scale = 2.0 * float(tangent_exponent) if float(tangent_exponent) > EMPTY_EXPONENT else 0.0
         relative_variances = _unscale(rel.eigenvalues, scale - t_scale)
         relative_generators = action.to_generator(rel.eigenvectors.T.contiguous())
+    border_share = nan
+    if border_gram is not None and m:
+        ring = border_gram.detach().to("cpu", torch.float64)
+        border_share = S.border_share(evecs[:, 0], gram, ring, border_in_gram=border_in_gram)
 
     return SymmetryReport(
         singular_values=_unscale(evals.sqrt(), scale / 2.0),
@@ -326,7 +312,50 @@ def _symmetry_compute(
         symmetry_variance_stderr=float(stderr[0]) if m else nan,
         relative_variances=relative_variances,
         relative_generators=relative_generators,
+        border_share=border_share,
     )
+
+
+def _jackknife(
+    gram: Tensor,
+    evals: Tensor,
+    num_samples: int,
+    group_grams: Optional[Tensor],
+    group_counts: Optional[Tensor],
+    constant: bool,
+) -> Tuple[Tensor, Optional[Tensor]]:
+    """Standard errors ``(m,)`` of ``evals / N`` (at the stored scale) and of the log-gaps, from the groups.
+
+    The spectrum is solved with each group left out in turn; NaN (and ``None``) with fewer than two
+    non-empty groups or input-independent outputs.
+    """
+    m = gram.shape[0]
+    stderr = torch.full((m,), float("nan"), dtype=torch.float64)
+    if group_grams is None or group_counts is None or group_grams.shape[0] < 2 or constant:
+        return stderr, None
+    gg = group_grams.detach().to("cpu", torch.float64)
+    counts = group_counts.detach().to("cpu", torch.float64).reshape(-1)
+    if int((counts > 0).sum()) < 2:
+        return stderr, None
+    reps = torch.stack([torch.linalg.eigvalsh(_symmetric(gram - gg[j])).clamp_min(0.0) for j in range(len(gg))])
+    rep_n = (float(num_samples) - counts).clamp_min(1.0)[:, None]
+    n = max(int(num_samples), 1)
+    stderr = S.jackknife_stderr(evals / n, reps / rep_n, counts)
+    return stderr, S.jackknife_stderr(S.log_gaps(evals), S.log_gaps(reps), counts)
+
+
+def _biases(
+    evecs: Tensor, reference: Optional[Tensor], constant: bool
+) -> Tuple[Optional[Tensor], Optional[float], Optional[float]]:
+    """Each generator's bias, the symmetry bias and the subspace bias (``None`` without a reference)."""
+    if reference is None:
+        return None, None, None
+    ref = reference.to(torch.float64)
+    if constant:
+        nan = float("nan")
+        return torch.full((evecs.shape[1],), nan, dtype=torch.float64), nan, nan
+    biases = S.reference_biases(evecs, ref)
+    return biases, float(biases[0]), S.subspace_bias(evecs[:, : ref.shape[0]], ref)
 
 
 def _symmetric(x: Tensor) -> Tensor:
