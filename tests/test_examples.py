@@ -125,3 +125,37 @@ def test_rotate_matches_image_action_transform() -> None:
     theirs = ImageAction().transform(images, generator, t=angle)
     torch.testing.assert_close(mine, theirs, rtol=1e-10, atol=1e-10)
     assert float((mine - images).abs().max()) > 0.1
+
+
+@pytest.mark.slow
+def test_lorentz_quick(tmp_path: Path) -> None:
+    args = ["--quick", "--threads", "1", "--log-dir", str(tmp_path / "logs")]
+    result = run_example("lorentz.py", args, tmp_path)
+    assert_finite(result, ["symmetry_variance", "symmetry_bias", "subspace_bias", "nullity", "test_mse",
+                           "variance_gap", "rotation_variance", "boost_variance"])
+    assert 0 <= result["nullity"] <= 16
+    assert 0 <= result["subspace_bias"] <= 1 + 1e-9
+    assert set(result["boosted"]) == {"0", "1", "2"}
+    # boosting the test events does not change their targets: rapidity 0 is the test split itself
+    assert result["boosted"]["0"]["mse"] == pytest.approx(result["test_mse"], rel=1e-5)
+    assert event_files(Path(result["log_dir"])), "no TensorBoard events written"
+
+
+def test_lorentz_target_and_boost_are_lorentz_invariant() -> None:
+    from lorentz import boost_z, invariant_mass, make_lorentz_data, rapidities
+
+    x, y = make_lorentz_data(256, seed=3)
+    x64 = x.double()
+    p = x64.reshape(-1, 2, 4)
+    # on the mass shell, with masses in [0.5, 1.5]
+    mass2 = p[..., 0] ** 2 - p[..., 1:].pow(2).sum(-1)
+    assert float(mass2.min()) > 0.25 - 1e-5
+    assert float(mass2.max()) < 2.25 + 1e-5
+    # a boost along z by rapidity y: cosh/sinh mixing of E and p_z, then the target is unchanged
+    boosted = boost_z(x64, 0.9).reshape(-1, 2, 4)
+    torch.testing.assert_close(boosted[..., 0], math.cosh(0.9) * p[..., 0] + math.sinh(0.9) * p[..., 3])
+    torch.testing.assert_close(invariant_mass(boost_z(x64, 0.9)), invariant_mass(x64), rtol=1e-10, atol=1e-10)
+    # the target is the invariant mass from its definition, sqrt((E1 + E2)^2 - |p1 + p2|^2)
+    s = p[..., 0].sum(1) ** 2 - p[..., 1:].sum(1).pow(2).sum(-1)
+    torch.testing.assert_close(y.double().squeeze(1), s.sqrt(), rtol=1e-6, atol=1e-6)
+    assert float(rapidities(x).max()) > 1.0
