@@ -182,7 +182,7 @@ class LieGGMetric(Metric):
         memory_budget: Optional[int] = DEFAULT_MEMORY_BUDGET,
         seed: int = 0,
         output_action: Optional[GroupAction] = None,
-        layers: Optional[Union[List[str], Dict[str, Optional[GroupAction]]]] = None,
+        layers: Optional[Union[List[str], Mapping[str, Optional[GroupAction]]]] = None,
         **kwargs: Any,
     ) -> None:
         options = RowOptions(action, output_mode, num_projections, output_transform, output_action, derivative)
