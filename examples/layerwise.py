@@ -16,6 +16,10 @@ scaling, two shears, two translations). Two tables per stage:
   translations: the variance of the Lie derivative ``J A_in - A_out`` over the invariance
   variance ``J A_in`` along the same generator (0: the map moves exactly with the input;
   1: no better than a map that stays put);
+* the same defect inside the maps only: ``ImageAction(affine=True, border=k)`` on each map, ``k``
+  the pixels its zero padding reaches (``BORDER``), over the invariance variance of the same
+  interior (the map cropped by ``k``); beside it the share of each generator's whole-map
+  equivariance variance that comes from the ring left out, and each report's ``border_share``;
 * the invariance of every layer: the variance along each generator over the mean of the layer's
   spectrum (scale-free, so that layers compare; small: invariant).
 
@@ -23,15 +27,17 @@ Run::
 
     python examples/layerwise.py            # about a minute on one CPU thread
     python examples/layerwise.py --quick    # a smoke run of a few seconds
-    python examples/layerwise.py --figure layers.png   # also draw the trained network's picture
+    python examples/layerwise.py --out examples/layerwise.png   # regenerate the committed picture
 
-The last line printed is one JSON object with every number. Nothing is downloaded.
+The trained network's picture goes to ``--out`` (``lightning_logs/layerwise.png`` by default). The
+last line printed is one JSON object with every number. Nothing is downloaded.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from typing import Any, Dict, List, Optional
 
@@ -41,6 +47,7 @@ from rotated_digits import DigitMLP, RotatedDigits
 from torch import Tensor, nn
 
 from liegg_lightning import ImageAction, LieGGMetric, SymmetryReport, analyze
+from liegg_lightning.functional.layers import layer_output_fn
 
 #: The analysed layers (names from ``named_modules()``; ``""`` is the model's output) and what
 #: each is: a feature map (analysed for equivariance) or a vector (invariance).
@@ -53,6 +60,9 @@ LAYERS: Dict[str, str] = {
     "": "log-probabilities (10)",
 }
 FEATURE_MAPS = ("features.0", "features.2", "features.3", "features.5")
+#: Pixels from each map's edge that zero padding reaches (conv1's 5x5 kernel pads 2; pool1 halves that
+#: to 1; conv2 pads 1 more); the input pool has no padding, only the ring of one-sided differences.
+BORDER = {"features.0": 1, "features.2": 2, "features.3": 1, "features.5": 2}
 #: Named generators of aff(2) whose variance is printed (the translations in units of half the image side).
 KNOWN = {"rotation": "rotation", "scaling": "scaling", "translation_x": "shift x", "translation_y": "shift y"}
 
@@ -97,32 +107,81 @@ def metrics() -> Dict[str, LieGGMetric]:
         "derivative": "forward",  # m = 6 JVPs carry all seven layers at once
     }
     equivariance = {name: (ImageAction(affine=True) if name in FEATURE_MAPS else None) for name in LAYERS}
+    interior = {name: ImageAction(affine=True, border=BORDER[name]) for name in FEATURE_MAPS}
     return {
         "equivariance": LieGGMetric(ImageAction(affine=True), layers=equivariance, **common),
+        "interior": LieGGMetric(ImageAction(affine=True), layers=interior, **common),
         "invariance": LieGGMetric(ImageAction(affine=True), layers=list(LAYERS), **common),
     }
 
 
-def summarise(equivariance: Dict[str, SymmetryReport], invariance: Dict[str, SymmetryReport]) -> Dict[str, Any]:
+def interior_invariance(model: DigitCNN, images: Tensor) -> Dict[str, SymmetryReport]:
+    """Each feature map's invariance over the pixels ``BORDER`` keeps: the map cropped, analysed as a model."""
+    reports: Dict[str, SymmetryReport] = {}
+    for name in FEATURE_MAPS:
+        layer, k = layer_output_fn(model, name), BORDER[name]
+
+        def cropped(x: Tensor, layer: Any = layer, k: int = k) -> Tensor:
+            return layer(x)[..., k:-k, k:-k]
+
+        report = analyze(cropped, images, ImageAction(affine=True), known_generators=list(KNOWN),
+                         derivative="forward", progress=False)
+        assert isinstance(report, SymmetryReport)
+        reports[name] = report
+    return reports
+
+
+def summarise(reports: Dict[str, Dict[str, SymmetryReport]]) -> Dict[str, Any]:
     """Per layer: the invariance variances over the layer's mean variance, and for feature maps the
-    equivariance defect: the Lie derivative's variance over the invariance variance, per generator."""
+    equivariance defect (the Lie derivative's variance over the invariance variance, per generator)
+    of the whole map and of its interior, and the share of the whole map's defect on the ring."""
     out: Dict[str, Any] = {}
-    for name, inv in invariance.items():
+    for name, inv in reports["invariance"].items():
         mean = float(inv.variances.mean())
         row: Dict[str, Any] = {
             "invariance": {k: inv.known_variances[k] / mean for k in KNOWN},
             "invariance_symmetry_bias": inv.symmetry_bias,
         }
         if name in FEATURE_MAPS:
-            eq = equivariance[name]
+            eq, inside = reports["equivariance"][name], reports["interior"][name]
             row["equivariance_defect"] = {k: eq.known_variances[k] / inv.known_variances[k] for k in KNOWN}
             row["equivariance_symmetry_bias"] = eq.symmetry_bias
+            inside_inv = reports["interior_invariance"][name].known_variances
+            row["interior_defect"] = {k: inside.known_variances[k] / inside_inv[k] for k in KNOWN}
+            # variances along a generator add over pixels: whole map = interior + ring
+            row["ring_share"] = {k: 1.0 - inside.known_variances[k] / eq.known_variances[k] for k in KNOWN}
+            row["border_share"] = eq.border_share
+            row["interior_symmetry_bias"] = inside.symmetry_bias
         out[name or "output"] = row
     return out
 
 
+def print_tables(stage: str, summary: Dict[str, Any]) -> None:
+    """The defect tables of the feature maps (whole, interior, ring share) and the invariance table."""
+    heads = " ".join(f"{v:>8}" for v in KNOWN.values())
+    tables = (
+        ("equivariance_defect", "equivariance defect of the whole feature maps, var(Lie derivative) / "
+         "var(invariance) (0: the map moves exactly with the input; 1: no better than standing still)"),
+        ("interior_defect", "the same inside the maps only (border = the pixels zero padding reaches)"),
+        ("ring_share", "share of the whole map's equivariance variance on the ring left out"),
+    )
+    for key, title in tables:
+        print(f"\n{stage}: {title}")
+        print(f"  {'layer':<24} {'border':>6} {heads}")
+        for name in FEATURE_MAPS:
+            values = " ".join(f"{summary[name][key][k]:8.3f}" for k in KNOWN)
+            print(f"  {LAYERS[name]:<24} {BORDER[name] if key != 'equivariance_defect' else 0:>6} {values}")
+    print(f"{stage}: border_share (1-pixel ring, leading generator) "
+          + ", ".join(f"{LAYERS[n].split()[0]} {summary[n]['border_share']:.2f}" for n in FEATURE_MAPS))
+    print(f"{stage}: invariance of every layer, variance / mean of the layer's spectrum (small: invariant)")
+    print(f"  {'layer':<24} {heads}")
+    for name, row in summary.items():
+        values = " ".join(f"{row['invariance'][k]:8.2e}" for k in KNOWN)
+        print(f"  {LAYERS['' if name == 'output' else name]:<24} {values}", flush=True)
+
+
 def analyse(model: DigitCNN, images: Tensor, stage: str) -> Dict[str, Any]:
-    """Both analyses of every layer; prints a line per layer and analysis; returns the summary."""
+    """Every analysis of every layer; prints a line per pass and the tables; returns the summary and reports."""
     reports: Dict[str, Dict[str, SymmetryReport]] = {}
     for kind, metric in metrics().items():
         start = time.perf_counter()
@@ -131,21 +190,11 @@ def analyse(model: DigitCNN, images: Tensor, stage: str) -> Dict[str, Any]:
         reports[kind] = result
         print(f"{stage}: {kind} pass over {len(images)} images, all {len(result)} layers in "
               f"{time.perf_counter() - start:.2f} s", flush=True)
-    summary = summarise(reports["equivariance"], reports["invariance"])
-    heads = " ".join(f"{v:>8}" for v in KNOWN.values())
-    print(f"\n{stage}: equivariance defect of the feature maps, var(Lie derivative) / var(invariance) "
-          "(0: the map moves exactly with the input; 1: no better than standing still)")
-    print(f"  {'layer':<24} {heads}")
-    for name, row in summary.items():
-        if "equivariance_defect" in row:
-            values = " ".join(f"{row['equivariance_defect'][k]:8.3f}" for k in KNOWN)
-            print(f"  {LAYERS[name]:<24} {values}")
-    print(f"{stage}: invariance of every layer, variance / mean of the layer's spectrum (small: invariant)")
-    print(f"  {'layer':<24} {heads}")
-    for name, row in summary.items():
-        values = " ".join(f"{row['invariance'][k]:8.2e}" for k in KNOWN)
-        print(f"  {LAYERS['' if name == 'output' else name]:<24} {values}", flush=True)
-    return {"summary": summary, "equivariance_reports": reports["equivariance"]}
+    reports["interior_invariance"] = interior_invariance(model, images)
+    summary = summarise(reports)
+    print_tables(stage, summary)
+    return {"summary": summary, "equivariance_reports": reports["equivariance"],
+            "interior_reports": reports["interior"]}
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -155,7 +204,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="seed of the split, the rotations and the initialisation")
     p.add_argument("--quick", action="store_true", help="a very short smoke run (1 epoch, 100 images analysed)")
     p.add_argument("--no-rotate", action="store_true", help="control: train and validate on upright digits")
-    p.add_argument("--figure", default=None, help="write the trained network's layers_figure to this PNG")
+    p.add_argument("--out", "--figure", dest="out", default="lightning_logs/layerwise.png",
+                   help="where the trained network's layers_figure goes ('' for none; "
+                        "--out examples/layerwise.png regenerates the committed one)")
     p.add_argument("--lr", type=float, default=3e-2, help="peak learning rate (one-cycle)")
     p.add_argument("--analysed", type=int, default=400, help="validation images analysed")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
@@ -190,14 +241,16 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     print(f"\nvalidation accuracy {val['val_accuracy']:.3f} after {args.epochs} epochs ({train_seconds:.1f} s)")
     after = analyse(model, images, "trained")
     results["trained"] = after["summary"]
-    trained = after["equivariance_reports"]
-    if args.figure:
+    # the picture shows each feature map's interior (what "has this layer learned it" asks about)
+    trained = {**after["equivariance_reports"], **after["interior_reports"]}
+    if args.out:
         from liegg_lightning.rendering import figure_to_png
         from liegg_lightning.rendering_layers import layers_figure
 
-        with open(args.figure, "wb") as fh:
+        os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+        with open(args.out, "wb") as fh:
             fh.write(figure_to_png(layers_figure(trained, known=list(KNOWN))))
-        print(f"figure: {args.figure}")
+        print(f"figure: {args.out}")
     wall = time.perf_counter() - start
     print(f"wall time {wall:.1f} s")
     result = {**results, "val_accuracy": float(val["val_accuracy"]), "epochs": args.epochs, "seed": args.seed,

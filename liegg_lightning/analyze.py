@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from liegg_lightning._batches import InputKey, iterate_inputs
+from liegg_lightning._checks import check_int
 from liegg_lightning.actions import GroupAction
 from liegg_lightning.metric import LieGGMetric, fresh_metric
 from liegg_lightning.report import SymmetryReport
@@ -104,12 +105,8 @@ def analyze(
         >>> report.nullity, report.subspace_bias < 1e-6
         (10, True)
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"Expected `batch_size` to be a positive int, got {batch_size!r}.")
-    if max_samples is not None and (
-        isinstance(max_samples, bool) or not isinstance(max_samples, int) or max_samples < 1
-    ):
-        raise ValueError(f"Expected `max_samples` to be a positive int or None, got {max_samples!r}.")
+    check_int("batch_size", batch_size, minimum=1)
+    check_int("max_samples", max_samples, minimum=1, allow_none=True)
     if progress is not None and not isinstance(progress, bool):
         raise ValueError(f"Expected `progress` to be a bool or None, got {progress!r}.")
     if not callable(model):
@@ -125,10 +122,29 @@ def analyze(
     was_training = model.training if isinstance(model, nn.Module) else None
     if isinstance(model, nn.Module):
         model.eval()
-    seen = 0
-    bar = _progress_bar(progress, _num_samples(data, max_samples))
     try:
-        for inputs in iterate_inputs(data, batch_size, input_key):
+        seen = _feed(acc, model, iterate_inputs(data, batch_size, input_key), target, max_samples,
+                     _progress_bar(progress, _num_samples(data, max_samples)))
+    finally:
+        if isinstance(model, nn.Module) and was_training is not None:
+            model.train(was_training)
+    if seen == 0:
+        raise ValueError("Expected `data` to hold at least one sample, got none.")
+    return acc.compute()
+
+
+def _feed(
+    acc: LieGGMetric,
+    model: Callable[[Tensor], Tensor],
+    batches: Iterable[Tensor],
+    target: Optional[torch.device],
+    max_samples: Optional[int],
+    bar: Any,
+) -> int:
+    """Update ``acc`` with every batch up to ``max_samples`` samples; returns how many it saw."""
+    seen = 0
+    try:
+        for inputs in batches:
             if max_samples is not None:
                 inputs = inputs[: max_samples - seen]
             if inputs.shape[0] == 0:
@@ -144,8 +160,4 @@ def analyze(
     finally:
         if bar is not None:
             bar.close()
-        if isinstance(model, nn.Module) and was_training is not None:
-            model.train(was_training)
-    if seen == 0:
-        raise ValueError("Expected `data` to hold at least one sample, got none.")
-    return acc.compute()
+    return seen

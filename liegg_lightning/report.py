@@ -13,6 +13,8 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 import torch
 from torch import Tensor
 
+from liegg_lightning._checks import is_int
+
 __all__ = ["SymmetryReport"]
 
 _TENSOR_FIELDS = (
@@ -50,6 +52,61 @@ def _nan_for_none(value: Any) -> Any:
     if isinstance(value, list):
         return [_nan_for_none(v) for v in value]
     return value
+
+
+def _read_field(name: str, value: Any) -> Any:
+    """One field of a report file as the report holds it (tensors, NaN for nulls inside them)."""
+    if name in _TENSOR_FIELDS and value is not None:
+        try:
+            return torch.tensor(_nan_for_none(value), dtype=torch.float64)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"Expected `{name}` to be a (nested) list of numbers: {err}") from None
+    if name == "known_variances":
+        return {str(k): float("nan") if v is None else float(v) for k, v in dict(value or {}).items()}
+    if name in ("num_samples", "num_rows", "num_skipped") and not is_int(value):
+        raise ValueError(f"Expected `{name}` to be an int, got {value!r}.")
+    return value
+
+
+def _check_shapes(kwargs: Dict[str, Any], shape_data: Any) -> None:
+    """Per-generator fields of length ``m`` and generators of ``generator_shape``; an empty spectrum reshaped."""
+    m = int(kwargs["variances"].numel())
+    for name in _PER_GENERATOR_FIELDS:
+        value = kwargs.get(name)
+        if isinstance(value, Tensor) and tuple(value.shape) != (m,):
+            raise ValueError(f"Expected `{name}` of shape ({m},) like `variances`, got {tuple(value.shape)}.")
+    shape: Optional[Tuple[int, ...]] = None
+    if shape_data is not None:
+        if not isinstance(shape_data, list) or not all(isinstance(s, int) and s > 0 for s in shape_data):
+            raise ValueError(f"Expected `generator_shape` to be a list of positive ints, got {shape_data!r}.")
+        shape = tuple(shape_data)
+    for name in ("generators", "relative_generators"):
+        value = kwargs.get(name)
+        if not isinstance(value, Tensor):
+            continue
+        if value.numel() == 0 and shape is not None:
+            value = kwargs[name] = value.reshape(0, *shape)
+        if value.ndim < 1 or value.shape[0] != m or (shape is not None and tuple(value.shape[1:]) != shape):
+            expected = f"({m}, {', '.join(map(str, shape))})" if shape is not None else f"({m}, ...)"
+            raise ValueError(
+                f"Expected `{name}` of shape {expected} (m = len(variances), generator_shape), "
+                f"got {tuple(value.shape)}."
+            )
+
+
+def _undefined_as_nan(kwargs: Dict[str, Any]) -> None:
+    """A null for an optional float: undefined (NaN) where the measure applies, absent (None) where not."""
+    for name in ("symmetry_variance", "symmetry_variance_stderr", "border_share"):
+        if name in kwargs and kwargs[name] is None:
+            kwargs[name] = float("nan")
+    has_reference = isinstance(kwargs.get("biases"), Tensor)
+    for name in ("symmetry_bias", "subspace_bias"):
+        if name in kwargs and kwargs[name] is None and has_reference:
+            kwargs[name] = float("nan")
+    gens = kwargs["generators"]
+    square = gens.ndim == 3 and gens.shape[1] == gens.shape[2]
+    if "closure_error" in kwargs and kwargs["closure_error"] is None and square:
+        kwargs["closure_error"] = float("nan")
 
 
 @dataclass
@@ -163,61 +220,11 @@ class SymmetryReport:
         missing = [name for name in _REQUIRED_FIELDS if name not in data or data[name] is None]
         if missing:
             raise ValueError(f"Not a SymmetryReport: missing required field(s) {', '.join(missing)}.")
-        nullity = data["nullity"]
-        if isinstance(nullity, bool) or not isinstance(nullity, int):
-            raise ValueError(f"Expected `nullity` to be an int, got {nullity!r}.")
-        shape_data = data.get("generator_shape")
-        kwargs: Dict[str, Any] = {}
-        for name in cls.__dataclass_fields__:
-            if name not in data:
-                continue
-            value = data[name]
-            if name in _TENSOR_FIELDS and value is not None:
-                try:
-                    value = torch.tensor(_nan_for_none(value), dtype=torch.float64)
-                except (TypeError, ValueError) as err:
-                    raise ValueError(f"Expected `{name}` to be a (nested) list of numbers: {err}") from None
-            elif name == "known_variances":
-                value = {str(k): float("nan") if v is None else float(v) for k, v in dict(value or {}).items()}
-            elif name in ("num_samples", "num_rows", "num_skipped") and (
-                isinstance(value, bool) or not isinstance(value, int)
-            ):
-                raise ValueError(f"Expected `{name}` to be an int, got {value!r}.")
-            kwargs[name] = value
-        m = int(kwargs["variances"].numel())
-        for name in _PER_GENERATOR_FIELDS:
-            value = kwargs.get(name)
-            if isinstance(value, Tensor) and tuple(value.shape) != (m,):
-                raise ValueError(f"Expected `{name}` of shape ({m},) like `variances`, got {tuple(value.shape)}.")
-        shape: Optional[Tuple[int, ...]] = None
-        if shape_data is not None:
-            if not isinstance(shape_data, list) or not all(isinstance(s, int) and s > 0 for s in shape_data):
-                raise ValueError(f"Expected `generator_shape` to be a list of positive ints, got {shape_data!r}.")
-            shape = tuple(shape_data)
-        for name in ("generators", "relative_generators"):
-            value = kwargs.get(name)
-            if not isinstance(value, Tensor):
-                continue
-            if value.numel() == 0 and shape is not None:
-                value = kwargs[name] = value.reshape(0, *shape)
-            if value.ndim < 1 or value.shape[0] != m or (shape is not None and tuple(value.shape[1:]) != shape):
-                expected = f"({m}, {', '.join(map(str, shape))})" if shape is not None else f"({m}, ...)"
-                raise ValueError(
-                    f"Expected `{name}` of shape {expected} (m = len(variances), generator_shape), "
-                    f"got {tuple(value.shape)}."
-                )
-        # a null for an optional float: undefined (NaN) where the measure applies, absent (None) where not
-        for name in ("symmetry_variance", "symmetry_variance_stderr", "border_share"):
-            if name in kwargs and kwargs[name] is None:
-                kwargs[name] = float("nan")
-        has_reference = isinstance(kwargs.get("biases"), Tensor)
-        for name in ("symmetry_bias", "subspace_bias"):
-            if name in kwargs and kwargs[name] is None and has_reference:
-                kwargs[name] = float("nan")
-        gens = kwargs["generators"]
-        square = gens.ndim == 3 and gens.shape[1] == gens.shape[2]
-        if "closure_error" in kwargs and kwargs["closure_error"] is None and square:
-            kwargs["closure_error"] = float("nan")
+        if not is_int(data["nullity"]):
+            raise ValueError(f"Expected `nullity` to be an int, got {data['nullity']!r}.")
+        kwargs = {name: _read_field(name, data[name]) for name in cls.__dataclass_fields__ if name in data}
+        _check_shapes(kwargs, data.get("generator_shape"))
+        _undefined_as_nan(kwargs)
         return cls(**kwargs)
 
     def save(self, path: Union[str, os.PathLike], durable: bool = True) -> None:
