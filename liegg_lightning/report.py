@@ -240,7 +240,7 @@ class SymmetryReport:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "w") as fh:
-                # one string, one write: json.dump encodes in small chunks in Python, 2-3x slower
+                # one string, one write: json.dump would encode and write in many small chunks (benchmarks/)
                 fh.write(json.dumps(self.to_dict(), allow_nan=False))
                 if durable:
                     fh.flush()

@@ -115,14 +115,19 @@ def _check_options(
         )
     if output_mode not in OUTPUT_MODES:
         raise ValueError(f"Expected `output_mode` to be one of {', '.join(OUTPUT_MODES)}, got {output_mode!r}.")
-    if output_mode == "random" and not (is_int(num_projections) and num_projections >= 1):  # type: ignore[operator]
-        raise ValueError(
-            f"Expected a positive int `num_projections` with output_mode='random', got {num_projections!r}."
-        )
+    if output_mode == "random":
+        _check_num_projections(num_projections)
     if derivative not in DERIVATIVE_MODES:
         raise ValueError(f"Expected `derivative` to be one of {', '.join(DERIVATIVE_MODES)}, got {derivative!r}.")
     if output_transform is not None and not callable(output_transform):
         raise ValueError(f"Expected `output_transform` to be callable or None, got {output_transform!r}.")
+
+
+def _check_num_projections(num_projections: Optional[int]) -> None:
+    if not (is_int(num_projections) and num_projections >= 1):  # type: ignore[operator]
+        raise ValueError(
+            f"Expected a positive int `num_projections` with output_mode='random', got {num_projections!r}."
+        )
 
 
 def check_output_action(action: GroupAction, output_action: Optional[GroupAction]) -> None:
@@ -315,10 +320,7 @@ def projection_matrix(
     if output_mode == "sum":
         return torch.ones(1, num_outputs, dtype=torch.float64)
     if output_mode == "random":
-        if not (is_int(num_projections) and num_projections >= 1):  # type: ignore[operator]
-            raise ValueError(
-                f"Expected a positive int `num_projections` with output_mode='random', got {num_projections!r}."
-            )
+        _check_num_projections(num_projections)
         # z / sqrt(r): E[z^T z] / r = I, so sum_j (z_j J)^T (z_j J) / r estimates J^T J without bias
         z = torch.randn(num_projections, num_outputs, generator=generator, dtype=torch.float64)  # type: ignore[arg-type]
         return z / math.sqrt(num_projections)  # type: ignore[arg-type]
@@ -389,8 +391,8 @@ def output_gradients(out: Tensor, xg: Tensor, projections: Optional[Tensor], *, 
 def _batched_vjp(out: Tensor, xg: Tensor, cotangents: Tensor) -> Tensor:
     """``(K, B, *in)`` gradients of ``<cotangents[k], out>``: one batched backward, or a loop.
 
-    On the CPU a loop of backward passes measured faster than the vmap-batched one
-    (benchmarks/README.md); elsewhere the batched pass is tried first.
+    On the CPU a loop of backward passes is the faster of the two (benchmarks/README.md has the
+    measurement); elsewhere the batched pass is tried first.
     """
 
     def one(c: Tensor) -> Tensor:
