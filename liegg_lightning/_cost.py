@@ -13,7 +13,7 @@ import math
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterator, Optional, Tuple
+from typing import Callable, Iterator, List, Optional, Tuple
 
 __all__ = [
     "ANALYSIS_SHARE",
@@ -235,33 +235,44 @@ def batches_left(
 
 @dataclass(frozen=True)
 class Schedule:
-    """Which validation runs are analysed, from the training progress in epochs.
+    """Which epochs are analysed during ``fit``: every validation run in them.
 
-    A validation run that ends the progress interval ``(previous, now]`` is analysed when that
-    interval holds a due point: ``every * stride * k`` for k = 1, 2, ..., or, when the budget
-    thinned the analyses and the fit's end is known, ``end - every * stride * k`` for k = 0, 1, ...
-    (so that the last analysis sees the trained network). With validation at every epoch's end
-    this is every ``every``-th epoch; with several validations an epoch, the first one at or past
-    each due point.
+    Epochs are counted as Lightning's ``ModelCheckpoint(every_n_epochs=...)`` counts them. Without
+    thinning, the epochs ``e`` (counted from 0) with ``(e + 1) % every == 0``; when the budget
+    analyses only every ``stride``-th time and the fit's last epoch ``end`` is known, the epochs
+    ``end - every * stride * k``, so that the last analysis sees the trained network.
 
     Attributes:
-        every: Epochs of training between two requested analyses (0: never during ``fit``).
+        every: Epochs between two requested analyses (0: never during ``fit``).
         stride: Every how many requested analyses one comes.
-        end: The fit's last progress point when thinned and known, else ``None``.
+        end: The fit's last epoch when thinned, else ``None``.
     """
 
     every: int
     stride: int = 1
-    end: Optional[float] = None
+    end: Optional[int] = None
 
-    def due(self, previous: float, now: float) -> bool:
-        """Whether a validation run at progress ``now`` (the last one at ``previous``) is analysed."""
-        if self.every <= 0 or now <= previous:
+    def due(self, epoch: int) -> bool:
+        """Whether the validation runs of ``epoch`` are analysed."""
+        if self.every <= 0:
             return False
-        step = float(self.every * self.stride)
-        offset = 0.0 if self.end is None else self.end % step
-        eps = 1e-9
-        return math.floor((now - offset) / step + eps) > math.floor((previous - offset) / step + eps)
+        step = self.every * self.stride
+        if self.end is None:
+            return (epoch + 1) % step == 0
+        return epoch <= self.end and (self.end - epoch) % step == 0
+
+    def upcoming(
+        self, epoch: int, count: int, validated: Callable[[int], bool], last: Optional[int] = None
+    ) -> List[int]:
+        """The first ``count`` analysed epochs from ``epoch`` to ``last`` that have a validation run."""
+        found: List[int] = []
+        ends = [e for e in (self.end, last) if e is not None]
+        for e in range(epoch, min([epoch + 1000 * max(self.every * self.stride, 1), *[e + 1 for e in ends]])):
+            if len(found) == count:
+                break
+            if self.due(e) and validated(e):
+                found.append(e)
+        return found
 
 
 class Ledger:

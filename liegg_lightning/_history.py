@@ -38,8 +38,10 @@ class History:
             values.update({scope + key: value for key, value in layer_values.items()})
         shown = shown_report(reports)
         previous = self._previous.get(stage)
-        values["generator_drift"] = math.nan if previous is None else generator_drift(
+        drift = math.nan if previous is None else generator_drift(
             previous.generators, previous.nullity, shown.generators, shown.nullity)
+        if math.isfinite(drift):  # kept only where defined, as the logged values are
+            values["generator_drift"] = drift
         self._previous[stage] = shown
         self.rows.append({"stage": stage, "epoch": epoch, "step": step, **values})
         self.spectra.append(shown.variances.clone())

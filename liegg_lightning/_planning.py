@@ -39,7 +39,7 @@ from liegg_lightning.functional.polarization import choose_derivative
 if TYPE_CHECKING:
     from liegg_lightning.callback import LieGGCallback
 
-__all__ = ["DRAW_PRIOR", "Planner", "spread"]
+__all__ = ["DRAW_PRIOR", "Planner", "agree_any", "spread"]
 
 #: Seconds one set of pictures is assumed to take before the first one was timed; also reserved at
 #: the plan for the run's last picture, which is always drawn.
@@ -64,14 +64,18 @@ def _agree_max(trainer: pl.Trainer, values: List[float]) -> List[float]:
     return [float(v) for v in trainer.strategy.reduce(local, reduce_op="max")]
 
 
+def agree_any(trainer: pl.Trainer, flag: bool) -> bool:
+    """Whether ``flag`` holds on any process (one all-reduce, which every process must reach)."""
+    return _agree_max(trainer, [float(flag)])[0] > 0
+
+
 def _validation_spacing(trainer: pl.Trainer) -> float:
     """Epochs of training between two validation runs of ``fit`` (NaN when the epoch has no length)."""
-    per_epoch = trainer.num_training_batches
-    if not math.isfinite(per_epoch) or per_epoch <= 0:
+    per_epoch, check = trainer.num_training_batches, trainer.val_check_batch
+    if not math.isfinite(per_epoch) or per_epoch <= 0 or check is None:
         return math.nan
-    share = min(float(trainer.val_check_batch) / per_epoch, 1.0)
     every = trainer.check_val_every_n_epoch
-    return share * every if every is not None else float(trainer.val_check_batch) / per_epoch
+    return min(float(check) / per_epoch, 1.0) * every if every is not None else float(check) / per_epoch
 
 
 class Planner:
@@ -85,12 +89,11 @@ class Planner:
         self.plan: Optional[Plan] = None
         self.schedule = Schedule(self.every)
         self.monitored = False
-        self.epoch_batches = 0
         self._loaded = False  # the plan came from a checkpoint: a resumed fit keeps it
         self._start_epoch = 0
-        self._progress = (0.0, 0.0)  # training progress (epochs) at the last two validation runs
-        self._validations = 0
+        self._validations = 0  # validation runs of this fit so far
         self._probe: Optional[Tensor] = None
+        self._batch_size = 0  # samples in the validation batch the probe came from
         self._analyses = 0
         self._spent_at_start = 0.0
         self._warned_cost = False
@@ -142,25 +145,12 @@ class Planner:
             self.schedule = Schedule(self.every)
         self._loaded = False
         self._start_epoch = trainer.current_epoch
-        self._progress = (float(trainer.current_epoch),) * 2
-        self.epoch_batches, self._validations, self._analyses, self._warned_cost = 0, 0, 0, False
-
-    def batch_trained(self) -> None:
-        """A training batch ended."""
-        self.ledger.batch_trained()
-        self.epoch_batches += 1
-
-    def _now(self, trainer: pl.Trainer) -> float:
-        per_epoch = trainer.num_training_batches
-        if math.isfinite(per_epoch) and per_epoch > 0:
-            return trainer.current_epoch + self.epoch_batches / per_epoch
-        self._validations += 1  # epochs without a length: each validation run counts as one
-        return float(self._start_epoch + self._validations)
+        self._validations, self._analyses, self._warned_cost = 0, 0, False
 
     def due(self, trainer: pl.Trainer) -> bool:
         """Whether this validation run of ``fit`` is analysed (called once per run)."""
-        self._progress = (self._progress[1], self._now(trainer))
-        return self.schedule.due(*self._progress)
+        self._validations += 1
+        return self.schedule.due(trainer.current_epoch)
 
     def begin(self) -> None:
         """An analysis begins."""
@@ -180,10 +170,16 @@ class Planner:
             return math.inf
         return left * done / self.ledger.batches_trained
 
-    def _interval(self, steady: float) -> float:
-        """Seconds of steady training between two requested analyses."""
-        epochs = self._progress[1] - self._start_epoch
-        return steady / epochs * self.every if epochs > 0 else steady
+    def _interval(self, trainer: pl.Trainer, steady: float) -> float:
+        """Seconds of steady training between two requested analyses, on average."""
+        per_epoch, trained = trainer.num_training_batches, self.ledger.batches_trained
+        if not math.isfinite(per_epoch) or per_epoch <= 0 or trained <= 0:
+            return steady / max(self._validations, 1)  # epochs without a length: validation runs apart
+        epoch_time = steady * per_epoch / trained
+        spacing = _validation_spacing(trainer)
+        if spacing < 1:  # several validation runs an epoch, each analysed in an analysed epoch
+            return epoch_time * self.every / max(round(1 / spacing), 1)
+        return epoch_time * max(self.every, spacing)
 
     def budget_left(self) -> float:
         """Seconds of budget this fit has not spent yet."""
@@ -196,10 +192,10 @@ class Planner:
 
     # ------------------------------------------------------------------ the plan
 
-    def keep_probe(self, probe: Tensor) -> None:
-        """Inputs from the sanity check, to price the first analysis on."""
+    def keep_probe(self, probe: Tensor, batch_size: int) -> None:
+        """Inputs from a validation batch of ``batch_size`` samples, to price the first analysis on."""
         if self._probe is None:
-            self._probe = probe
+            self._probe, self._batch_size = probe, batch_size
 
     def _fetch_probe(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Optional[Tensor]:
         """Without a sanity check: the first batch of the first analysed dataloader, its RNG draws undone."""
@@ -214,7 +210,8 @@ class Planner:
             return None
         inputs = extract_input(batch, self.callback.input_key)
         self.callback.action.validate_input(inputs)
-        return spread(inputs, TIMING_SAMPLES).detach().to(pl_module.device).clone()
+        self.keep_probe(spread(inputs, TIMING_SAMPLES).detach().to(pl_module.device).clone(), inputs.shape[0])
+        return self._probe
 
     def _local_prices(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> List[float]:
         """This process's prices as one vector for the all-reduce: [failed, priced, 2 per mode, 4 others, rows]."""
@@ -250,7 +247,7 @@ class Planner:
         steady = self.ledger.steady_training_time()
         counts = trainer.num_val_batches
         batches = self.analysed_batches(counts)
-        size = float(self._probe_size(trainer))
+        size = float(self._batch_size)
         agreed = _agree_max(trainer, [*local, -steady, float(batches), size])
         failed, priced, prices_and_rows = agreed[0] > 0, agreed[1] > 0, agreed[2:11]
         if failed:
@@ -262,10 +259,6 @@ class Planner:
             return False  # no process had inputs: priced at the next analysed run
         return self._fix_plan(trainer, prices_and_rows, -agreed[11], int(agreed[12]), int(agreed[13]), started)
 
-    def _probe_size(self, trainer: pl.Trainer) -> int:
-        loaders = trainer.val_dataloaders
-        first = loaders[0] if isinstance(loaders, (list, tuple)) and loaders else loaders
-        return int(getattr(first, "batch_size", None) or (0 if self._probe is None else self._probe.shape[0]))
 
     def _fix_plan(self, trainer: pl.Trainer, agreed: List[float], steady: float, batches: int, batch_size: int,
                   started: float) -> bool:
@@ -276,12 +269,17 @@ class Planner:
                    if math.isfinite(call + n * sample)}
         m = cb.action.num_generators
         mode = choose_derivative(cb.metric.derivative, m, int(rows), seconds)
+        if mode not in seconds:  # the mode failed on some process: every process switches off together
+            self.schedule = Schedule(0)
+            rank_zero_warn(f"LieGGCallback: the {mode}-mode derivative pass failed on at least one process; no "
+                           "analysis during this fit.")
+            return False
         cb.metric.fix_derivative(mode)
         call, sample = (rc, rs) if mode == "reverse" else (fc, fs)
         prices = Prices(call, sample, acc_call, acc_sample, keep, solve)
         one_time = self.ledger.cost() + time.perf_counter() - started
         one_time += DRAW_PRIOR if cb.log_images and trainer.loggers else 0.0
-        interval = self._interval(steady)
+        interval = self._interval(trainer, steady)
         remaining = self._training_left(trainer, steady) if steady > 0 else math.inf
         shape = FitShape(interval, remaining, one_time, batches, batch_size, int(rows), m)
         plan = make_plan(prices, shape, cb.overhead, self.may_thin)
@@ -296,25 +294,31 @@ class Planner:
             return False
         self.plan = plan
         end = None
-        if plan.epoch_stride > 1:  # thinned: counted back from the fit's end, so the last sees the trained net
-            end = self._progress[1]
-            if math.isfinite(remaining) and math.isfinite(trainer.num_training_batches):
-                left = batches_left(trainer.num_training_batches, trainer.max_epochs, self._start_epoch,
-                                    self.ledger.batches_trained, trainer.max_steps, trainer.global_step,
-                                    trainer.accumulate_grad_batches)
-                end = self._progress[1] + left / trainer.num_training_batches
+        per_epoch = trainer.num_training_batches
+        if plan.epoch_stride > 1 and math.isfinite(remaining) and math.isfinite(per_epoch):
+            # thinned: counted back from the fit's last epoch, so the last analysis sees the trained network
+            left = batches_left(per_epoch, trainer.max_epochs, self._start_epoch, self.ledger.batches_trained,
+                                trainer.max_steps, trainer.global_step, trainer.accumulate_grad_batches)
+            end = self._start_epoch + math.ceil((self.ledger.batches_trained + left) / per_epoch) - 1
         self.schedule = Schedule(self.every, plan.epoch_stride, end)
         self._say(trainer, shape, prices, mode, seconds)
-        return self.schedule.due(*self._progress)
+        return self.schedule.due(trainer.current_epoch)
 
     def _cadence(self, trainer: pl.Trainer) -> str:
-        step = self.every * self.schedule.stride
+        """Which validation runs are analysed, in words that hold in every loop shape."""
+        every_val = trainer.check_val_every_n_epoch
+
+        def validated(epoch: int) -> bool:
+            return every_val is None or (epoch + 1) % every_val == 0
+
+        last = trainer.max_epochs - 1 if trainer.max_epochs is not None and trainer.max_epochs > 0 else None
+        epochs = self.schedule.upcoming(trainer.current_epoch, 3, validated, last)
         spacing = _validation_spacing(trainer)
-        thinned = ", to stay within the budget" if self.schedule.stride > 1 else ""
-        if math.isfinite(spacing) and spacing >= step - 1e-9:
-            return f"every validation run ({spacing:g} epochs apart){thinned}"
-        runs = f" (validation runs every {spacing:g} epochs)" if math.isfinite(spacing) else ""
-        return f"the first validation run at or past every {step} epoch(s) of training{runs}{thinned}"
+        runs = f" ({round(1 / spacing)} validation runs each)" if math.isfinite(spacing) and spacing < 1 else ""
+        thinned = f"; every {self.every * self.schedule.stride} epochs to stay within the budget" \
+            if self.schedule.stride > 1 else ""
+        listed = ", ".join(map(str, epochs)) + (", ..." if len(epochs) == 3 else "") or "none left in this fit"
+        return f"the validation runs of epochs {listed}{runs}{thinned}"
 
     def _say(self, trainer: pl.Trainer, shape: FitShape, prices: Prices, mode: str, seconds: Dict[str, float]) -> None:
         plan, cb = self.plan, self.callback
@@ -333,8 +337,9 @@ class Planner:
             fits = every_that_fits(plan.cost, shape.interval / self.every, cb.overhead, 1)
             rank_zero_warn(
                 f"LieGGCallback: the smallest analysis ({plan.samples} samples, {plan.cost * 1e3:.0f} ms) costs more "
-                f"than the {max(plan.budget, 0) * 1e3:.0f} ms `overhead={cb.overhead:g}` leaves each; the cadence you "
-                f"set is kept. `every_n_epochs={fits}` or a larger `overhead` would stay within it."
+                f"than the {max(plan.budget, 0) * 1e3:.0f} ms `overhead={cb.overhead:g}` leaves each; the cadence is "
+                f"kept ({'as you set it' if cb.every_n_epochs is not None else 'a monitor needs it'}). "
+                f"`every_n_epochs={fits}` or a larger `overhead` would stay within it."
             )
         else:
             rank_zero_warn(
@@ -350,7 +355,7 @@ class Planner:
         if self._warned_cost or self._analyses < 2 or self.plan is None:
             return
         cost = self.ledger.spent - self._spent_at_start
-        interval = self._interval(self.ledger.steady_training_time()) * self.schedule.stride
+        interval = self._interval(trainer, self.ledger.steady_training_time()) * self.schedule.stride
         if interval <= 0 or cost <= self.callback.overhead * interval:
             return
         self._warned_cost = True
@@ -378,8 +383,6 @@ class Planner:
         samples = state.get("planned_samples")
         stride = int(state.get("epoch_stride", 1))
         self.plan = None if samples is None else Plan(int(samples), int(state.get("batch_stride", 1)), stride)
-        end = state.get("schedule_end")
-        if end is None and "anchor_epoch" in state and stride > 1:  # checkpoints before the schedule
-            end = float(state["anchor_epoch"]) + 1
-        self.schedule = Schedule(self.every, stride, end)
+        end = state.get("schedule_end", state.get("anchor_epoch") if stride > 1 else None)
+        self.schedule = Schedule(self.every, stride, None if end is None else int(end))
         self._loaded = self.plan is not None

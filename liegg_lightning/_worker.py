@@ -9,9 +9,9 @@ waits for them only as long as it is told to.
 from __future__ import annotations
 
 import collections
-import contextlib
 import threading
 import time
+import warnings
 from typing import Any, Callable, Deque, Optional
 
 __all__ = ["Lane", "Worker"]
@@ -55,8 +55,10 @@ class Lane:
                     self._cond.notify_all()
                     return
                 job = self._jobs.popleft()
-            with contextlib.suppress(Exception):  # jobs warn of their own failures; a lane never dies of one
+            try:
                 job()
+            except Exception as err:  # a lane never dies of a job; the job's own failures are warnings already
+                warnings.warn(f"LieGGCallback: a background job failed ({err!r}).", UserWarning, stacklevel=1)
 
     def wait(self, timeout: Optional[float] = None) -> bool:
         """Wait until every queued job ran (at most ``timeout`` seconds); True when they did."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 import re
 from typing import Any, Callable, Dict, List, Literal, Optional, Union
@@ -18,15 +19,15 @@ from liegg_lightning._batches import extract_input
 from liegg_lightning._checks import check_int, is_int
 from liegg_lightning._cost import TIMING_SAMPLES
 from liegg_lightning._errors import InputError
-from liegg_lightning._history import History, shown_report
-from liegg_lightning._loggers import log_pictures, save_report
-from liegg_lightning._planning import Planner, spread
+from liegg_lightning._history import History
+from liegg_lightning._loggers import save_report
+from liegg_lightning._pictures import queue_pictures
+from liegg_lightning._planning import Planner, agree_any, spread
 from liegg_lightning._state import cuda_devices_of, preserved_state
 from liegg_lightning._worker import Worker
 from liegg_lightning.actions import GroupAction
 from liegg_lightning.functional.layers import MODEL_OUTPUT, layer_output_fn
 from liegg_lightning.metric import LieGGMetric, fresh_metric
-from liegg_lightning.rendering import orbit_outputs
 from liegg_lightning.report import SymmetryReport
 
 __all__ = ["LieGGCallback"]
@@ -37,12 +38,12 @@ _CHECK_SAMPLES = 4
 _LEAST_WAIT = 1.0
 
 
-def _agree_any(trainer: pl.Trainer, flag: bool) -> bool:
-    """Whether ``flag`` holds on any process (one all-reduce, which every process must reach)."""
-    if trainer.world_size <= 1:
-        return flag
-    local = torch.tensor([float(flag)], device=trainer.strategy.root_device)
-    return bool(trainer.strategy.reduce(local, reduce_op="max").item() > 0)
+def _adds_nothing(metric: LieGGMetric, option: str, value: Any) -> bool:
+    """Whether an option given beside a metric is unset, its default, or what the metric already has."""
+    parameter = inspect.signature(LieGGMetric.__init__).parameters.get(option)
+    default = inspect.Parameter.empty if parameter is None else parameter.default
+    return value is None or any(value is v or (type(value) is type(v) and value == v)
+                                for v in (default, getattr(metric, option, inspect.Parameter.empty)))
 
 
 class LieGGCallback(Callback):
@@ -126,7 +127,7 @@ class LieGGCallback(Callback):
         if layer is not None and not isinstance(layer, str):
             raise ValueError(f"Expected `layer` to be the name of a submodule or None, got {layer!r}.")
         loaders = [dataloader_idx] if not isinstance(dataloader_idx, (list, tuple)) else list(dataloader_idx)
-        if dataloader_idx is not None and (not loaders or not all(is_int(i) and i >= 0 for i in loaders)):
+        if dataloader_idx is not None and (not loaders or not all(is_int(i) and i >= 0 for i in loaders)):  # type: ignore[operator]
             raise ValueError(
                 f"Expected `dataloader_idx` to be None, a non-negative int or a list of them, got {dataloader_idx!r}."
             )
@@ -136,6 +137,8 @@ class LieGGCallback(Callback):
                            ("background_drawing", background_drawing), ("verbose", verbose)):
             if not isinstance(flag, bool):
                 raise ValueError(f"Expected `{name}` to be a bool, got {flag!r}.")
+        if isinstance(metric, LieGGMetric):  # LightningCLI passes every option at its default: they add nothing
+            metric_options = {k: v for k, v in metric_options.items() if not _adds_nothing(metric, k, v)}
         self.metric = fresh_metric(metric, **metric_options)  # the user's metric is left as it was
         self.action = self.metric.action
         self.input_key = input_key
@@ -179,7 +182,6 @@ class LieGGCallback(Callback):
         return None if self.planner.plan is None else self.planner.plan.samples
 
     # ------------------------------------------------------------------ set-up
-
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         others = [c for c in trainer.callbacks if isinstance(c, LieGGCallback) and c is not self]  # type: ignore[attr-defined]
@@ -196,11 +198,10 @@ class LieGGCallback(Callback):
         missing = [n for n in ([self.layer] if self.layer else self.metric.layer_names) if n and n not in modules]
         if missing:
             names = [n for n in modules if n]
-            raise ValueError(
-                f"{missing} {'is not a submodule' if len(missing) == 1 else 'are not submodules'} of "
-                f"{type(pl_module).__name__}. Expected names from: {', '.join(names[:30])}"
-                f"{' ...' if len(names) > 30 else ''}."
-            )
+            what = f"`layer={self.layer!r}` is not a submodule" if self.layer else \
+                f"The metric's layers {missing} are not submodules"
+            raise ValueError(f"{what} of {type(pl_module).__name__}. Expected names from: {', '.join(names[:30])}"
+                             f"{' ...' if len(names) > 30 else ''}.")
         self._forward = pl_module if self.layer is None else layer_output_fn(pl_module, self.layer)
         self._cuda_devices = cuda_devices_of(pl_module)
         self.metric.place_on(pl_module.device)
@@ -210,29 +211,20 @@ class LieGGCallback(Callback):
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.planner.start_fit(trainer)  # a fresh ledger: every fit budgets from its own clocks
-        if not self._has_validation(trainer) and self.every_n_epochs != 0:
+        has_validation = trainer.limit_val_batches != 0 and trainer.val_dataloaders is not None
+        if not has_validation and self.every_n_epochs != 0:
             rank_zero_warn(
                 "LieGGCallback analyses validation (and test) data, and this fit has none: nothing will be "
                 "analysed during `fit`. Pass validation dataloaders, or call `trainer.validate()` after it."
             )
 
-    @staticmethod
-    def _has_validation(trainer: pl.Trainer) -> bool:
-        counts = trainer.num_val_batches if isinstance(trainer.num_val_batches, list) else []
-        return trainer.limit_val_batches != 0 and any(c != 0 for c in counts) or trainer.val_dataloaders is not None
-
-    @override
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.planner.epoch_batches = 0
-
     @override
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        self.planner.batch_trained()
+        self.planner.ledger.batch_trained()
 
     # ------------------------------------------------------------------ one analysis
-
     def _should_skip(self, trainer: pl.Trainer) -> bool:
         """Whether this validation/test run goes unanalysed (the sanity check, ``predict``, or not due)."""
         if trainer.sanity_checking:
@@ -241,7 +233,8 @@ class LieGGCallback(Callback):
             return not self.planner.due(trainer)
         return trainer.state.fn not in ("validate", "test")
 
-    def _start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    @override
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         fitting = trainer.state.fn == "fit" and not trainer.sanity_checking
         if fitting:
             self.planner.ledger.start_validation()
@@ -260,7 +253,11 @@ class LieGGCallback(Callback):
                                                 else trainer.num_val_batches)
         self._per_batch = None if self.planner.plan is None else self.planner.plan.per_batch(batches)
 
-    def _batch(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, dataloader_idx: int) -> None:
+    @override
+    def on_validation_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        # at the batch's start, so a misconfiguration fails before the model's own step runs
         if trainer.sanity_checking:
             self._check_loader(trainer, pl_module, batch, dataloader_idx)
             return
@@ -269,7 +266,7 @@ class LieGGCallback(Callback):
         if self.dataloader_idx is not None and dataloader_idx not in self.dataloader_idx:
             return
         index, self._batch_index = self._batch_index, self._batch_index + 1
-        cap = self.max_samples if is_int(self.max_samples) else None
+        cap = self.max_samples if isinstance(self.max_samples, int) else None
         stride = 1 if self.planner.plan is None else self.planner.plan.batch_stride
         if index % stride or (cap is not None and self._seen >= cap):
             return
@@ -318,7 +315,7 @@ class LieGGCallback(Callback):
             if inputs.shape[0] == 0:
                 return
             probe = spread(inputs, TIMING_SAMPLES).detach().to(pl_module.device).clone()
-            self.planner.keep_probe(probe)
+            self.planner.keep_probe(probe, inputs.shape[0])
             try:
                 with preserved_state(pl_module, self._cuda_devices):
                     self.metric.rows(self._forward or pl_module, probe[:_CHECK_SAMPLES], derivative="reverse")
@@ -327,7 +324,8 @@ class LieGGCallback(Callback):
             except Exception as err:
                 rank_zero_warn(f"LieGGCallback: a trial derivative pass failed in the sanity check ({err!r}).")
 
-    def _end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    @override
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         fitting = trainer.state.fn == "fit" and not trainer.sanity_checking
         if fitting:
             self.planner.ledger.end_validation()
@@ -337,7 +335,7 @@ class LieGGCallback(Callback):
                     trainer.callback_metrics.pop(key, None)
             return
         self._analysing = False
-        if _agree_any(trainer, self._pass_failed):  # every rank skips the solve's collectives together
+        if agree_any(trainer, self._pass_failed):  # every rank skips the solve's collectives together
             return
         with self.planner.ledger.charged():
             reports = self._solve_and_log(trainer, pl_module)
@@ -346,7 +344,8 @@ class LieGGCallback(Callback):
         if fitting:
             self.planner.analysed(trainer)
         if trainer.is_global_zero and self.log_images and trainer.loggers:
-            self._picture(trainer, pl_module, reports, always=not fitting or self.record.drift_peaked())
+            always = not fitting or self.record.drift_peaked()  # validate/test, and the moment of emergence
+            queue_pictures(self, trainer, pl_module, reports, always)
 
     def _solve_and_log(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Optional[Dict[str, SymmetryReport]]:
         """Solve on every rank, log the values, keep the history; rank zero queues the report files."""
@@ -378,40 +377,7 @@ class LieGGCallback(Callback):
         return (f"{prefix}-report_{stage}_epoch{trainer.current_epoch:04d}_step{trainer.global_step:07d}_"
                 f"{len(self.history):04d}{where}.json")
 
-    # ------------------------------------------------------------------ pictures
-
-    def _picture(self, trainer: pl.Trainer, pl_module: pl.LightningModule, reports: Dict[str, SymmetryReport],
-                 always: bool) -> None:
-        report = shown_report(reports)
-        orbit = None
-        if self._example_input is not None and len(report.generators) >= 2:
-            try:  # the model runs here, in the loop's thread
-                with self.planner.ledger.charged(), preserved_state(pl_module, self._cuda_devices):
-                    orbit = orbit_outputs(self._forward or pl_module, self.action, self._example_input,
-                                          report.generators[0], report.generators[-1],
-                                          output_transform=self.metric.output_transform, device=pl_module.device)
-            except Exception:  # no finite transformation, or an output that is not a tensor: no curves
-                orbit = None
-        job = functools.partial(
-            log_pictures, list(trainer.loggers), self._logged_step(trainer), report, self.action,
-            spectra=list(self.spectra), labels=list(self.labels), example_input=self._example_input, orbit=orbit,
-            num_generators=self.log_generators, prefix=self.prefix,
-            layers=reports if len(reports) > 1 or MODEL_OUTPUT not in reports else None,
-            caption=self.labels[-1],
-        )
-        if not always and not self.planner.may_draw():
-            self._worker.defer(job)  # over budget now: drawn at the run's end unless a later one is
-        elif self.background_drawing:
-            self._worker.draw(job, self.planner.ledger.add_drawing)
-        else:
-            with self.planner.ledger.charged():
-                job()
-
-    @staticmethod
-    def _logged_step(trainer: pl.Trainer) -> int:
-        """The step Lightning logs this epoch's values at, so pictures and scalars line up."""
-        return int(getattr(trainer.fit_loop.epoch_loop, "_batches_that_stepped", trainer.global_step))
-
+    # ------------------------------------------------------------------ pictures and files
     def wait_for_pictures(self) -> None:
         """Block until the pictures being drawn (and the one waiting) have been sent to the loggers."""
         self._worker.pictures.wait()
@@ -432,7 +398,6 @@ class LieGGCallback(Callback):
         self._worker.stop()  # never delay an exception: nothing queued is drawn or sent after it
 
     # ------------------------------------------------------------------ checkpoint state
-
     @override
     def on_load_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: Dict[str, Any]
@@ -456,7 +421,6 @@ class LieGGCallback(Callback):
         self.planner.load_state_dict(state_dict)
 
     # ------------------------------------------------------------------ what the user reads
-
     @property
     def history(self) -> List[Dict[str, Any]]:
         """One dict per analysis: stage, epoch (as Lightning logs it, from 0), step and the logged values."""
@@ -475,22 +439,6 @@ class LieGGCallback(Callback):
     def describe(self) -> str:
         """One line per analysis so far: its label and the logged values."""
         return self.record.describe()
-
-    # hooks of the validation and test loops
-    @override
-    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._start(trainer, pl_module)
-
-    @override
-    def on_validation_batch_start(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
-    ) -> None:
-        # at the batch's start, so a misconfiguration fails before the model's own step runs
-        self._batch(trainer, pl_module, batch, dataloader_idx)
-
-    @override
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._end(trainer, pl_module)
 
     # the test loop is analysed as the validation loop is
     on_test_epoch_start = on_validation_epoch_start

@@ -92,17 +92,22 @@ def test_samples_are_spread_over_the_analysed_batches() -> None:
     assert plan.per_batch(0) == 90  # no batch counted: never a division by zero
 
 
-@pytest.mark.parametrize(("prev", "now", "every", "stride", "end", "due"), [
-    (0, 1, 1, 1, None, True), (1, 2, 2, 1, None, True), (0, 1, 2, 1, None, False),  # every 2nd epoch: 2, 4, ...
-    (0.75, 1.0, 1, 1, None, True), (0.5, 0.75, 1, 1, None, False),  # 4 validations an epoch: the one at 1.0
-    (0.9, 1.2, 1, 1, None, True), (1.2, 1.5, 1, 1, None, False),  # no validation at 1.0: the first past it
-    (1, 2, 1, 3, 5.0, True), (2, 3, 1, 3, 5.0, False), (4, 5, 1, 3, 5.0, True),  # every 3rd, back from 5: 2, 5
-    (0, 1, 0, 1, None, False), (1, 1, 1, 1, None, False),  # never; the same point twice
+@pytest.mark.parametrize(("every", "stride", "end", "analysed"), [
+    (1, 1, None, [0, 1, 2, 3, 4, 5, 6]),
+    (3, 1, None, [2, 5]),  # every 3rd epoch, as ModelCheckpoint(every_n_epochs=3) counts them
+    (1, 3, 4, [1, 4]),  # thinned to every 3rd, counted back from the fit's last epoch (4)
+    (1, 5, 4, [4]),  # one analysis, at the end
+    (2, 2, 6, [2, 6]),
+    (0, 1, None, []),  # never during fit
 ])
-def test_the_schedule_analyses_the_first_validation_at_or_past_each_due_point(
-    prev: float, now: float, every: int, stride: int, end: Any, due: bool
+def test_the_schedule_analyses_every_nth_epoch_or_back_from_the_last(
+    every: int, stride: int, end: Any, analysed: List[int]
 ) -> None:
-    assert Schedule(every, stride, end).due(prev, now) is due
+    schedule = Schedule(every, stride, end)
+    assert [e for e in range(7) if schedule.due(e)] == analysed
+    # the epochs the plan line names: only those that have a validation run (here every 2nd epoch)
+    expected = [e for e in range(100) if schedule.due(e) and (e + 1) % 2 == 0][:2]
+    assert schedule.upcoming(0, 2, lambda e: (e + 1) % 2 == 0) == expected
 
 
 def test_the_steady_pace_leaves_out_the_first_batch() -> None:
@@ -263,13 +268,13 @@ def test_an_analysis_over_budget_says_which_every_n_epochs_fits() -> None:
 def test_the_plan_is_kept_in_the_checkpoint() -> None:
     callback = LieGGCallback(ACTION)
     callback.planner.plan = Plan(samples=34, batch_stride=4, epoch_stride=3)
-    callback.planner.schedule = Schedule(1, 3, 5.0)
+    callback.planner.schedule = Schedule(1, 3, 5)
     other = LieGGCallback(ACTION)
     other.load_state_dict(callback.state_dict())
     assert other.planned_samples == 34
     assert other.planner.plan is not None
     assert other.planner.plan.batch_stride == 4
-    assert (other.planner.schedule.stride, other.planner.schedule.end) == (3, 5.0)
+    assert (other.planner.schedule.stride, other.planner.schedule.end) == (3, 5)
 
 
 def test_a_second_fit_with_the_same_callback_budgets_from_its_own_clocks() -> None:

@@ -11,6 +11,7 @@ import math
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Dict, List
@@ -24,7 +25,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch import nn
 from torch.utils.data import DataLoader
 
-import liegg_lightning.callback as callback_module
+import liegg_lightning._pictures as pictures_module
 from liegg_lightning import LieGGCallback, LieGGMetric, SymmetryReport, TangentAction, VectorAction, analyze
 
 ACTION = VectorAction(dim=5, components=2)
@@ -103,7 +104,7 @@ def test_a_value_error_inside_the_model_is_a_warning_not_a_dead_run() -> None:
     L.seed_everything(0, verbose=False)
     callback = LieGGCallback(ACTION, log_images=False)
     trainer = quiet_trainer(max_epochs=2, callbacks=[callback], num_sanity_val_steps=0)
-    with pytest.warns(UserWarning, match="derivative pass failed.*fewer than 8"):
+    with pytest.warns(UserWarning, match=r"(derivative pass|pricing the analysis) failed.*fewer than 8"):
         trainer.fit(FailingForward(), _loader(), _loader())
     assert trainer.current_epoch == 2
     assert callback.history == []
@@ -116,7 +117,7 @@ def _fit_state(with_callback: bool, dropout: float) -> Dict[str, Any]:
     L.seed_everything(0, verbose=False)
     model = TrainModeBatchNorm(dropout=dropout)
     callbacks = [LieGGCallback(LieGGMetric(ACTION, output_mode="random", num_projections=2), log_images=False,
-                               overhead=10.0)]  # room for an analysis every epoch of this tiny run
+                               every_n_epochs=1)]  # an analysis every epoch, as set
     trainer = quiet_trainer(max_epochs=3, callbacks=callbacks if with_callback else [], deterministic=True)
     trainer.fit(model, _loader(96, 32, seed=0), _loader(96, 32))
     return {"state": {k: v.clone() for k, v in model.state_dict().items()}, "rng": torch.get_rng_state(),
@@ -206,9 +207,9 @@ def test_aligned_checkpoint_works_and_early_stopping_patience_counts_analyses(tm
 def test_one_report_file_per_analysis_in_each_loggers_run(tmp_path: Path) -> None:
     L.seed_everything(0, verbose=False)
     logger = CSVLogger(tmp_path, name="csv")
-    first = LieGGCallback(ACTION, log_images=False, overhead=10.0)  # room for every epoch of a tiny run
+    first = LieGGCallback(ACTION, log_images=False, every_n_epochs=1)  # every epoch, as set
     second = LieGGCallback(LieGGMetric(ACTION, output_mode="sum"), prefix="liegg_sum/", log_images=False,
-                           overhead=10.0)
+                           every_n_epochs=1)
     trainer = quiet_trainer(max_epochs=2, val_check_interval=0.5, logger=logger, callbacks=[first, second])
     trainer.fit(TinyRegressor(), _loader(256, 32, seed=0), _loader())
     trainer.validate(TinyRegressor(), _loader(), verbose=False)
@@ -219,7 +220,7 @@ def test_one_report_file_per_analysis_in_each_loggers_run(tmp_path: Path) -> Non
     assert sum(n.startswith("liegg-report_fit_") for n in names) == 4
     assert sum(n.startswith("liegg_sum-report_validate_") for n in names) == 2
     assert {h["stage"] for h in second.history} == {"fit", "validate"}
-    assert "liegg_sum/symmetry_variance" in trainer.callback_metrics
+    assert "liegg_sum/validate/symmetry_variance" in trainer.callback_metrics  # validate() logged apart
     assert first.state_key != second.state_key
 
 
@@ -321,18 +322,30 @@ def test_the_picture_queue_holds_one_drawing_and_the_last_analysis_is_drawn(
         time.sleep(0.4)
         drawn.append(step)
 
-    monkeypatch.setattr(callback_module, "log_pictures", slow_drawing)
+    monkeypatch.setattr(pictures_module, "log_pictures", slow_drawing)
     callback = LieGGCallback(ACTION, overhead=10.0, max_samples=64)
     trainer = quiet_trainer(max_epochs=15, callbacks=[callback], logger=TensorBoardLogger(tmp_path),
                             limit_train_batches=1, limit_val_batches=2, num_sanity_val_steps=0)
     trainer.fit(TinyRegressor(), _loader(), _loader())
     assert len(callback.history) == 15
-    assert drawn[-1] == trainer.global_step  # the last analysis, for sure
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(trainer.logger.log_dir, size_guidance={"scalars": 0})
+    events.Reload()
+    scalar_steps = [e.step for e in events.Scalars("liegg/symmetry_variance")]
+    assert drawn[-1] == scalar_steps[-1]  # the last analysis, for sure, at the step of its scalars
     assert len(drawn) < 15  # waiting drawings were replaced by newer ones, never queued
 
 
 def test_an_exception_is_not_delayed_by_pictures(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(callback_module, "log_pictures", lambda *a, **k: time.sleep(3.0))
+    release = threading.Event()
+    started: List[int] = []
+
+    def stalled_drawing(*args: Any, **kwargs: Any) -> None:
+        started.append(1)
+        release.wait(30.0)  # a drawing that takes as long as the test lets it
+
+    monkeypatch.setattr(pictures_module, "log_pictures", stalled_drawing)
 
     class Crashing(TinyRegressor):
         def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
@@ -343,10 +356,13 @@ def test_an_exception_is_not_delayed_by_pictures(tmp_path: Path, monkeypatch: py
     callback = LieGGCallback(ACTION, overhead=10.0, max_samples=32, background_drawing=True)
     trainer = quiet_trainer(max_epochs=3, callbacks=[callback], logger=TensorBoardLogger(tmp_path),
                             num_sanity_val_steps=0, limit_train_batches=1)
-    started = time.perf_counter()
     with pytest.raises(RuntimeError, match="own bug"):
         trainer.fit(Crashing(), _loader(), _loader())
-    assert time.perf_counter() - started < 2.5  # the 3 s drawing of epoch 0 was not waited for
+    # fit raised while epoch 0's drawing was still running: it was not waited for
+    assert started == [1]
+    assert callback._worker.pictures.pending() == 1
+    release.set()
+    assert callback._worker.pictures.wait(10.0)
 
 
 # ----------------------------------------------------------------------------- 10. arguments
@@ -390,7 +406,8 @@ def test_trainer_test_analyses_the_test_set() -> None:
     callback = LieGGCallback(ACTION, log_images=False)
     trainer = quiet_trainer(callbacks=[callback])
     results = trainer.test(TestableRegressor(), _loader(), verbose=False)
-    assert "liegg/symmetry_variance" in results[0]
+    assert "liegg/test/symmetry_variance" in results[0]  # apart from the fit's curves
+    assert "liegg/symmetry_variance" not in results[0]
     assert callback.history[-1]["stage"] == "test"
 
 
@@ -411,8 +428,8 @@ def test_every_n_epochs_counts_training_epochs() -> None:
 
 def test_the_planned_samples_are_spread_over_every_validation_batch(monkeypatch: pytest.MonkeyPatch) -> None:
     L.seed_everything(0, verbose=False)
-    # a tiny budget: the floor, 4 rows per generator = ceil(4 * 25 / 3 outputs) = 34 samples
-    callback = LieGGCallback(ACTION, overhead=1e-6, log_images=False)
+    # a tiny budget and a cadence the user set: the floor, 4 rows per generator = ceil(4 * 25 / 3) = 34
+    callback = LieGGCallback(ACTION, overhead=1e-6, log_images=False, every_n_epochs=1)
     seen: List[torch.Tensor] = []
     original = callback.metric.update
 
@@ -422,13 +439,22 @@ def test_the_planned_samples_are_spread_over_every_validation_batch(monkeypatch:
 
     monkeypatch.setattr(callback.metric, "update", recording_update)
     val = _loader(256, 32)  # 8 batches, in order
-    quiet_trainer(max_epochs=2, callbacks=[callback], num_sanity_val_steps=0).fit(TinyRegressor(), _loader(), val)
+    with pytest.warns(UserWarning, match=r"the cadence is kept.*`every_n_epochs=\d+` or a larger `overhead`"):
+        quiet_trainer(max_epochs=2, callbacks=[callback], num_sanity_val_steps=0).fit(TinyRegressor(), _loader(), val)
     assert callback.planned_samples == 34
-    # ceil(34 / 8 batches) = 5 a batch; so tiny a budget thins the epochs too: of the fit's 2, only the plan's
-    assert callback._epoch_stride >= 2
-    assert [h["num_samples"] for h in callback.history] == [40.0]
-    assert [x.shape[0] for x in seen] == [5] * 8  # every batch of the analysed epoch
-    # the 8 samples of a batch are spread over it, not its first rows
+    # ceil(34 / 8 batches) = 5 a batch; the epochs the user asked for are all analysed
+    assert callback.planner.schedule.stride == 1
+    assert [h["num_samples"] for h in callback.history] == [40.0, 40.0]
+    assert [x.shape[0] for x in seen] == [5] * 16  # every batch of both epochs
+    # the 5 samples of a batch are spread over it, not its first rows
     data = o5_data(256, seed=1).tensors[0]
     rows = [int((data == x[None]).all(-1).nonzero()[0, 0]) for x in seen[0]]
     assert rows == [0, 8, 16, 23, 31]
+
+
+def test_an_analysis_over_the_whole_fits_budget_waits_for_validate() -> None:
+    callback = LieGGCallback(ACTION, overhead=1e-6, log_images=False)  # every_n_epochs left to the budget
+    with pytest.warns(UserWarning, match=r"more than this fit's whole budget.*no analysis during `fit`.*validate"):
+        quiet_trainer(max_epochs=2, callbacks=[callback]).fit(TinyRegressor(), _loader(), _loader(256, 32))
+    assert callback.history == []
+    assert callback.planner.schedule.every == 0

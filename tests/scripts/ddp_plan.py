@@ -39,7 +39,8 @@ class Recorder(L.Callback):
                 "num_samples": [h["num_samples"] for h in self.liegg.history],
                 "epochs": [h["epoch"] for h in self.liegg.history],
                 "derivative": self.liegg.metric.resolved_derivative,
-                "epoch_stride": self.liegg._epoch_stride, "batch_stride": self.liegg._batch_stride}
+                "epoch_stride": self.liegg.planner.schedule.stride,
+                "batch_stride": self.liegg.planner.plan.batch_stride if self.liegg.planner.plan else None}
         with open(os.path.join(self.out, f"rank{trainer.global_rank}.json"), "w") as fh:
             json.dump(data, fh)
 
