@@ -32,7 +32,7 @@ from liegg_lightning._cost import (
     may_draw_now,
 )
 from liegg_lightning._errors import InputError
-from liegg_lightning._pricing import measure_prices
+from liegg_lightning._pricing import estimate_solve, measure_prices
 from liegg_lightning._state import preserved_state
 from liegg_lightning.functional.polarization import choose_derivative
 
@@ -222,6 +222,11 @@ class Planner:
                 return [0.0, 0.0] + [-math.inf] * 9
             fit_training = self.ledger.steady_training_time() + self._training_left(
                 trainer, self.ledger.steady_training_time())
+            solve = estimate_solve(cb.action.num_generators, cb.metric.num_groups, probe.device)
+            if self.may_thin and solve > cb.overhead * fit_training:  # the solve alone is over the whole budget
+                with preserved_state(pl_module, cb._cuda_devices):
+                    rows = cb.metric.rows_per_sample(cb._forward or pl_module, probe[:2].clone())
+                return [0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, solve, float(rows)]
             measured = measure_prices(cb.metric, cb._forward or pl_module, probe, pl_module, cb._cuda_devices,
                                       ANALYSIS_SHARE * cb.overhead * fit_training)
         except InputError:
@@ -287,9 +292,9 @@ class Planner:
         if self.may_thin and math.isfinite(remaining) and plan.smallest > whole:
             self.schedule = Schedule(0)
             rank_zero_warn(
-                f"LieGGCallback: one analysis would cost {plan.smallest:.2f} s, more than this fit's whole budget "
-                f"({whole:.2f} s, `overhead={cb.overhead:g}`): no analysis during `fit`. Call `trainer.validate()` "
-                "after it (always analysed), or allow more (`overhead`)."
+                f"LieGGCallback: one analysis would cost at least {plan.smallest:.2f} s, more than this fit's whole "
+                f"budget ({whole:.2f} s, `overhead={cb.overhead:g}`): no analysis during `fit`. Call "
+                "`trainer.validate()` after it (always analysed), or allow more (`overhead`)."
             )
             return False
         self.plan = plan

@@ -18,7 +18,7 @@ from liegg_lightning._state import preserved_state
 from liegg_lightning.functional.polarization import choose_derivative
 from liegg_lightning.metric import LieGGMetric, fresh_metric
 
-__all__ = ["FORWARD_FIRST_USE", "forward_mode_loaded", "measure_prices", "modes_to_time"]
+__all__ = ["FORWARD_FIRST_USE", "estimate_solve", "forward_mode_loaded", "measure_prices", "modes_to_time"]
 
 #: Seconds torch takes once per process to script its forward-mode decompositions at the first JVP
 #: (``docs/time_forward_first_use.py`` measures it): forward mode is timed only where a fit's
@@ -68,25 +68,32 @@ def _time_mode(
     return per_call, per_sample, rows
 
 
-def _time_solve(scratch: LieGGMetric, device: torch.device) -> float:
-    m = scratch.action.num_generators
-    if m <= _SOLVE_PRICED_UP_TO:
-        solve = math.inf
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # a probe may have fewer rows than generators: no news here
-            for _ in range(2):  # the first solve may load linear-algebra kernels: keep the faster
-                try:
-                    # unwrapped: a throwaway must not sync across processes
-                    solve = min(solve, _timed(device, lambda: LieGGMetric.compute(scratch))[0])
-                except Exception:  # an unsolvable probe prices nothing
-                    solve = 0.0
-        return solve
-    size = _SOLVE_PRICED_UP_TO
+def estimate_solve(num_generators: int, num_groups: int, device: torch.device) -> float:
+    """Seconds one solve of an ``m``-generator analysis takes: an eigensolve timed at a small size, scaled by m^3.
+
+    The full solve and one per jackknife group; cheap whatever ``m``, so an algebra too large for a
+    fit's budget is found without paying for one of its updates.
+    """
+    size = min(num_generators, _SOLVE_PRICED_UP_TO)
     gram = torch.randn(size, size, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     gram = (gram @ gram.T).to(device)
     seconds = min(_timed(device, lambda: torch.linalg.eigh(gram))[0] for _ in range(2))
-    solves = 1 + scratch.num_groups  # the full solve and one per jackknife group
-    return seconds * (m / size) ** 3 * solves
+    return seconds * (num_generators / size) ** 3 * (1 + num_groups)
+
+
+def _time_solve(scratch: LieGGMetric, device: torch.device) -> float:
+    if scratch.action.num_generators > _SOLVE_PRICED_UP_TO:
+        return estimate_solve(scratch.action.num_generators, scratch.num_groups, device)
+    solve = math.inf
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a probe may have fewer rows than generators: no news here
+        for _ in range(2):  # the first solve may load linear-algebra kernels: keep the faster
+            try:
+                # unwrapped: a throwaway must not sync across processes
+                solve = min(solve, _timed(device, lambda: LieGGMetric.compute(scratch))[0])
+            except Exception:  # an unsolvable probe prices nothing
+                solve = 0.0
+    return solve
 
 
 def _time_overheads(

@@ -275,3 +275,57 @@ def test_two_processes_never_hang_when_one_rank_differs(tmp_path: Path, case: st
     else:
         assert ranks[0]["epochs"] == [0, 1]
         assert ranks[0]["planned_samples"] is not None
+
+
+class _Compiled(TinyRegressor):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = torch.compile(self.net)  # type: ignore[assignment]
+
+
+@pytest.mark.slow
+def test_a_compiled_model_is_analysed_without_touching_its_graphs() -> None:
+    from torch._dynamo.utils import counters
+
+    def fit(with_callback: bool) -> Dict[str, Any]:
+        torch._dynamo.reset()
+        counters.clear()
+        L.seed_everything(0, verbose=False)
+        model = _Compiled()
+        callbacks = [LieGGCallback(ACTION, every_n_epochs=1, log_images=False, save_reports=False)]
+        trainer = quiet_trainer(max_epochs=2, callbacks=callbacks if with_callback else [], deterministic=True)
+        trainer.fit(model, DataLoader(o5_data(96, seed=0), batch_size=32), _loader(64))
+        return {"state": {k: v.clone() for k, v in model.state_dict().items()},
+                "graphs": counters["stats"]["unique_graphs"], "analyses": len(callbacks[0].history)}
+
+    watched, plain = fit(True), fit(False)  # the callback first: nothing it compiled could help the plain fit
+    assert watched["analyses"] == 2
+    assert watched["graphs"] == plain["graphs"]  # no recompilation caused by the extra passes
+    for name, value in plain["state"].items():
+        assert torch.equal(value, watched["state"][name]), name
+
+
+def test_an_algebra_too_large_for_the_fit_is_refused_without_paying_for_an_update(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    updates: List[int] = []
+    original = LieGGMetric.update_rows
+
+    def counting(self: LieGGMetric, *args: Any, **kwargs: Any) -> None:
+        updates.append(1)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(LieGGMetric, "update_rows", counting)
+    action = VectorAction(dim=32)  # m = 1024: its solve alone outweighs a fit of a fraction of a second
+    callback = LieGGCallback(action, log_images=False, save_reports=False, jackknife_groups=0)
+
+    class Wide(TinyRegressor):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = nn.Sequential(nn.Linear(32, 8), nn.SiLU(), nn.Linear(8, 3))
+
+    data = DataLoader(torch.utils.data.TensorDataset(torch.randn(64, 32), torch.randn(64, 3)), batch_size=32)
+    with pytest.warns(UserWarning, match=r"would cost at least .* no analysis during `fit`"):
+        quiet_trainer(max_epochs=1, callbacks=[callback]).fit(Wide(), data, data)
+    assert callback.history == []
+    assert updates == []  # priced from the solve alone
