@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Dict, List, Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -179,40 +179,14 @@ def basis(name: str, generator_shape: Sequence[int], *, homogeneous: bool = Fals
     if not isinstance(name, str):
         raise ValueError(f"Expected the algebra's name as a string, got {type(name).__name__}.")
     key = name.lower().strip()
-    linear: Dict[str, List[Tensor]] = {}
-    signature = _SO_PQ.match(key)
-    if signature is not None:
-        p, q = int(signature.group(1)), int(signature.group(2))
-        if p + q != n:
-            raise ValueError(f"The algebra {name!r} acts on {p + q}-vectors, but the generators act on {n}-vectors "
-                             f"(generator shape {shape}).")
-        _check_signature(p, q)
-        linear[key] = _so_signature(p, q)
-    elif key in ("lorentz", "poincare"):
-        if n < 2:
-            raise ValueError(f"The algebra {name!r} needs at least 2 coordinates (time and space), got n={n}.")
-        linear[key] = _so_signature(1, n - 1)
-    elif key in ("gl", "affine", "aff"):
-        linear[key] = _gl(n)
-    elif key in ("so", "rotation", "euclidean", "se"):
-        linear[key] = _so(n)
-    elif key in ("sl", "special_affine"):
-        linear[key] = _sl(n)
-    elif key == "scaling":
-        linear[key] = _scaling(n)
-    elif key == "similarity":
-        linear[key] = _so(n) + _scaling(n)
-    elif key == "translation":
-        linear[key] = []
-    else:
-        raise ValueError(f"Unknown algebra {name!r}. Expected one of {', '.join(ALGEBRA_NAMES)}.")
-    needs_translation = key in ("translation", "euclidean", "se", "special_affine", "affine", "aff", "poincare")
+    linear = _linear_part(key, name, n, shape)
+    needs_translation = key in _WITH_TRANSLATIONS
     if needs_translation and not homogeneous:
         raise ValueError(
             f"The algebra {name!r} needs homogeneous (affine) generators, e.g. ImageAction(affine=True) or "
             "VectorAction(dim, affine=True)."
         )
-    elements = _embed(linear[key], n, homogeneous)
+    elements = _embed(linear, n, homogeneous)
     if needs_translation:
         elements = elements + _translations(n)
     if not elements:
@@ -221,8 +195,67 @@ def basis(name: str, generator_shape: Sequence[int], *, homogeneous: bool = Fals
     return orthonormalize(stacked.reshape(len(elements), -1)).reshape(-1, *shape)
 
 
+#: Algebras whose named linear part comes with every translation.
+_WITH_TRANSLATIONS = ("translation", "euclidean", "se", "special_affine", "affine", "aff", "poincare")
+#: The linear part of each named algebra, as a function of n.
+_LINEAR_PARTS = {
+    "gl": _gl, "affine": _gl, "aff": _gl,
+    "so": _so, "rotation": _so, "euclidean": _so, "se": _so,
+    "sl": _sl, "special_affine": _sl,
+    "scaling": _scaling,
+    "similarity": lambda n: _so(n) + _scaling(n),
+    "translation": lambda n: [],
+}
+
+
+def _linear_part(key: str, name: str, n: int, shape: Tuple[int, ...]) -> List[Tensor]:
+    """The linear part of the algebra ``key`` on n-vectors (indefinite signatures included)."""
+    signature = _SO_PQ.match(key)
+    if signature is not None:
+        p, q = int(signature.group(1)), int(signature.group(2))
+        if p + q != n:
+            raise ValueError(f"The algebra {name!r} acts on {p + q}-vectors, but the generators act on {n}-vectors "
+                             f"(generator shape {shape}).")
+        _check_signature(p, q)
+        return _so_signature(p, q)
+    if key in ("lorentz", "poincare"):
+        if n < 2:
+            raise ValueError(f"The algebra {name!r} needs at least 2 coordinates (time and space), got n={n}.")
+        return _so_signature(1, n - 1)
+    if key not in _LINEAR_PARTS:
+        raise ValueError(f"Unknown algebra {name!r}. Expected one of {', '.join(ALGEBRA_NAMES)}.")
+    return _LINEAR_PARTS[key](n)
+
+
 def _axis(key: str) -> int:
     return "xyz".index(key[-1])
+
+
+def _named_translation(key: str, name: str, n: int, homogeneous: bool) -> Tensor:
+    axis = 0 if key == "translation" else _axis(key)
+    if key == "translation" and n != 1:
+        raise ValueError(f"The generator 'translation' is the 1-D shift; for n={n} name the axis, e.g. "
+                         "'translation_x'.")
+    if axis >= n:
+        raise ValueError(f"The generator {name!r} needs at least {axis + 1} coordinates, got n={n}.")
+    if not homogeneous:
+        raise ValueError(f"The generator {name!r} needs homogeneous (affine) generators.")
+    return _translations(n)[axis]
+
+
+def _spatial_generator(key: str, name: str, n: int) -> Tensor:
+    """A rotation about an axis of 3-D space, or a boost along it in 4-D Minkowski space; unit norm."""
+    if n not in (3, 4) or (key.startswith("boost") and n != 4):
+        expected = "4-D Minkowski" if key.startswith("boost") else "3-D, or 4-D Minkowski,"
+        raise ValueError(f"The generator {name!r} is defined for {expected} linear parts, got n={n}.")
+    offset = 1 if n == 4 else 0  # Minkowski: time first
+    a = _axis(key)
+    if key.startswith("boost"):
+        lin = _unit(n, 0, a + 1) + _unit(n, a + 1, 0)
+    else:  # about axis a: from axis a+1 towards a+2 (cyclic), right-handed
+        i, j = offset + (a + 1) % 3, offset + (a + 2) % 3
+        lin = _unit(n, j, i) - _unit(n, i, j)
+    return lin / lin.norm()
 
 
 def generator(name: str, generator_shape: Sequence[int], *, homogeneous: bool = False) -> Tensor:
@@ -247,27 +280,9 @@ def generator(name: str, generator_shape: Sequence[int], *, homogeneous: bool = 
         lin = torch.eye(n, dtype=torch.float64)
         return _embed([lin / lin.norm()], n, homogeneous)[0]
     if key.startswith("translation"):
-        axis = 0 if key == "translation" else _axis(key)
-        if key == "translation" and n != 1:
-            raise ValueError(f"The generator 'translation' is the 1-D shift; for n={n} name the axis, e.g. "
-                             "'translation_x'.")
-        if axis >= n:
-            raise ValueError(f"The generator {name!r} needs at least {axis + 1} coordinates, got n={n}.")
-        if not homogeneous:
-            raise ValueError(f"The generator {name!r} needs homogeneous (affine) generators.")
-        return _translations(n)[axis]
+        return _named_translation(key, name, n, homogeneous)
     if key.startswith(("rotation_", "boost_")):
-        if n not in (3, 4) or (key.startswith("boost") and n != 4):
-            expected = "4-D Minkowski" if key.startswith("boost") else "3-D, or 4-D Minkowski,"
-            raise ValueError(f"The generator {name!r} is defined for {expected} linear parts, got n={n}.")
-        offset = 1 if n == 4 else 0  # Minkowski: time first
-        a = _axis(key)
-        if key.startswith("boost"):
-            lin = _unit(n, 0, a + 1) + _unit(n, a + 1, 0)
-        else:  # about axis a: from axis a+1 towards a+2 (cyclic), right-handed
-            i, j = offset + (a + 1) % 3, offset + (a + 2) % 3
-            lin = _unit(n, j, i) - _unit(n, i, j)
-        return _embed([lin / lin.norm()], n, homogeneous)[0]
+        return _embed([_spatial_generator(key, name, n)], n, homogeneous)[0]
     if n != 2:
         raise ValueError(f"The generator {name!r} is defined for 2-D linear parts, got n={n}.")
     mats = {

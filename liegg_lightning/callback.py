@@ -16,7 +16,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from liegg_lightning._batches import extract_input
-from liegg_lightning._checks import check_int, is_int
+from liegg_lightning._checks import check_callback_arguments
 from liegg_lightning._cost import TIMING_SAMPLES
 from liegg_lightning._errors import InputError
 from liegg_lightning._history import History
@@ -116,27 +116,10 @@ class LieGGCallback(Callback):
         **metric_options: Any,
     ) -> None:
         super().__init__()
-        check_int("every_n_epochs", every_n_epochs, 0, allow_none=True)
-        if isinstance(overhead, bool) or not isinstance(overhead, (int, float)) or not 0 < overhead <= 10:
-            raise ValueError(f"Expected `overhead` to be a number in (0, 10] (e.g. 0.1 for 10%), got {overhead!r}.")
-        if max_samples != "auto":
-            check_int("max_samples", max_samples, 1, allow_none=True)
-        if isinstance(input_key, bool) or not isinstance(input_key, (int, str)):
-            raise ValueError(f"Expected `input_key` to be an int index or a str key, got {input_key!r}.")
-        check_int("log_generators", log_generators, 0)
-        if layer is not None and not isinstance(layer, str):
-            raise ValueError(f"Expected `layer` to be the name of a submodule or None, got {layer!r}.")
-        loaders = [dataloader_idx] if not isinstance(dataloader_idx, (list, tuple)) else list(dataloader_idx)
-        if dataloader_idx is not None and (not loaders or not all(is_int(i) and i >= 0 for i in loaders)):  # type: ignore[operator]
-            raise ValueError(
-                f"Expected `dataloader_idx` to be None, a non-negative int or a list of them, got {dataloader_idx!r}."
-            )
-        if not isinstance(prefix, str):
-            raise ValueError(f"Expected `prefix` to be a str (e.g. 'liegg/'), got {prefix!r}.")
-        for name, flag in (("log_images", log_images), ("save_reports", save_reports),
-                           ("background_drawing", background_drawing), ("verbose", verbose)):
-            if not isinstance(flag, bool):
-                raise ValueError(f"Expected `{name}` to be a bool, got {flag!r}.")
+        check_callback_arguments(every_n_epochs=every_n_epochs, overhead=overhead, max_samples=max_samples,
+                                 input_key=input_key, log_generators=log_generators, layer=layer, prefix=prefix,
+                                 dataloader_idx=dataloader_idx, log_images=log_images, save_reports=save_reports,
+                                 background_drawing=background_drawing, verbose=verbose)
         if isinstance(metric, LieGGMetric):  # LightningCLI passes every option at its default: they add nothing
             metric_options = {k: v for k, v in metric_options.items() if not _adds_nothing(metric, k, v)}
         self.metric = fresh_metric(metric, **metric_options)  # the user's metric is left as it was
@@ -146,7 +129,9 @@ class LieGGCallback(Callback):
         self.every_n_epochs = every_n_epochs
         self.overhead = float(overhead)
         self.max_samples = max_samples
-        self.dataloader_idx: Optional[List[int]] = None if dataloader_idx is None else loaders  # type: ignore[assignment]
+        loaders = dataloader_idx if isinstance(dataloader_idx, (list, tuple)) or dataloader_idx is None else [
+            dataloader_idx]
+        self.dataloader_idx: Optional[List[int]] = None if loaders is None else list(loaders)
         self.log_generators = log_generators
         self.log_images = log_images
         self.prefix = prefix
