@@ -199,7 +199,10 @@ def make_plan(prices: Prices, fit: FitShape, overhead: float, may_thin: bool) ->
     analysed = math.ceil(fit.batches / batch_stride)
     total = analysed * fit.batch_size  # samples in the analysed batches
     left = room - analysed * prices.per_batch
-    planned = max(floor, int(left / prices.per_sample)) if prices.per_sample > 0 else max(total, floor)
+    if prices.per_sample > 0:
+        planned = max(floor, int(left / prices.per_sample))
+    else:  # samples too cheap to time: all of them where there is room, else the floor
+        planned = max(total, floor) if left > 0 else floor
     samples = min(planned, total) if total > 0 else planned
     cost = analysed * prices.per_batch + samples * prices.per_sample + prices.solve
     return Plan(samples=max(samples, 1), batch_stride=batch_stride, epoch_stride=epoch_stride, budget=budget,

@@ -78,6 +78,12 @@ def test_plans_from_fixed_prices(prices: Prices, fit: FitShape, may_thin: bool, 
     assert expected[0] in (90, 94, 36, 34, 52)  # the hand computations above, spelled out
 
 
+def test_samples_too_cheap_to_time_are_all_taken_only_where_there_is_room() -> None:
+    free = Prices(0.001, 0.0, 0.001, 0.0, 0.001, 0.01)
+    assert make_plan(free, _shape(10.0, 0.0, 8), overhead=0.1, may_thin=False).samples == 8 * 32
+    assert make_plan(free, _shape(0.001, 0.0, 8), overhead=0.1, may_thin=False).samples == 34  # no room: the floor
+
+
 def test_a_fit_whose_one_time_costs_take_its_budget_has_a_plan_over_budget() -> None:
     plan = make_plan(SMALL_FIT, _shape(1.0, 4.0, 4, one_time=0.6), overhead=0.1, may_thin=True)
     assert plan.epoch_stride == 5  # one analysis, at the fit's end

@@ -26,6 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 import liegg_lightning._pictures as pictures_module
+import liegg_lightning._planning as planning_module
 from liegg_lightning import LieGGCallback, LieGGMetric, SymmetryReport, TangentAction, VectorAction, analyze
 
 ACTION = VectorAction(dim=5, components=2)
@@ -346,6 +347,7 @@ def test_an_exception_is_not_delayed_by_pictures(tmp_path: Path, monkeypatch: py
         release.wait(30.0)  # a drawing that takes as long as the test lets it
 
     monkeypatch.setattr(pictures_module, "log_pictures", stalled_drawing)
+    monkeypatch.setattr(planning_module, "may_draw_now", lambda *args: True)  # draw every analysis
 
     class Crashing(TinyRegressor):
         def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
