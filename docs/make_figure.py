@@ -4,13 +4,15 @@ A small MLP learns the O(5)-invariant regression of the LieGG paper,
 ``f(x1, x2) = sin|x1| - |x2|^3 / 2 + x1.x2 / (|x1| |x2|)`` on two vectors of R^5, in a plain
 PyTorch loop. After epochs 1, 2, 4, 8, ... the network is analysed and its pictures are sent to a
 TensorBoard run exactly as the callback sends them (``log_pictures``, with the model's outputs along
-the orbit from ``orbit_outputs``). With ``--screenshot``, TensorBoard is started on that run and
-headless Chromium photographs its Images tab at the size a user sees (this needs the
-``tensorboard`` and ``chromium`` commands).
+the orbit from ``orbit_outputs``, each picture captioned ``fit · epoch N``; with ``--layers``, the
+hidden layers too). Then TensorBoard is started on that run and headless Chromium photographs the
+tab it opens on, Time Series (or ``--tab images``), at the window size a user has (this needs the
+``tensorboard`` and ``chromium`` commands; ``--no-screenshot`` only writes the run).
 
-Usage::
+The picture goes to ``--out``, by default ``<logdir>/liegg_tensorboard.png``; the README's figure is
+rewritten only when asked for by name::
 
-    python docs/make_figure.py --logdir /tmp/liegg_figure [--screenshot docs/liegg_tensorboard.png]
+    python docs/make_figure.py --out docs/liegg_tensorboard.png
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import List
+from typing import List, Tuple
 
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -31,7 +33,7 @@ from torch import Tensor, nn
 
 from liegg_lightning import VectorAction, analyze
 from liegg_lightning._loggers import log_pictures
-from liegg_lightning.rendering import orbit_outputs
+from liegg_lightning.rendering import PictureOptions, orbit_outputs
 
 
 def o5_target(x: Tensor) -> Tensor:
@@ -41,7 +43,7 @@ def o5_target(x: Tensor) -> Tensor:
     return (torch.sin(n1) - n2**3 / 2 + (x1 * x2).sum(1) / (n1 * n2))[:, None]
 
 
-def train_and_log(logdir: Path, epochs: int) -> Path:
+def train_and_log(logdir: Path, epochs: int, layers: bool = False) -> Path:
     """Train the MLP, analysing it at epochs 1, 2, 4, ...; return the TensorBoard run's directory."""
     torch.manual_seed(0)
     torch.set_num_threads(1)
@@ -67,12 +69,14 @@ def train_and_log(logdir: Path, epochs: int) -> Path:
         if epoch & (epoch - 1) and epoch != epochs:  # analyse at powers of two and at the end
             continue
         model.eval()
-        report = analyze(model, x_val, action, reference_algebra="so")
+        by_layer = analyze(model, x_val, action, reference_algebra="so", layers=["1", "3", ""] if layers else None)
+        report = by_layer[""] if isinstance(by_layer, dict) else by_layer
         spectra.append(report.variances)
         labels.append(f"epoch {epoch}")
         orbit = orbit_outputs(model, action, x_val[0], report.generators[0], report.generators[-1])
-        log_pictures([logger], step, report, action, spectra=spectra, labels=labels, example_input=x_val[0],
-                     orbit=orbit)
+        log_pictures([logger], step, report, action, PictureOptions(
+            spectra=list(spectra), labels=list(labels), example_input=x_val[0], orbit=orbit,
+            layers=by_layer if isinstance(by_layer, dict) else None, caption=f"fit · epoch {epoch}"))
         print(f"epoch {epoch}: loss {loss.item():.4f}, {report}")
     logger.experiment.flush()
     return Path(logger.log_dir)
@@ -84,14 +88,14 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def screenshot(logdir: Path, out: Path, width: int = 1240, height: int = 1700) -> None:
-    """Photograph TensorBoard's Images tab on ``logdir`` with headless Chromium; write a small PNG.
+def screenshot(logdir: Path, out: Path, tab: str = "timeseries", window: Tuple[int, int] = (1400, 1000)) -> None:
+    """Photograph TensorBoard on ``logdir`` with headless Chromium at ``window`` pixels; write a small PNG.
 
-    The picture is cropped to the cards (TensorBoard's own sizes, nothing rescaled).
+    Nothing is rescaled: the picture is what a browser window of that size shows.
     """
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None or shutil.which("tensorboard") is None:
-        raise SystemExit("--screenshot needs the `tensorboard` and `chromium` commands")
+        raise SystemExit("the screenshot needs the `tensorboard` and `chromium` commands (or --no-screenshot)")
     port = _free_port()
     board = subprocess.Popen(
         ["tensorboard", "--logdir", str(logdir), "--port", str(port), "--samples_per_plugin", "images=100"],
@@ -102,18 +106,16 @@ def screenshot(logdir: Path, out: Path, width: int = 1240, height: int = 1700) -
         with tempfile.TemporaryDirectory() as profile:
             raw = Path(profile) / "raw.png"
             subprocess.run(
-                [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
-                 f"--window-size={width},{height}", "--virtual-time-budget=10000", f"--screenshot={raw}",
-                 f"http://localhost:{port}/#images"],
+                [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 f"--user-data-dir={profile}", f"--window-size={window[0]},{window[1]}",
+                 "--virtual-time-budget=15000", f"--screenshot={raw}", f"http://localhost:{port}/?#{tab}"],
                 check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120,
             )
             from PIL import Image
 
-            image = Image.open(raw).convert("RGB")
-            image = image.crop((300, 120, min(width, 1060), min(height, 1250)))  # the cards, not the run selector
             # a palette of 128 colours keeps the file small; the pictures use few colours anyway
-            image.quantize(128, dither=Image.Dither.NONE).save(out, optimize=True)
+            Image.open(raw).convert("RGB").quantize(128, dither=Image.Dither.NONE).save(out, optimize=True)
     finally:
         board.terminate()
         board.wait(timeout=30)
@@ -122,14 +124,22 @@ def screenshot(logdir: Path, out: Path, width: int = 1240, height: int = 1700) -
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--logdir", type=Path, default=Path(tempfile.gettempdir()) / "liegg_figure")
+    parser.add_argument("--logdir", type=Path, default=Path(tempfile.gettempdir()) / "liegg_figure",
+                        help="the TensorBoard run is written here (emptied first)")
     parser.add_argument("--epochs", type=int, default=64)
-    parser.add_argument("--screenshot", type=Path, default=None, help="write TensorBoard's Images tab here")
+    parser.add_argument("--layers", action="store_true", help="analyse the hidden layers too (the layers picture)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="where the screenshot goes (default: <logdir>/liegg_tensorboard.png)")
+    parser.add_argument("--tab", choices=["timeseries", "images"], default="timeseries",
+                        help="TensorBoard's tab to photograph (it opens on Time Series)")
+    parser.add_argument("--window", default="1400,1000", help="browser window WIDTH,HEIGHT in pixels")
+    parser.add_argument("--no-screenshot", action="store_true", help="only train and write the run")
     args = parser.parse_args()
     shutil.rmtree(args.logdir, ignore_errors=True)
-    train_and_log(args.logdir, args.epochs)
-    if args.screenshot is not None:
-        screenshot(args.logdir, args.screenshot)
+    train_and_log(args.logdir, args.epochs, layers=args.layers)
+    if not args.no_screenshot:
+        width, height = (int(v) for v in args.window.split(","))
+        screenshot(args.logdir, args.out or args.logdir / "liegg_tensorboard.png", args.tab, (width, height))
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from typing import Any, Callable, Dict, List, Tuple
 import torch
 from torch import nn
 
-from liegg_lightning import ImageAction, VectorAction, analyze
+from liegg_lightning import ImageAction, SymmetryReport, VectorAction, analyze
 from liegg_lightning import rendering as current
 
 
@@ -70,6 +70,7 @@ def main() -> None:
     ]
     for name, action, x, model, reference in cases:
         report = analyze(model, x, action, reference_algebra=reference, batch_size=256)
+        assert isinstance(report, SymmetryReport)  # no layers asked for: one report
         spectra = [report.variances * (1.0 + 0.1 * i) for i in range(20)]
         labels = [f"epoch {i + 1}" for i in range(20)]
         kwargs = {"spectra": spectra, "labels": labels, "example_input": x[0], "num_generators": 4}

@@ -27,9 +27,10 @@ from typing import Any, Dict, List, Optional, Sequence
 from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.rank_zero import WarningCache
-from torch import Tensor
 
+from liegg_lightning import rendering
 from liegg_lightning.actions import GroupAction
+from liegg_lightning.rendering import PictureOptions
 from liegg_lightning.report import SymmetryReport
 
 __all__ = ["log_pictures", "save_report"]
@@ -43,43 +44,8 @@ def _takes_pictures(logger: Logger) -> bool:
     )
 
 
-def log_pictures(
-    loggers: Sequence[Logger],
-    step: int,
-    report: SymmetryReport,
-    action: GroupAction,
-    *,
-    spectra: Sequence[Tensor],
-    labels: Optional[Sequence[str]] = None,
-    example_input: Optional[Tensor] = None,
-    orbit: Optional[Dict[str, Any]] = None,
-    num_generators: int = 4,
-    prefix: str = "liegg/",
-    layers: Optional[Dict[str, SymmetryReport]] = None,
-) -> Dict[str, Any]:
-    """Draw the report and send pictures and text, at ``step``, to every logger that can hold them.
-
-    Pure drawing and sending: the model is never called here (pass ``orbit`` from
-    :func:`~liegg_lightning.rendering.orbit_outputs`, computed where the model may run), so this
-    may run in a background thread. Never raises: a failure becomes a warning.
-
-    Args:
-        loggers: The trainer's loggers.
-        step: The global step to log at.
-        report: The report to draw.
-        action: Its group action (for the orbit picture).
-        spectra: Variance spectra of the analyses so far, oldest first (the history picture).
-        labels: One label per spectrum, e.g. ``"epoch 3"`` or ``"validate"``.
-        example_input: One input without the batch axis for the orbit picture, or ``None``.
-        orbit: :func:`~liegg_lightning.rendering.orbit_outputs` for ``example_input``, or ``None``.
-        num_generators: How many leading generators to draw.
-        prefix: Prefix of every tag.
-        layers: Per-layer reports (the metric's ``layers``): adds the ``layers`` picture of depth.
-
-    Returns:
-        The pictures drawn, ``tag -> (H, W, 3) uint8`` (tags without the prefix); empty when no
-        logger could take them or drawing failed.
-    """
+def _picture_loggers(loggers: Sequence[Logger]) -> List[Logger]:
+    """The loggers that can show pictures; the others get one notice."""
     capable = []
     for logger in loggers:
         if _takes_pictures(logger):
@@ -89,31 +55,72 @@ def log_pictures(
                 f"LieGGCallback: {type(logger).__name__} cannot show images; the scalars are logged, the pictures "
                 "go to TensorBoard, W&B, MLflow and loggers with `log_image`."
             )
+    return capable
+
+
+def _send(logger: Logger, images: Dict[str, Any], text: str, step: int, prefix: str) -> None:
+    """Pictures and text to one logger, each kind its own way."""
+    if isinstance(logger, TensorBoardLogger):
+        _to_tensorboard(logger, images, text, step, prefix)
+    elif isinstance(logger, WandbLogger):
+        _to_wandb(logger, images, text, step, prefix)
+    elif isinstance(logger, MLFlowLogger):
+        _to_mlflow(logger, images, text, step, prefix)
+    else:
+        log_image = getattr(logger, "log_image")  # noqa: B009 - Logger declares no log_image
+        for tag, image in images.items():
+            log_image(key=prefix + tag, images=[image], step=step)
+
+
+def log_pictures(
+    loggers: Sequence[Logger],
+    step: int,
+    report: SymmetryReport,
+    action: GroupAction,
+    options: Optional[PictureOptions] = None,
+    *,
+    prefix: str = "liegg/",
+    **keywords: Any,
+) -> Dict[str, Any]:
+    """Draw the report and send pictures and text, at ``step``, to every logger that can hold them.
+
+    Pure drawing and sending: the model is never called here (pass ``orbit`` from
+    :func:`~liegg_lightning.rendering.orbit_outputs`, computed where the model may run), so this
+    may run in a background thread. Never raises for a drawing or a logger that fails: that
+    becomes a warning.
+
+    Args:
+        loggers: The trainer's loggers.
+        step: The global step to log at.
+        report: The report to draw.
+        action: Its group action (for the orbit picture).
+        options: What to draw besides the report (:class:`~liegg_lightning.rendering.PictureOptions`:
+            the spectra and labels of the history, the orbit's input and outputs, how many
+            generators, per-layer reports, the caption written in every title).
+        prefix: Prefix of every tag.
+        **keywords: Fields of :class:`~liegg_lightning.rendering.PictureOptions`, instead of or over
+            ``options`` (e.g. ``spectra=..., caption="fit · epoch 4"``).
+
+    Returns:
+        The pictures drawn, ``tag -> (H, W, 3) uint8`` (tags without the prefix); empty when no
+        logger could take them or drawing failed.
+
+    Raises:
+        TypeError: A keyword that is not a field of ``PictureOptions`` (a mistake in the call).
+    """
+    opts = PictureOptions.of(options, **keywords)
+    capable = _picture_loggers(loggers)
     if not capable:
         return {}
     try:
-        from liegg_lightning.rendering import generators_text, render_pictures
-
-        images = render_pictures(
-            report, action, spectra=spectra, labels=labels, example_input=example_input, orbit=orbit,
-            num_generators=num_generators, layers=layers,
-        )
-        text = generators_text(report, k=max(num_generators, 1))
+        images = rendering.render_pictures(report, action, opts)
+        text = rendering.generators_text(report, k=max(opts.num_generators, 1))
     except Exception as err:  # drawing must never end the training it watches
         rank_zero_warn(f"LieGGCallback: drawing the report failed ({err!r}); pictures skipped.")
         return {}
     for logger in capable:
         try:
-            if isinstance(logger, TensorBoardLogger):
-                _to_tensorboard(logger, images, text, step, prefix)
-            elif isinstance(logger, WandbLogger):
-                _to_wandb(logger, images, text, step, prefix)
-            elif isinstance(logger, MLFlowLogger):
-                _to_mlflow(logger, images, text, step, prefix)
-            else:
-                log_image = getattr(logger, "log_image")  # noqa: B009 - Logger declares no log_image
-                for tag, image in images.items():
-                    log_image(key=prefix + tag, images=[image], step=step)
+            _send(logger, images, text, step, prefix)
         except Exception as err:
             rank_zero_warn(f"LieGGCallback: logging pictures to {type(logger).__name__} failed ({err!r}).")
     return images

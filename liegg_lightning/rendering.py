@@ -3,14 +3,17 @@
 Two kinds of drawing live here:
 
 - **Card pictures** (:func:`generators_image`, :func:`spectrum_image`,
-  :func:`spectrum_history_image`, :func:`orbit_image`, all four at once with
-  :func:`render_pictures`): ``(H, W, 3)`` uint8 arrays about 400 pixels wide, the width of a
-  TensorBoard image card, so they read without enlarging. They are drawn directly as arrays (numpy
-  colour look-ups and Pillow for lines and text): a full set takes a few tens of milliseconds,
-  against over a second through matplotlib's layout engine. The ``*_figure`` functions wrap the
-  same pictures in a matplotlib :class:`~matplotlib.figure.Figure` for notebooks.
+  :func:`spectrum_history_image`, :func:`orbit_image`, and the picture of depth
+  :func:`~liegg_lightning.rendering_layers.layers_image`; all at once with :func:`render_pictures`):
+  ``(H, W, 3)`` uint8 arrays :data:`CARD_WIDTH` pixels wide and at most about :data:`CARD_HEIGHT`
+  high, the box TensorBoard's Time Series tab gives an image, so they read there without shrinking.
+  Each title can carry a caption saying where the report comes from (``"fit · epoch 4"``). They are
+  drawn directly as arrays (numpy colour look-ups and Pillow for lines and text), not through
+  matplotlib's layout engine. The ``*_figure`` functions wrap the same pictures in a matplotlib
+  :class:`~matplotlib.figure.Figure` for notebooks.
 - **Plots** (:func:`plot_spectrum`, :func:`plot_spectra`): matplotlib axes, following TorchMetrics'
-  ``plot``, for notebooks and papers.
+  ``plot``, for notebooks and papers. :func:`spectrum_view` decides what a spectrum shows (floor,
+  shading, error bars) for both the card and the plot.
 
 The model is never called here except in :func:`orbit_outputs`, which the caller runs where the
 model may run (the callback: the main thread, at the end of a validation epoch) and passes its
@@ -30,10 +33,12 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import io
 import math
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -47,8 +52,13 @@ if TYPE_CHECKING:  # pragma: no cover - only for annotations
     from matplotlib.figure import Figure
 
 __all__ = [
+    "CARD_HEIGHT",
+    "CARD_WIDTH",
+    "PictureOptions",
+    "SpectrumView",
     "figure_to_array",
     "figure_to_png",
+    "generator_pages",
     "generators_figure",
     "generators_image",
     "generators_text",
@@ -62,10 +72,17 @@ __all__ = [
     "spectrum_history_figure",
     "spectrum_history_image",
     "spectrum_image",
+    "spectrum_view",
 ]
 
-#: Width of the card pictures in pixels: a TensorBoard image card shows about 350, so they are not shrunk.
-CARD_WIDTH = 360
+#: Width of the card pictures in pixels. TensorBoard's Time Series tab (where it opens) fits a picture
+#: into a box about 340-350 pixels wide and 210 high on a 1400-pixel window and draws it pixelated:
+#: a picture larger than the box loses whole pixel columns (a "6" reads "5"), a smaller one is
+#: enlarged. So the pictures are at most CARD_WIDTH x CARD_HEIGHT.
+CARD_WIDTH = 330
+CARD_HEIGHT = 200
+#: Top of a card picture's content, below its title line.
+_BELOW_HEADER = 24
 #: Lines and text are drawn at this multiple of the final size, then averaged down (anti-aliasing).
 _SUPERSAMPLE = 2
 #: Default group parameters of the orbit thumbnails and of the output curves.
@@ -88,7 +105,7 @@ _TAB10 = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 10
           (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
 _DPI = 100
 #: Font sizes in pixels: tick labels, text, titles.
-_SMALL, _TEXT, _TITLE = 12, 13, 15
+_SMALL, _TEXT, _TITLE = 12, 13, 14
 
 # --------------------------------------------------------------------------------------------- numbers
 
@@ -387,94 +404,198 @@ def _decade_ticks(lo: float, hi: float, max_ticks: int = 6) -> List[int]:
     return ticks
 
 
+# --------------------------------------------------------------------------------------------- titles
+
+
+def _fit_text(text: str, size: int, width: float, bold: bool = False) -> str:
+    """``text``, its middle replaced by an ellipsis where it is wider than ``width``.
+
+    Both ends stay, so labels such as ``validate (epoch 9)`` and ``validate (epoch 19)`` stay apart.
+    """
+    font = _font(size, bold)
+    if font.getlength(text) <= width:
+        return text
+    keep = len(text)
+    while keep > 2 and font.getlength(text[: keep - keep // 2] + "…" + text[len(text) - keep // 2 :]) > width:
+        keep -= 1
+    return text[: keep - keep // 2] + "…" + text[len(text) - keep // 2 :]
+
+
+def _caption_line(title: str, caption: Optional[str], width: int = CARD_WIDTH) -> bool:
+    """Whether ``caption`` needs a line of its own under ``title`` (it does not fit beside it)."""
+    if not caption:
+        return False
+    room = width - 16 - _font(_TITLE, True).getlength(title) - 14
+    return bool(_font(_TEXT).getlength(caption) > room)
+
+
+def _header_height(title: str, caption: Optional[str], width: int = CARD_WIDTH) -> int:
+    """Height of the title line(s) :func:`_header` draws."""
+    return _BELOW_HEADER + (17 if _caption_line(title, caption, width) else 0)
+
+
+def _header(canvas: _Canvas, title: str, caption: Optional[str]) -> int:
+    """A picture's title: ``title`` in bold on the left, ``caption`` (stage and epoch) in grey on the right.
+
+    A caption too long to share the line gets a line of its own. Returns the top of what follows.
+    """
+    canvas.text(8, 4, _fit_text(title, _TITLE, canvas.width - 16, bold=True), size=_TITLE, bold=True, anchor="lt")
+    if caption and _caption_line(title, caption, canvas.width):
+        canvas.text(canvas.width - 8, _BELOW_HEADER, _fit_text(caption, _TEXT, canvas.width - 16), size=_TEXT,
+                    color=_GREY, anchor="rt")
+    elif caption:
+        canvas.text(canvas.width - 8, 6, caption, size=_TEXT, color=_GREY, anchor="rt")
+    return _header_height(title, caption, canvas.width)
+
+
 # --------------------------------------------------------------------------------------------- generators
 
+#: Narrowest cell that still holds its number (".71", "-.5") legibly, in pixels.
+_NUMBER_CELL = 26
+#: Widest a generator's cell gets: larger cells only make a picture taller.
+_MAX_CELL = 44
+_PANEL_HEAD = 34  # two lines over each panel: name and variance, then the bias
+_KEY_HEIGHT = 22  # the colour key under the panels
 
-def _generators_picture(report: SymmetryReport, k: int) -> Tuple[np.ndarray, Dict[str, Any]]:
-    """The generators picture and its layout (panel boxes, cell sizes, colour limit) for tests."""
+
+def _per_row(count: int, cols: int, margin: int = 8, gap: int = 10) -> int:
+    """Panels a row: as many as leave the cells room for their numbers; two (colour only) when none do."""
+    def room(n: int) -> float:
+        return (CARD_WIDTH - 2 * margin - gap * (n - 1)) / n / cols
+
+    return next((n for n in range(count, 0, -1) if room(n) >= _NUMBER_CELL), min(count, 2))
+
+
+def generator_pages(report: SymmetryReport, k: int) -> List[Tuple[int, int]]:
+    """How the ``k`` leading generators share card pictures: ``(first, count)`` per picture.
+
+    Each picture holds one row of panels, as many as leave the cells room for their numbers, so
+    that it keeps within :data:`CARD_HEIGHT` and is not shrunk by TensorBoard's Time Series tab.
+
+    Args:
+        report: The report whose generators are drawn.
+        k: How many leading generators to draw.
+    """
+    total = max(0, min(int(k), report.generators.shape[0]))
+    if total == 0:
+        return []
+    cols = _as_matrix(report.generators[0]).shape[1]
+    per_page = _per_row(total, cols)
+    return [(first, min(per_page, total - first)) for first in range(0, total, per_page)]
+
+
+def _panel_heads(report: SymmetryReport, indices: Sequence[int], panel_w: int) -> List[List[str]]:
+    """Each panel's title lines: name and variance, then the bias (or name, variance, bias when narrow)."""
+    biases = _as_numpy(report.biases).reshape(-1) if report.biases is not None else None
+    heads = []
+    for i in indices:
+        head = [f"h{i}", f"var {_short(float(report.variances[i]))}"]
+        heads.append(head + ([f"bias {_short(float(biases[i]))}"] if biases is not None else []))
+    if all(_font(_TEXT).getlength(f"{h[0]}  {h[1]}") <= panel_w for h in heads):  # name and variance on one line
+        heads = [[f"{h[0]}  {h[1]}"] + h[2:] for h in heads]
+    return heads
+
+
+def _cell_sizes(rows: int, cols: int, panel_w: float) -> Tuple[float, float]:
+    """A cell's width and height: square up to :data:`_MAX_CELL`, the matrix within a page's height."""
+    cell_w = panel_w / cols
+    if rows == 1:
+        return cell_w, max(min(cell_w, 40.0), 22.0)
+    room = CARD_HEIGHT - _BELOW_HEADER - _PANEL_HEAD - 4 - _KEY_HEIGHT
+    return cell_w, max(min(cell_w, float(_MAX_CELL), room / rows), 2.0)
+
+
+def _generators_picture(report: SymmetryReport, k: int, first: int = 0,
+                        caption: Optional[str] = None) -> Tuple[np.ndarray, Dict[str, Any]]:
+    """The picture of generators ``first .. first + k - 1`` and its layout (panel boxes, colour limit) for tests."""
     gens = report.generators
-    count = max(0, min(int(k), gens.shape[0]))
+    count = max(0, min(int(k), gens.shape[0] - first))
+    name = "generators" if count == 0 else f"generators h{first}" + (f"–h{first + count - 1}" if count > 1 else "")
     width = CARD_WIDTH
-    title = f"generators   nullity {report.nullity}   N {report.num_samples}"
     if count == 0:
         canvas = _Canvas(width, 80)
-        canvas.text(width / 2, 12, title, size=_TITLE, bold=True, anchor="mt")
-        canvas.text(width / 2, 50, "no generators", size=_TEXT, color=_GREY, anchor="mm")
+        top = _header(canvas, name, caption)
+        canvas.text(width / 2, top + 24, "no generators", size=_TEXT, color=_GREY, anchor="mm")
         return canvas.to_array(), {"panels": [], "limit": 1.0}
-
-    mats = [_as_matrix(gens[i]) for i in range(count)]
-    limit = max(float(np.nanmax(np.abs(mat))) if mat.size and np.isfinite(mat).any() else 0.0 for mat in mats)
+    indices = list(range(first, first + count))
+    mats = [_as_matrix(gens[i]) for i in indices]
+    finite = [np.abs(m)[np.isfinite(m)] for m in mats]
+    limit = max((float(f.max()) for f in finite if f.size), default=0.0)
     limit = limit if limit > 0 and math.isfinite(limit) else 1.0
     rows, cols = mats[0].shape
     margin, gap = 8, 10
-
-    def room(n: int) -> float:
-        return (width - 2 * margin - gap * (n - 1)) / n / cols
-
-    # as many panels a row as leave the cells room for their numbers; too many columns for
-    # numbers at all: two panels a row, colour only
-    per_row = next((n for n in range(count, 0, -1) if room(n) >= 26), min(count, 2))
+    per_row = _per_row(count, cols, margin, gap)
     panel_w = int((width - 2 * margin - gap * (per_row - 1)) / per_row)
-    cell_w = panel_w / cols
-    cell_h = min(max(cell_w, 22.0), 300.0 / rows) if rows > 1 else max(min(cell_w, 40.0), 22.0)
-    cell_h = max(cell_h, 2.0)
+    cell_w, cell_h = _cell_sizes(rows, cols, panel_w)
     panel_h = int(round(cell_h * rows))
     panel_w = int(round(cell_w * cols)) if cell_w >= 1 else panel_w
-    biases = _as_numpy(report.biases).reshape(-1) if report.biases is not None else None
-    heads = []
-    for i in range(count):
-        variance = f"var {_short(float(report.variances[i]))}"
-        heads.append([f"h{i}", variance] + ([f"bias {_short(float(biases[i]))}"] if biases is not None else []))
-    if all(_font(_TEXT).getlength(f"{h[0]}  {h[1]}") <= panel_w for h in heads):  # name and variance on one line
-        heads = [[f"{h[0]}  {h[1]}"] + h[2:] for h in heads]
-    head = 16 * max(len(h) for h in heads) + 4
-    top = 30
+    heads = _panel_heads(report, indices, panel_w)
+    head = 16 * max(len(h) for h in heads) + 2
+    top = _header_height(name, caption)
     grid_rows = math.ceil(count / per_row)
-    height = top + grid_rows * (head + panel_h + gap) + 30
-    canvas = _Canvas(width, height)
-    canvas.text(width / 2, 8, title, size=_TITLE, bold=True, anchor="mt")
-    numbers = cell_w >= 26 and cell_h >= 16
-    size = int(min(15, cell_h * 0.5, cell_w / 2.6)) if numbers else 0
+    canvas = _Canvas(width, top + grid_rows * (head + panel_h + gap) - gap + 4 + _KEY_HEIGHT)
+    _header(canvas, name, caption)
+    numbers = cell_w >= _NUMBER_CELL and cell_h >= 16
+    left = (width - (per_row * panel_w + gap * (per_row - 1))) / 2
     panels = []
-    used_w = per_row * panel_w + gap * (per_row - 1)
-    left = (width - used_w) / 2
-    for i, mat in enumerate(mats):
-        r, c = divmod(i, per_row)
-        x = int(left + c * (panel_w + gap))
-        y = int(top + r * (head + panel_h + gap))
-        for j, line in enumerate(heads[i]):
-            is_bias = biases is not None and j == len(heads[i]) - 1
-            canvas.text(x + panel_w / 2, y + 16 * j, line, size=_TEXT, color=_ORANGE if is_bias else _INK,
-                        bold=j == 0 and not is_bias and len(heads[i][0]) <= 3, anchor="mt")
-        py = y + head
-        heat = _colour(np.where(np.isfinite(mat), mat, np.nan), -limit, limit, _DIVERGING, bad=(200, 200, 200))
-        canvas.paste(_upscale(heat, panel_h, panel_w), x, py)
-        panels.append({"box": (x, py, x + panel_w, py + panel_h), "shape": mat.shape})
-        if numbers:
-            for (rr, cc), value in np.ndenumerate(mat):
-                ink = (255, 255, 255) if abs(value) > 0.55 * limit else _INK
-                canvas.text(x + (cc + 0.5) * cell_w, py + (rr + 0.5) * cell_h, _cell_text(value), size, ink, "mm")
-    # colour key
-    key_y = height - 20
-    key = _colour(np.linspace(-limit, limit, 160)[None, :], -limit, limit, _DIVERGING)
-    canvas.paste(_upscale(key, 8, 160), int(width / 2 - 80), key_y)
-    canvas.text(width / 2 - 86, key_y + 4, f"-{_short(limit)}", size=_SMALL, color=_GREY, anchor="rm")
-    canvas.text(width / 2 + 86, key_y + 4, f"+{_short(limit)}", size=_SMALL, color=_GREY, anchor="lm")
+    for n, mat in enumerate(mats):
+        r, c = divmod(n, per_row)
+        x, y = int(left + c * (panel_w + gap)), int(top + r * (head + panel_h + gap))
+        _panel_head(canvas, x + panel_w / 2, y, heads[n], report.biases is not None)
+        box = (x, y + head, x + panel_w, y + head + panel_h)
+        _heat_panel(canvas, mat, box, limit, (cell_w, cell_h) if numbers else None)
+        panels.append({"box": box, "shape": mat.shape})
+    _diverging_key(canvas, canvas.height - 17, limit)
     return canvas.to_array(), {"panels": panels, "limit": limit, "numbers": numbers}
 
 
-def generators_image(report: SymmetryReport, k: int = 4) -> np.ndarray:
+def _panel_head(canvas: _Canvas, centre: float, y: int, lines: Sequence[str], has_bias: bool) -> None:
+    """A generator panel's title lines; the bias (the last line, when there is one) in orange."""
+    for j, line in enumerate(lines):
+        is_bias = has_bias and j == len(lines) - 1
+        canvas.text(centre, y + 16 * j, line, size=_TEXT, color=_ORANGE if is_bias else _INK,
+                    bold=j == 0 and not is_bias and len(lines[0]) <= 3, anchor="mt")
+
+
+def _heat_panel(canvas: _Canvas, mat: np.ndarray, box: Tuple[int, int, int, int], limit: float,
+                cell: Optional[Tuple[float, float]]) -> None:
+    """One generator as a heat map on the diverging scale ``[-limit, limit]``; entries written in when ``cell``."""
+    x0, y0, x1, y1 = box
+    heat = _colour(np.where(np.isfinite(mat), mat, np.nan), -limit, limit, _DIVERGING, bad=(200, 200, 200))
+    canvas.paste(_upscale(heat, y1 - y0, x1 - x0), x0, y0)
+    if cell is None:
+        return
+    cell_w, cell_h = cell
+    size = int(min(15, cell_h * 0.5, cell_w / 2.6))
+    for (r, c), value in np.ndenumerate(mat):
+        ink = (255, 255, 255) if abs(value) > 0.55 * limit else _INK
+        canvas.text(x0 + (c + 0.5) * cell_w, y0 + (r + 0.5) * cell_h, _cell_text(value), size, ink, "mm")
+
+
+def _diverging_key(canvas: _Canvas, y: int, limit: float) -> None:
+    """The colour key of the generators' scale, centred at ``y``'s row."""
+    mid = canvas.width / 2
+    key = _colour(np.linspace(-limit, limit, 160)[None, :], -limit, limit, _DIVERGING)
+    canvas.paste(_upscale(key, 8, 160), int(mid - 80), y)
+    canvas.text(mid - 86, y + 4, f"-{_short(limit)}", size=_SMALL, color=_GREY, anchor="rm")
+    canvas.text(mid + 86, y + 4, f"+{_short(limit)}", size=_SMALL, color=_GREY, anchor="lm")
+
+
+def generators_image(report: SymmetryReport, k: int = 4, first: int = 0, caption: Optional[str] = None) -> np.ndarray:
     """Heat maps of the ``k`` most invariant generators, entries written in, as an ``(H, W, 3)`` uint8 array.
 
     One colour scale centred at zero for all panels (the generators have unit norm, so their entries
     compare). Each panel is titled with its variance and its bias when there is a reference
-    algebra. Panels wrap onto more rows when the cells would be too narrow for their numbers.
+    algebra. Panels wrap onto more rows when the cells would be too narrow for their numbers;
+    :func:`generator_pages` splits them into pictures of one row each, as :func:`render_pictures` does.
 
     Args:
         report: The report to draw.
-        k: How many leading generators to draw (fewer if the report has fewer).
+        k: How many generators to draw (fewer if the report has fewer).
+        first: Index of the first generator drawn (0: the most invariant).
+        caption: Where the report comes from (e.g. ``"fit · epoch 4"``), written in the title.
     """
-    return _generators_picture(report, k)[0]
+    return _generators_picture(report, k, first, caption)[0]
 
 
 # --------------------------------------------------------------------------------------------- spectrum
@@ -494,100 +615,165 @@ def _spectrum_title(report: SymmetryReport) -> Tuple[str, str]:
     return first, "   ".join(parts)
 
 
-def _spectrum_picture(report: SymmetryReport) -> Tuple[np.ndarray, Dict[str, Any]]:
-    variances = _as_numpy(report.variances).reshape(-1)
-    m = variances.size
-    width, height = CARD_WIDTH, 270
-    canvas = _Canvas(width, height)
-    first, second = _spectrum_title(report)
-    canvas.text(width / 2, 6, first, size=_TITLE, bold=True, anchor="mt")
-    canvas.text(width / 2, 26, second, size=_TEXT, anchor="mt")
-    if m == 0:
-        canvas.text(width / 2, height / 2, "empty spectrum", size=_TEXT, color=_GREY, anchor="mm")
-        return canvas.to_array(), {}
-    biases = _as_numpy(report.biases).reshape(-1) if report.biases is not None else None
-    stderr = _stderr(report)
-    floor = _log_floor(variances)
-    at_floor = ~(variances > floor)  # zero, tiny, or NaN
-    shown = np.where(at_floor, floor, variances)
-    logs = np.log10(shown)
-    upper = logs.copy()
-    lower = logs.copy()
-    if stderr is not None:
-        ok = np.isfinite(stderr) & (stderr > 0)
-        upper = np.where(ok, np.log10(np.maximum(shown + np.where(ok, stderr, 0.0), floor)), logs)
-        lower = np.where(ok, np.log10(np.maximum(shown - np.where(ok, stderr, 0.0), floor)), logs)
-    lo, hi = float(np.min(lower)), float(np.max(upper))
-    if hi - lo < 1.0:
-        lo, hi = lo - 0.5, hi + 0.5
-    pad = 0.06 * (hi - lo)
-    lo, hi = lo - pad, hi + pad
-    exps = _decade_ticks(lo, hi)
-    label_w = max(canvas.text_width(_decade_label(e), _SMALL) for e in exps)
-    box = (label_w + 10, 62.0, width - (34.0 if biases is not None else 12.0), height - 24.0)
-    ax = _Axes(canvas, box, (-0.5, m - 0.5), (lo, hi))
-    k = int(report.nullity)
-    if k > 0:
-        x0, _ = ax.px(-0.5, lo)
-        x1, _ = ax.px(min(k, m) - 0.5, lo)
-        canvas.rect(x0, box[1], x1, box[3], fill=_SHADE)
-    ax.yticks(exps, [_decade_label(e) for e in exps])
-    ticks = _index_ticks(m)
-    ax.xticks(ticks, [str(t) for t in ticks])
-    if 0 < k < m:
-        xk, _ = ax.px(k - 0.5, lo)
-        canvas.dashed(xk, box[1], xk, box[3], _GREEN, width=1.5)
-    canvas.text(box[0], box[1] - 4, "variance", size=_TEXT, color=_BLUE, anchor="lb")
-    if biases is not None:
-        canvas.text(box[2], box[1] - 4, "bias", size=_TEXT, color=_ORANGE, anchor="rb")
-        bax = _Axes(canvas, box, (-0.5, m - 0.5), (-0.05, 1.05))
-        bax.yticks([0.0, 0.5, 1.0], ["0", ".5", "1"], right=True, color=_ORANGE, grid=False)
-    ax.frame()
-    radius = 3.0 if m <= 40 else (2.0 if m <= 100 else 0.0)
-    points = [ax.px(i, float(v)) for i, v in enumerate(logs)]
-    canvas.line(points, _BLUE, width=1.5)
-    if stderr is not None:
-        for i in range(m):
-            if upper[i] > lower[i]:
-                (x, y0), (_, y1) = ax.px(i, float(lower[i])), ax.px(i, float(upper[i]))
-                canvas.line([(x, y0), (x, y1)], _BLUE, width=1.0)
-                canvas.line([(x - 2.5, y0), (x + 2.5, y0)], _BLUE, width=1.0)
-                canvas.line([(x - 2.5, y1), (x + 2.5, y1)], _BLUE, width=1.0)
-    for i, (x, y) in enumerate(points):
-        if radius > 0 or at_floor[i]:
-            canvas.marker(x, y, max(radius, 2.5), _BLUE, hollow=bool(at_floor[i]))
-    if biases is not None:
-        for i, b in enumerate(biases):
-            if math.isfinite(b):
-                x, y = bax.px(i, float(min(max(b, 0.0), 1.0)))
-                canvas.marker(x, y, 2.5, _ORANGE, shape="s")
-    return canvas.to_array(), {"box": box, "ylim": (lo, hi), "xlim": (-0.5, m - 0.5), "floor": floor}
+@dataclass(frozen=True)
+class SpectrumView:
+    """What a picture of a variance spectrum shows, decided once for the card and for :func:`plot_spectrum`.
+
+    Attributes:
+        shown: The variances as drawn ``(m,)``: those at or below ``floor`` (zero, rounding, NaN) at ``floor``.
+        at_floor: Which were put at the floor (drawn as hollow markers).
+        floor: The log axis' floor, what float64 resolves below the largest variance (:func:`_log_floor`).
+        lower: Lower ends of the error bars (``shown - stderr``, kept on the axis at ``floor``).
+        upper: Upper ends (``shown + stderr``); both equal ``shown`` where there is no standard error.
+        nullity: How many generators are shaded as learned symmetries (at most ``m``).
+        gap: Where the dashed line between learned symmetries and the rest goes, or ``None``.
+        biases: The biases ``(m,)`` or ``None``.
+    """
+
+    shown: np.ndarray
+    at_floor: np.ndarray
+    floor: float
+    lower: np.ndarray
+    upper: np.ndarray
+    nullity: int
+    gap: Optional[float]
+    biases: Optional[np.ndarray]
+
+    @property
+    def has_error_bars(self) -> np.ndarray:
+        """Where an error bar has a length."""
+        return self.upper > self.lower
 
 
-def spectrum_image(report: SymmetryReport) -> np.ndarray:
-    """The variance spectrum on a log scale as an ``(H, W, 3)`` uint8 array.
-
-    The title holds the numbers that matter: nullity, number of samples, the leading variance
-    (``± standard error`` when the report has ``variance_stderr``), its bias and the closure error
-    (``n/a`` when NaN). The ``nullity`` most invariant generators are shaded, with a dashed line at
-    the gap; error bars show the standard errors; zero variances are hollow markers at a floor; the
-    biases (0 = inside the reference algebra, 1 = orthogonal to it) are orange squares on the right
-    axis.
+def spectrum_view(report: SymmetryReport) -> SpectrumView:
+    """What a spectrum picture of ``report`` shows: floored variances, error bars, shading, biases.
 
     Args:
         report: The report to draw.
     """
-    return _spectrum_picture(report)[0]
+    variances = _as_numpy(report.variances).reshape(-1)
+    m = variances.size
+    floor = _log_floor(variances)
+    at_floor = ~(variances > floor)  # zero, tiny, or NaN
+    shown = np.where(at_floor, floor, variances)
+    lower, upper = shown.copy(), shown.copy()
+    stderr = _stderr(report)
+    if stderr is not None:
+        err = np.where(np.isfinite(stderr) & (stderr > 0), stderr, 0.0)
+        lower, upper = np.maximum(shown - err, floor), shown + err
+    k = min(max(int(report.nullity), 0), m)
+    biases = _as_numpy(report.biases).reshape(-1) if report.biases is not None else None
+    return SpectrumView(shown=shown, at_floor=at_floor, floor=floor, lower=lower, upper=upper, nullity=k,
+                        gap=k - 0.5 if 0 < k < m else None, biases=biases)
+
+
+def _log_limits(view: SpectrumView) -> Tuple[float, float]:
+    """The log10 range of the variance axis: the error bars with a margin, at least a decade."""
+    lo, hi = float(np.log10(view.lower.min())), float(np.log10(view.upper.max()))
+    if hi - lo < 1.0:
+        lo, hi = lo - 0.5, hi + 0.5
+    pad = 0.06 * (hi - lo)
+    return lo - pad, hi + pad
+
+
+def _spectrum_axes(canvas: _Canvas, view: SpectrumView, top: float) -> Tuple[_Axes, Optional[_Axes]]:
+    """The spectrum's axes: shading, the gap line, ticks and frame; the bias axis when there are biases."""
+    m = view.shown.size
+    lo, hi = _log_limits(view)
+    exps = _decade_ticks(lo, hi, max_ticks=5)
+    label_w = max(canvas.text_width(_decade_label(e), _SMALL) for e in exps)
+    box = (label_w + 10, top + 18.0, canvas.width - (34.0 if view.biases is not None else 12.0), canvas.height - 22.0)
+    ax = _Axes(canvas, box, (-0.5, m - 0.5), (lo, hi))
+    if view.nullity > 0:
+        x1, _ = ax.px(view.nullity - 0.5, lo)
+        canvas.rect(box[0], box[1], x1, box[3], fill=_SHADE)
+    ax.yticks(exps, [_decade_label(e) for e in exps])
+    ticks = _index_ticks(m)
+    ax.xticks(ticks, [str(t) for t in ticks])
+    if view.gap is not None:
+        xk, _ = ax.px(view.gap, lo)
+        canvas.dashed(xk, box[1], xk, box[3], _GREEN, width=1.5)
+    canvas.text(box[0], box[1] - 3, "variance", size=_SMALL, color=_BLUE, anchor="lb")
+    bax = None
+    if view.biases is not None:
+        canvas.text(box[2], box[1] - 3, "bias", size=_SMALL, color=_ORANGE, anchor="rb")
+        bax = _Axes(canvas, box, (-0.5, m - 0.5), (-0.05, 1.05))
+        bax.yticks([0.0, 0.5, 1.0], ["0", ".5", "1"], right=True, color=_ORANGE, grid=False)
+    ax.frame()
+    return ax, bax
+
+
+def _spectrum_marks(canvas: _Canvas, view: SpectrumView, ax: _Axes, bax: Optional[_Axes]) -> None:
+    """The variances (line, markers, error bars) and the biases (orange squares) of a spectrum."""
+    m = view.shown.size
+    points = [ax.px(i, float(v)) for i, v in enumerate(np.log10(view.shown))]
+    canvas.line(points, _BLUE, width=1.5)
+    for bar in np.flatnonzero(view.has_error_bars).tolist():
+        (x, y0), (_, y1) = ax.px(bar, math.log10(view.lower[bar])), ax.px(bar, math.log10(view.upper[bar]))
+        canvas.line([(x, y0), (x, y1)], _BLUE, width=1.0)
+        canvas.line([(x - 2.5, y0), (x + 2.5, y0)], _BLUE, width=1.0)
+        canvas.line([(x - 2.5, y1), (x + 2.5, y1)], _BLUE, width=1.0)
+    radius = 3.0 if m <= 40 else (2.0 if m <= 100 else 0.0)
+    for i, (x, y) in enumerate(points):
+        if radius > 0 or view.at_floor[i]:
+            canvas.marker(x, y, max(radius, 2.5), _BLUE, hollow=bool(view.at_floor[i]))
+    if bax is not None and view.biases is not None:
+        for i, b in enumerate(view.biases):
+            if math.isfinite(b):
+                x, y = bax.px(i, float(min(max(b, 0.0), 1.0)))
+                canvas.marker(x, y, 2.5, _ORANGE, shape="s")
+
+
+def _spectrum_picture(report: SymmetryReport, caption: Optional[str] = None) -> Tuple[np.ndarray, Dict[str, Any]]:
+    """The spectrum picture and its layout (plot box, log limits, floor) for tests."""
+    first, second = _spectrum_title(report)
+    canvas = _Canvas(CARD_WIDTH, CARD_HEIGHT)
+    top = _header(canvas, first, caption)
+    canvas.text(CARD_WIDTH / 2, top, second, size=_TEXT, anchor="mt")
+    view = spectrum_view(report)
+    if view.shown.size == 0:
+        canvas.text(CARD_WIDTH / 2, CARD_HEIGHT / 2, "empty spectrum", size=_TEXT, color=_GREY, anchor="mm")
+        return canvas.to_array(), {}
+    ax, bax = _spectrum_axes(canvas, view, top + 18)
+    _spectrum_marks(canvas, view, ax, bax)
+    return canvas.to_array(), {"box": ax.box, "ylim": ax.ylim, "xlim": ax.xlim, "floor": view.floor}
+
+
+def spectrum_image(report: SymmetryReport, caption: Optional[str] = None) -> np.ndarray:
+    """The variance spectrum on a log scale as an ``(H, W, 3)`` uint8 array.
+
+    The title holds the numbers that matter: nullity, number of samples, the leading variance
+    (``± standard error`` when the report has ``variance_stderr``), its bias and the closure error
+    (``n/a`` when NaN). What is drawn is :func:`spectrum_view`: the ``nullity`` most invariant
+    generators shaded, with a dashed line at the gap; error bars for the standard errors; zero
+    variances as hollow markers at a floor; the biases (0 = inside the reference algebra, 1 =
+    orthogonal to it) as orange squares on the right axis.
+
+    Args:
+        report: The report to draw.
+        caption: Where the report comes from (e.g. ``"fit · epoch 4"``), written in the title.
+    """
+    return _spectrum_picture(report, caption)[0]
+
+
+def _new_axes(ax: Optional[Axes]) -> Tuple[Figure, Axes]:
+    """``ax`` and its figure, or a new pyplot figure as TorchMetrics' ``plot`` makes."""
+    if ax is not None:
+        return ax.figure, ax  # type: ignore[return-value]
+    import matplotlib.pyplot as plt
+
+    fig, new = plt.subplots(figsize=(6.5, 3.6), dpi=_DPI, layout="constrained")
+    return fig, new
 
 
 def plot_spectrum(report: SymmetryReport, ax: Optional[Axes] = None) -> Tuple[Figure, Axes]:
     """The symmetry-variance spectrum on a log scale with matplotlib, the learned symmetries shaded.
 
-    Zero variances are drawn at a floor (open markers) so the log axis holds them; standard errors
-    (when the report has ``variance_stderr``) as error bars. The ``nullity`` most invariant
-    generators are shaded, with a line between index ``nullity - 1`` and ``nullity``. With
-    reference biases, they are drawn on a second y axis (0 = inside the reference algebra); NaN
-    biases are left out.
+    Draws what the card picture draws (:func:`spectrum_view`): zero variances at a floor (open
+    markers) so the log axis holds them; standard errors (when the report has ``variance_stderr``)
+    as error bars. The ``nullity`` most invariant generators are shaded, with a line between index
+    ``nullity - 1`` and ``nullity``. With reference biases, they are drawn on a second y axis (0 =
+    inside the reference algebra); NaN biases are left out.
 
     Args:
         report: The report to draw.
@@ -596,61 +782,51 @@ def plot_spectrum(report: SymmetryReport, ax: Optional[Axes] = None) -> Tuple[Fi
     Returns:
         ``(figure, axes)``; ``axes`` is the variance axis.
     """
-    if ax is None:
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(6.5, 3.6), dpi=_DPI, layout="constrained")
-    else:
-        fig = ax.figure  # type: ignore[assignment]
-
-    variances = _as_numpy(report.variances).reshape(-1)
-    m = variances.size
+    fig, ax = _new_axes(ax)
     first, second = _spectrum_title(report)
     ax.set_title(f"{first}\n{second}", fontsize=10)
     ax.set_xlabel("generator index (most invariant first)")
     ax.set_ylabel(r"variance $\sigma_i^2 / N$")
+    view = spectrum_view(report)
+    m = view.shown.size
     if m == 0:
         ax.text(0.5, 0.5, "empty spectrum", ha="center", va="center", transform=ax.transAxes)
         return fig, ax
-
-    floor = _log_floor(variances)
-    at_floor = ~(variances > floor)  # zero, tiny, or NaN
-    shown = np.where(at_floor, floor, variances)
     idx = np.arange(m)
-    marker = "o" if m <= 64 else None
-    handles: List[Any] = list(ax.plot(idx, shown, color="C0", marker=marker, markersize=4, lw=1.2, label="variance"))
-    stderr = _stderr(report)
-    if stderr is not None:
-        err = np.where(np.isfinite(stderr), stderr, 0.0)
-        below = np.minimum(err, shown - floor)  # keep the lower bar on the log axis
-        ax.errorbar(idx, shown, yerr=np.stack([below, err]), fmt="none", ecolor="C0", elinewidth=1, capsize=2)
-    if at_floor.any():
-        handles += ax.plot(idx[at_floor], shown[at_floor], ls="none", marker="o", mfc="white", color="C0",
-                           markersize=6, label=f"at floor ({floor:.0e})")
+    handles: List[Any] = list(ax.plot(idx, view.shown, color="C0", marker="o" if m <= 64 else None, markersize=4,
+                                      lw=1.2, label="variance"))
+    if view.has_error_bars.any():
+        ax.errorbar(idx, view.shown, yerr=np.stack([view.shown - view.lower, view.upper - view.shown]), fmt="none",
+                    ecolor="C0", elinewidth=1, capsize=2)
+    if view.at_floor.any():
+        handles += ax.plot(idx[view.at_floor], view.shown[view.at_floor], ls="none", marker="o", mfc="white",
+                           color="C0", markersize=6, label=f"at floor ({view.floor:.0e})")
     ax.set_yscale("log")
     ax.set_xlim(-0.5, m - 0.5)
     ax.grid(True, which="major", alpha=0.3)
     from matplotlib.ticker import MaxNLocator
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-
-    k = int(report.nullity)
-    if k > 0:
-        shade = ax.axvspan(-0.5, min(k, m) - 0.5, color="C2", alpha=0.15, lw=0, label=f"learned symmetries ({k})")
-        handles.append(shade)
-        if k < m:
-            ax.axvline(k - 0.5, color="C2", ls="--", lw=1.2)
-
-    if report.biases is not None:
-        biases = _as_numpy(report.biases).reshape(-1)
-        bax = ax.twinx()
-        handles += bax.plot(np.arange(biases.size), biases, color="C1", ls="none", marker="s", markersize=4,
-                            label="bias to reference")
-        bax.set_ylabel("bias (distance to reference)")
-        finite = biases[np.isfinite(biases)]
-        bax.set_ylim(-0.05, max(1.05, float(finite.max()) * 1.05 if finite.size else 1.05))
+    if view.nullity > 0:
+        handles.append(ax.axvspan(-0.5, view.nullity - 0.5, color="C2", alpha=0.15, lw=0,
+                                  label=f"learned symmetries ({view.nullity})"))
+    if view.gap is not None:
+        ax.axvline(view.gap, color="C2", ls="--", lw=1.2)
+    if view.biases is not None:
+        handles += _plot_biases(ax, view.biases)
     ax.legend(handles=handles, loc="lower right", fontsize="small", framealpha=0.8)
     return fig, ax
+
+
+def _plot_biases(ax: Axes, biases: np.ndarray) -> List[Any]:
+    """The biases as orange squares on a second y axis; returns the legend handles."""
+    bax = ax.twinx()
+    handles = list(bax.plot(np.arange(biases.size), biases, color="C1", ls="none", marker="s", markersize=4,
+                            label="bias to reference"))
+    bax.set_ylabel("bias (distance to reference)")
+    finite = biases[np.isfinite(biases)]
+    bax.set_ylim(-0.05, max(1.05, float(finite.max()) * 1.05 if finite.size else 1.05))
+    return handles
 
 
 def plot_spectra(reports: Sequence[SymmetryReport], ax: Optional[Axes] = None) -> Tuple[Figure, Axes]:
@@ -665,12 +841,7 @@ def plot_spectra(reports: Sequence[SymmetryReport], ax: Optional[Axes] = None) -
     """
     if not reports:
         raise ValueError("Expected at least one report to plot, got none.")
-    if ax is None:
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(6.5, 3.6), dpi=_DPI, layout="constrained")
-    else:
-        fig = ax.figure  # type: ignore[assignment]
+    fig, ax = _new_axes(ax)
     floor = min(_log_floor(_as_numpy(r.variances).reshape(-1)) for r in reports)
     for i, report in enumerate(reports):
         variances = _as_numpy(report.variances).reshape(-1)
@@ -681,7 +852,7 @@ def plot_spectra(reports: Sequence[SymmetryReport], ax: Optional[Axes] = None) -
     ax.set_ylabel(r"variance $\sigma_i^2 / N$")
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(fontsize="small")
-    return fig, ax  # type: ignore[return-value]
+    return fig, ax
 
 
 # --------------------------------------------------------------------------------------------- history
@@ -721,7 +892,20 @@ def _history_limits(table: np.ndarray) -> Tuple[float, float]:
     return lo, hi
 
 
-def _history_picture(spectra: Sequence[Tensor], labels: Optional[Sequence[str]]) -> Tuple[np.ndarray, Dict[str, Any]]:
+def _row_labels(texts: Sequence[str], row_h: int, room: float) -> Tuple[List[int], int]:
+    """Which rows get their label (every few when rows are thin, always the newest) and the font size.
+
+    The size shrinks from :data:`_TEXT` to 10 pixels for long labels before they are shortened.
+    """
+    size = next((s for s in (_TEXT, _SMALL, 11, 10) if max(_font(s).getlength(t) for t in texts) <= room), 10)
+    step = max(1, math.ceil((size + 3) / row_h))
+    n = len(texts)
+    return list(range(n - 1, -1, -step))[::-1], size
+
+
+def _history_picture(spectra: Sequence[Tensor], labels: Optional[Sequence[str]],
+                     caption: Optional[str] = None) -> Tuple[np.ndarray, Dict[str, Any]]:
+    """The history picture and its layout (heat-map box, row height, colour limits, labelled rows) for tests."""
     if len(spectra) == 0:
         raise ValueError("Expected at least one spectrum, got none.")
     if labels is not None and len(labels) != len(spectra):
@@ -730,30 +914,33 @@ def _history_picture(spectra: Sequence[Tensor], labels: Optional[Sequence[str]])
     lo, hi = _history_limits(table)
     n, m = table.shape
     texts = [str(t) for t in labels] if labels is not None else [str(i + 1) for i in range(n)]
-    width = CARD_WIDTH
-    row_h = int(min(26, max(3, 240 // n)))
+    width, title = CARD_WIDTH, "spectrum history"
+    y0 = _header_height(title, caption) + 2
+    row_h = int(min(26, max(3, (CARD_HEIGHT - y0 - 58) // n)))
     plot_h = row_h * n
-    height = 40 + plot_h + 24 + 34
-    canvas = _Canvas(width, height)
-    canvas.text(width / 2, 6, "spectrum history", size=_TITLE, bold=True, anchor="mt")
-    canvas.text(width / 2, 25, "each row ÷ its mean, log colour", size=_SMALL, color=_GREY, anchor="mt")
-    label_step = max(1, math.ceil(17 / row_h))
-    shown_rows = list(range(n - 1, -1, -label_step))[::-1]  # always label the newest row
-    label_w = max(canvas.text_width(texts[i], _TEXT) for i in shown_rows)
-    x0 = int(label_w + 12)
+    canvas = _Canvas(width, y0 + plot_h + 58)
+    _header(canvas, title, caption)
+    shown_rows, size = _row_labels([texts[i] for i in range(n)], row_h, 0.45 * width)
+    label_w = max(canvas.text_width(_fit_text(texts[i], size, 0.45 * width), size) for i in shown_rows)
+    x0 = int(label_w + 14)
     plot_w = int(width - x0 - 10)
-    y0 = 42
-    values = np.where(np.isneginf(table), lo, table)
-    heat = _colour(np.clip(values, lo, hi), lo, hi, _SEQUENTIAL)
+    heat = _colour(np.clip(np.where(np.isneginf(table), lo, table), lo, hi), lo, hi, _SEQUENTIAL)
     canvas.paste(_upscale(heat, plot_h, plot_w), x0, y0)
     for i in shown_rows:
-        canvas.text(x0 - 6, y0 + (i + 0.5) * row_h, texts[i], size=_TEXT, anchor="rm")
+        canvas.text(x0 - 6, y0 + (i + 0.5) * row_h, _fit_text(texts[i], size, 0.45 * width), size=size, anchor="rm")
     ax = _Axes(canvas, (x0, y0, x0 + plot_w, y0 + plot_h), (-0.5, m - 0.5), (0.0, 1.0))
     ticks = _index_ticks(m)
     ax.xticks(ticks, [str(t) for t in ticks])
-    # colour key: decades of variance / row mean
-    key_y = y0 + plot_h + 26
-    key_x, key_w = x0 + 30, plot_w - 60
+    key_x = max(x0, 84)
+    _history_key(canvas, (key_x, y0 + plot_h + 22, width - key_x - 30), lo, hi)
+    layout = {"box": (x0, y0, x0 + plot_w, y0 + plot_h), "row_height": row_h, "limits": (lo, hi),
+              "labelled_rows": shown_rows, "label_size": size}
+    return canvas.to_array(), layout
+
+
+def _history_key(canvas: _Canvas, where: Tuple[int, int, int], lo: float, hi: float) -> None:
+    """The colour key of the history: decades of variance ÷ row mean, named under it."""
+    key_x, key_y, key_w = where
     key = _colour(np.linspace(lo, hi, 200)[None, :], lo, hi, _SEQUENTIAL)
     canvas.paste(_upscale(key, 8, key_w), key_x, key_y)
     exps = [float(e) for e in _decade_ticks(lo, hi, max_ticks=5)]
@@ -761,14 +948,12 @@ def _history_picture(spectra: Sequence[Tensor], labels: Optional[Sequence[str]])
     if len(exps) < 2:  # less than two decades: label the ends with their ratios
         marks = [(lo, _short(10**lo)), (hi, _short(10**hi))]
     for e, text in marks:
-        px = key_x + (e - lo) / (hi - lo) * key_w
-        canvas.text(px, key_y + 10, text, size=_SMALL, color=_GREY, anchor="mt")
-    layout = {"box": (x0, y0, x0 + plot_w, y0 + plot_h), "row_height": row_h, "limits": (lo, hi),
-              "labelled_rows": shown_rows}
-    return canvas.to_array(), layout
+        canvas.text(key_x + (e - lo) / (hi - lo) * key_w, key_y + 10, text, size=_SMALL, color=_GREY, anchor="mt")
+    canvas.text(key_x - 6, key_y + 4, "÷ row mean", size=11, color=_GREY, anchor="rm")
 
 
-def spectrum_history_image(spectra: Sequence[Tensor], labels: Optional[Sequence[str]] = None) -> np.ndarray:
+def spectrum_history_image(spectra: Sequence[Tensor], labels: Optional[Sequence[str]] = None,
+                           caption: Optional[str] = None) -> np.ndarray:
     """All analyses so far as one ``(H, W, 3)`` uint8 picture: analysis (rows) by generator index (columns).
 
     Each row is divided by its own mean and drawn on a log colour scale
@@ -778,10 +963,12 @@ def spectrum_history_image(spectra: Sequence[Tensor], labels: Optional[Sequence[
     Args:
         spectra: Variance spectra ``(m,)``, oldest first; shorter ones are padded (white).
         labels: One label per spectrum, as the caller numbers its analyses (e.g. ``"epoch 3"``,
-            ``"validate"``); default ``"1", "2", ...``. Rows too thin for every label get every
-            few, always including the newest.
+            ``"validate (epoch 9)"``); default ``"1", "2", ...``. Rows too thin for every label get
+            every few, always including the newest; long labels get a smaller font, then lose their
+            middle.
+        caption: Where the newest analysis comes from (e.g. ``"fit · epoch 4"``), written in the title.
     """
-    return _history_picture(spectra, labels)[0]
+    return _history_picture(spectra, labels, caption)[0]
 
 
 # --------------------------------------------------------------------------------------------- orbits
@@ -880,13 +1067,16 @@ def _check_orbit(orbit: Any) -> Dict[str, np.ndarray]:
     return {"ts": ts, "most": most, "least": least}
 
 
+_ROW_NAMES = (("most invariant", _GREEN), ("least invariant", _RED))
+
+
 def _curves_panel(canvas: _Canvas, box: Tuple[float, float, float, float], ts: np.ndarray, values: np.ndarray,
                   shown: Sequence[int], ylim: Tuple[float, float], title: str, color: Tuple[int, int, int],
                   change: float, left_labels: bool) -> None:
-    """One orbit's output components against ``t``."""
+    """One orbit's output components against ``t``, titled with its generator and its largest change."""
     x0, y0, x1, y1 = box
-    canvas.text((x0 + x1) / 2, y0 - 22, title, size=_TEXT, bold=True, color=color, anchor="mb")
-    canvas.text((x0 + x1) / 2, y0 - 5, f"max change {_short(change)}", size=_SMALL, anchor="mb")
+    canvas.text((x0 + x1) / 2, y0 - 20, title, size=_TEXT, bold=True, color=color, anchor="mb")
+    canvas.text((x0 + x1) / 2, y0 - 4, f"max change {_short(change)}", size=_SMALL, anchor="mb")
     ax = _Axes(canvas, box, (float(ts.min()), float(ts.max())), ylim)
     lo, hi = ylim
     ticks = [lo + (hi - lo) * f for f in (0.1, 0.5, 0.9)]
@@ -902,8 +1092,95 @@ def _curves_panel(canvas: _Canvas, box: Tuple[float, float, float, float], ts: n
     ax.frame()
 
 
+def _moved_pictures(action: GroupAction, x: Tensor, gens: Sequence[Tensor],
+                    ts: Sequence[float]) -> List[List[np.ndarray]]:
+    """``x`` moved by ``exp(t h)`` for each generator ``h`` (rows) and each ``t`` (columns), as pictures."""
+    batch = x.detach()[None]
+    return [[_to_picture(_as_numpy(action.transform(batch, g, t)[0])) for t in ts] for g in gens]
+
+
+def _thumbnails(canvas: _Canvas, pictures: List[List[np.ndarray]], ts: Sequence[float], top: int,
+                thumb: Tuple[int, int]) -> Dict[str, Any]:
+    """The moved inputs, one row per generator, on one intensity scale; returns their boxes and the scale."""
+    values = np.concatenate([p.reshape(-1) for row in pictures for p in row])
+    values = values[np.isfinite(values)]
+    lo, hi = (float(values.min()), float(values.max())) if values.size else (0.0, 1.0)
+    hi = hi if hi > lo else lo + 1.0
+    thumb_w, thumb_h = thumb
+    left, gap = 76, 4
+    for c, t in enumerate(ts):
+        canvas.text(left + c * (thumb_w + gap) + thumb_w / 2, top, f"t = {t:g}", size=11, color=_GREY, anchor="mt")
+    boxes = []
+    y = top + 15
+    for row, (name, color) in zip(pictures, _ROW_NAMES):
+        first, second = name.split(" ")
+        canvas.text(left - 8, y + thumb_h / 2 - 8, first, size=_TEXT, bold=True, color=color, anchor="rm")
+        canvas.text(left - 8, y + thumb_h / 2 + 8, second, size=_SMALL, color=color, anchor="rm")
+        for c, pic in enumerate(row):
+            canvas.paste(_upscale(_gray(pic, lo, hi), thumb_h, thumb_w), left + c * (thumb_w + gap), y)
+            boxes.append((left + c * (thumb_w + gap), y, thumb_w, thumb_h))
+        y += thumb_h + 4
+    return {"thumbs": boxes, "intensity": (lo, hi), "bottom": y}
+
+
+def _thumb_size(pictures: List[List[np.ndarray]], count: int, tallest: int) -> Tuple[int, int]:
+    """Width and height of a thumbnail: the row fills the width right of the labels, at most ``tallest`` high."""
+    h0, w0 = pictures[0][0].shape[:2]
+    thumb_w = int((CARD_WIDTH - 76 - 8 - 4 * (count - 1)) / count)
+    thumb_h = max(8, min(int(round(thumb_w * h0 / max(w0, 1))), tallest))
+    return max(4, min(thumb_w, int(round(thumb_h * w0 / max(h0, 1))))), thumb_h
+
+
+def _thumbs_over_panels(canvas: _Canvas, pictures: List[List[np.ndarray]], ts: Sequence[float],
+                        panels: List[Dict[str, Any]], y: int, size: int) -> Dict[str, Any]:
+    """Each generator's moved inputs in a row above its curves, each over its ``t`` on the panel's axis."""
+    values = np.concatenate([p.reshape(-1) for row in pictures for p in row])
+    values = values[np.isfinite(values)]
+    lo, hi = (float(values.min()), float(values.max())) if values.size else (0.0, 1.0)
+    hi = hi if hi > lo else lo + 1.0
+    boxes = []
+    for row, panel in zip(pictures, panels):
+        x0, _, x1, _ = panel["box"]
+        tmin, tmax = min(ts), max(ts)
+        for pic, t in zip(row, ts):
+            centre = x0 + (t - tmin) / (tmax - tmin) * (x1 - x0) if tmax > tmin else (x0 + x1) / 2
+            left = int(min(max(centre - size / 2, x0), x1 - size))
+            canvas.paste(_upscale(_gray(pic, lo, hi), size, size), left, y)
+            boxes.append((left, y, size, size))
+    return {"thumbs": boxes, "intensity": (lo, hi)}
+
+
+def _orbit_curves(canvas: _Canvas, outputs: Dict[str, np.ndarray], top: int) -> List[Dict[str, Any]]:
+    """The outputs along both orbits, side by side on one y scale; returns each panel's layout."""
+    t_arr, most_v, least_v = outputs["ts"], outputs["most"], outputs["least"]
+    both = np.concatenate([most_v, least_v], axis=0)
+    moving = np.nanmax(both, axis=0) - np.nanmin(both, axis=0) if both.size else np.zeros(0)
+    order = np.argsort(-np.nan_to_num(moving, nan=-1.0), kind="stable")
+    shown = sorted(int(j) for j in order[:_MAX_CURVES])
+    finite = both[:, shown][np.isfinite(both[:, shown])]
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    if hi - lo < 1e-12 * max(1.0, abs(hi)):
+        lo, hi = lo - 0.5, hi + 0.5
+    pad = 0.08 * (hi - lo)
+    ylim = (lo - pad, hi + pad)
+    centre = int(np.argmin(np.abs(t_arr)))
+    tick_w = max(canvas.text_width(_short(ylim[0] + (ylim[1] - ylim[0]) * f), _SMALL) for f in (0.1, 0.5, 0.9))
+    left, panel_gap = tick_w + 10, 26
+    panel_w = (canvas.width - left - 14 - panel_gap) / 2
+    box_top, bottom = top + 38, canvas.height - 18
+    panels = []
+    for i, (vals, (name, color)) in enumerate(zip((most_v, least_v), _ROW_NAMES)):
+        change = float(np.nanmax(np.abs(vals - vals[centre]))) if vals.size else 0.0
+        box = (left + i * (panel_w + panel_gap), box_top, left + i * (panel_w + panel_gap) + panel_w, bottom)
+        _curves_panel(canvas, box, t_arr, vals, shown, ylim, name, color, change, i == 0)
+        panels.append({"box": box, "ylim": ylim, "shown": shown, "change": change})
+    return panels
+
+
 def _orbit_picture(action: GroupAction, x: Tensor, most: Tensor, least: Tensor, ts: Sequence[float],
-                   orbit: Optional[Dict[str, Any]]) -> Tuple[Optional[np.ndarray], Dict[str, Any]]:
+                   orbit: Optional[Dict[str, Any]],
+                   caption: Optional[str] = None) -> Tuple[Optional[np.ndarray], Dict[str, Any]]:
+    """The orbit picture (``None`` for a vector input without outputs) and its layout for tests."""
     ts = [float(t) for t in ts]
     if not ts:
         raise ValueError("Expected at least one value in `ts`.")
@@ -911,69 +1188,25 @@ def _orbit_picture(action: GroupAction, x: Tensor, most: Tensor, least: Tensor, 
     is_image = action.draws_input_as(x) == "image"
     if not is_image and outputs is None:
         return None, {}  # a vector's orbit says nothing without the outputs along it
-    width = CARD_WIDTH
-    pictures: List[List[np.ndarray]] = []
-    if is_image:
-        batch = x.detach()[None]
-        pictures = [[_to_picture(_as_numpy(action.transform(batch, g, t)[0])) for t in ts] for g in (most, least)]
-    margin, gap = 8, 6
-    thumb = int((width - 2 * margin - gap * (len(ts) - 1)) / len(ts)) if is_image else 0
-    if is_image:
-        h0, w0 = pictures[0][0].shape[:2]
-        thumb_h = max(8, int(round(thumb * h0 / max(w0, 1))))
-        thumb_h = min(thumb_h, 2 * thumb)
-    else:
-        thumb_h = 0
-    images_h = (20 + 2 * (thumb_h + 20)) if is_image else 0
-    plots_h = (170 if is_image else 200) if outputs is not None else 0
-    height = 30 + images_h + plots_h + 8
-    canvas = _Canvas(width, height)
+    title = "orbit of an input"
+    top = _header_height(title, caption)
+    pictures = _moved_pictures(action, x, (most, least), ts) if is_image else []
     layout: Dict[str, Any] = {"thumbs": [], "panels": [], "intensity": None}
-    canvas.text(width / 2, 6, "orbit of an input", size=_TITLE, bold=True, anchor="mt")
-    y = 30
-    if is_image:
-        values = np.concatenate([p.reshape(-1) for row in pictures for p in row])
-        values = values[np.isfinite(values)]
-        lo, hi = (float(values.min()), float(values.max())) if values.size else (0.0, 1.0)
-        hi = hi if hi > lo else lo + 1.0
-        layout["intensity"] = (lo, hi)
-        for c, t in enumerate(ts):
-            canvas.text(margin + c * (thumb + gap) + thumb / 2, y, f"t = {t:g}", size=_SMALL, color=_GREY, anchor="mt")
-        y += 18
-        for row, name, color in zip(pictures, ("most invariant", "least invariant"), (_GREEN, _RED)):
-            canvas.text(margin, y, name, size=_TEXT, bold=True, color=color, anchor="lt")
-            y += 18
-            for c, pic in enumerate(row):
-                canvas.paste(_upscale(_gray(pic, lo, hi), thumb_h, thumb), margin + c * (thumb + gap), y)
-                layout["thumbs"].append((margin + c * (thumb + gap), y, thumb, thumb_h))
-            y += thumb_h + 2
-    if outputs is not None:
-        t_arr, most_v, least_v = outputs["ts"], outputs["most"], outputs["least"]
-        both = np.concatenate([most_v, least_v], axis=0)
-        moving = np.nanmax(both, axis=0) - np.nanmin(both, axis=0) if both.size else np.zeros(0)
-        order = np.argsort(-np.nan_to_num(moving, nan=-1.0), kind="stable")
-        shown = sorted(int(j) for j in order[:_MAX_CURVES])
-        finite = both[:, shown][np.isfinite(both[:, shown])]
-        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
-        if hi - lo < 1e-12 * max(1.0, abs(hi)):
-            lo, hi = lo - 0.5, hi + 0.5
-        pad = 0.08 * (hi - lo)
-        ylim = (lo - pad, hi + pad)
-        centre = int(np.argmin(np.abs(t_arr)))
-        change = [float(np.nanmax(np.abs(v - v[centre]))) if v.size else 0.0 for v in (most_v, least_v)]
-        tick_w = max(canvas.text_width(_short(ylim[0] + (ylim[1] - ylim[0]) * f), 11) for f in (0.1, 0.5, 0.9))
-        left = tick_w + 10
-        panel_gap = 24
-        panel_w = (width - left - 12 - panel_gap) / 2
-        top = y + 42
-        bottom = y + plots_h - 22
-        names = ("most invariant", "least invariant")
-        for i, (vals, name, color) in enumerate(zip((most_v, least_v), names, (_GREEN, _RED))):
-            x0 = left + i * (panel_w + panel_gap)
-            layout["panels"].append({"box": (x0, top, x0 + panel_w, bottom), "ylim": ylim, "shown": shown,
-                                     "change": change[i]})
-            _curves_panel(canvas, (x0, top, x0 + panel_w, bottom), t_arr, vals, shown, ylim, name, color, change[i],
-                          left_labels=i == 0)
+    if outputs is None:  # images alone: a row of thumbnails per generator
+        thumb = _thumb_size(pictures, len(ts), 64)
+        canvas = _Canvas(CARD_WIDTH, top + 15 + 2 * (thumb[1] + 4) + 6)
+        _header(canvas, title, caption)
+        drawn = _thumbnails(canvas, pictures, ts, top, thumb)
+        layout.update(thumbs=drawn["thumbs"], intensity=drawn["intensity"])
+        return canvas.to_array(), layout
+    canvas = _Canvas(CARD_WIDTH, CARD_HEIGHT)
+    _header(canvas, title, caption)
+    size = 36 if is_image else 0
+    layout["panels"] = _orbit_curves(canvas, outputs, top + (size + 2 if is_image else 0))
+    if is_image:  # over the curves, room for three: the ends and the input itself
+        ends = sorted({0, int(np.argmin(np.abs(np.asarray(ts)))), len(ts) - 1})
+        chosen = [[row[i] for i in ends] for row in pictures]
+        layout.update(_thumbs_over_panels(canvas, chosen, [ts[i] for i in ends], layout["panels"], top, size))
     return canvas.to_array(), layout
 
 
@@ -984,6 +1217,7 @@ def orbit_image(
     least_invariant: Tensor,
     ts: Sequence[float] = ORBIT_TS,
     orbit: Optional[Dict[str, Any]] = None,
+    caption: Optional[str] = None,
 ) -> Optional[np.ndarray]:
     """One input moved along the most and the least invariant generator, and the model's output along both.
 
@@ -991,7 +1225,7 @@ def orbit_image(
     three channels, else the only or the mean channel, on one intensity scale). With ``orbit``
     (the result of :func:`orbit_outputs`), two panels follow: the output components against ``t``
     along each generator, on one y scale, so an invariant direction is a flat line and the other
-    one moves; each is titled with the largest change ``Δ`` from ``t = 0``. At most
+    one moves; each is titled with the largest change from ``t = 0``. At most
     :data:`_MAX_CURVES` components are drawn (those that move most). Vector inputs are drawn by
     their outputs only: without ``orbit`` there is nothing to draw and ``None`` is returned.
 
@@ -1003,11 +1237,12 @@ def orbit_image(
         least_invariant: The least invariant generator.
         ts: Group parameters ``t`` of the thumbnails.
         orbit: The outputs along the orbits from :func:`orbit_outputs`, or ``None``.
+        caption: Where the report comes from (e.g. ``"fit · epoch 4"``), written in the title.
 
     Returns:
         An ``(H, W, 3)`` uint8 array, or ``None`` for a vector input without ``orbit``.
     """
-    return _orbit_picture(action, x, most_invariant, least_invariant, ts, orbit)[0]
+    return _orbit_picture(action, x, most_invariant, least_invariant, ts, orbit, caption)[0]
 
 
 # --------------------------------------------------------------------------------------------- text
@@ -1046,49 +1281,89 @@ def generators_text(report: SymmetryReport, k: int = 4, decimals: int = 3) -> st
 # --------------------------------------------------------------------------------------------- all of them
 
 
+@dataclass(frozen=True)
+class PictureOptions:
+    """What to draw besides the report: the keywords of :func:`render_pictures` and :func:`log_pictures`.
+
+    Attributes:
+        spectra: Variance spectra of the analyses so far, oldest first, for the history picture.
+        labels: One label per spectrum (e.g. ``"epoch 3"``, ``"validate (epoch 9)"``).
+        example_input: One input (no batch axis) for the orbit picture, or ``None``.
+        orbit: :func:`orbit_outputs` of the model along the first and the last generator of the
+            report, or ``None`` (images then show the orbit alone; vectors have no orbit picture).
+        num_generators: How many leading generators to draw.
+        layers: Per-layer reports (the metric's ``layers``): adds ``layers``, the picture of depth.
+        caption: Where the report comes from, e.g. ``"fit · epoch 4"`` or ``"validate"``: written in
+            every picture's title.
+    """
+
+    spectra: Sequence[Tensor] = ()
+    labels: Optional[Sequence[str]] = None
+    example_input: Optional[Tensor] = None
+    orbit: Optional[Dict[str, Any]] = None
+    num_generators: int = 4
+    layers: Optional[Mapping[str, SymmetryReport]] = None
+    caption: Optional[str] = None
+
+    @classmethod
+    def of(cls, options: Optional[PictureOptions] = None, **changes: Any) -> PictureOptions:
+        """``options`` (default: the defaults) with the given fields changed.
+
+        Raises:
+            TypeError: A keyword that is not a field.
+        """
+        return dataclasses.replace(options if options is not None else cls(), **changes)
+
+
+def _orbit_card(report: SymmetryReport, action: GroupAction, options: PictureOptions) -> Optional[np.ndarray]:
+    """The orbit picture, or ``None`` without an input, with one generator, or for an action without transforms."""
+    if options.example_input is None or len(report.generators) < 2:
+        return None
+    try:
+        return orbit_image(action, options.example_input, report.generators[0], report.generators[-1],
+                           orbit=options.orbit, caption=options.caption)
+    except NotImplementedError:  # the action cannot apply finite transformations
+        return None
+
+
 def render_pictures(
     report: SymmetryReport,
     action: GroupAction,
-    *,
-    spectra: Sequence[Tensor],
-    labels: Optional[Sequence[str]] = None,
-    example_input: Optional[Tensor] = None,
-    orbit: Optional[Dict[str, Any]] = None,
-    num_generators: int = 4,
-    layers: Optional[Dict[str, SymmetryReport]] = None,
+    options: Optional[PictureOptions] = None,
+    **keywords: Any,
 ) -> Dict[str, np.ndarray]:
     """All of a report's pictures as ``tag -> (H, W, 3) uint8`` arrays (tags without the logger prefix).
 
-    Pure drawing: it never calls the model, so it may run in a background thread.
+    Tags: ``generators`` (and ``generators_h2``, ... where the generators take more than one
+    picture, see :func:`generator_pages`), ``spectrum``, ``spectrum_history`` (with ``spectra``),
+    ``orbit`` (with ``example_input``), ``layers`` (with ``layers``). Pure drawing: it never calls
+    the model, so it may run in a background thread.
 
     Args:
         report: The report to draw.
         action: Its action, to move ``example_input`` along the generators.
-        spectra: Variance spectra of the analyses so far, for the history.
-        labels: One label per spectrum (e.g. ``"epoch 3"``, ``"validate"``).
-        example_input: One input (no batch axis) for the orbit picture, or ``None``.
-        orbit: :func:`orbit_outputs` of the model along the first and the last generator of
-            ``report``, or ``None`` (images then show the orbit alone; vectors have no orbit picture).
-        num_generators: How many leading generators to draw.
-        layers: Per-layer reports (the metric's ``layers``): adds ``layers``, the picture of depth.
-    """
-    images: Dict[str, np.ndarray] = {}
-    if num_generators > 0:
-        images["generators"] = generators_image(report, k=num_generators)
-    images["spectrum"] = spectrum_image(report)
-    if spectra:
-        images["spectrum_history"] = spectrum_history_image(list(spectra), labels)
-    if example_input is not None and len(report.generators) > 1:
-        try:
-            picture = orbit_image(action, example_input, report.generators[0], report.generators[-1], orbit=orbit)
-        except NotImplementedError:
-            picture = None  # the action cannot apply finite transformations
-        if picture is not None:
-            images["orbit"] = picture
-    if layers:
-        from liegg_lightning.rendering_layers import layers_figure
+        options: What to draw besides the report (:class:`PictureOptions`).
+        **keywords: Fields of :class:`PictureOptions`, instead of or over ``options``.
 
-        images["layers"] = figure_to_array(layers_figure(layers, known=list(report.known_variances) or None))
+    Raises:
+        TypeError: A keyword that is not a field of :class:`PictureOptions`.
+    """
+    opts = PictureOptions.of(options, **keywords)
+    images: Dict[str, np.ndarray] = {}
+    for first, count in generator_pages(report, opts.num_generators):
+        images["generators" if first == 0 else f"generators_h{first}"] = generators_image(
+            report, count, first=first, caption=opts.caption)
+    images["spectrum"] = spectrum_image(report, caption=opts.caption)
+    if opts.spectra:
+        images["spectrum_history"] = spectrum_history_image(list(opts.spectra), opts.labels, caption=opts.caption)
+    orbit = _orbit_card(report, action, opts)
+    if orbit is not None:
+        images["orbit"] = orbit
+    if opts.layers:
+        from liegg_lightning.rendering_layers import layers_image
+
+        images["layers"] = layers_image(opts.layers, known=list(report.known_variances) or None,
+                                        caption=opts.caption)
     return images
 
 
