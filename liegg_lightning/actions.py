@@ -212,7 +212,30 @@ def _homogeneous_generator(generator: Tensor, n: int) -> Tensor:
     return gen
 
 
-class VectorAction(GroupAction):
+class _AffineLayout(GroupAction):
+    """Generators that are ``n x n``, or with ``affine`` ``(n + 1) x (n + 1)`` with a zero last row (m = n^2 + n)."""
+
+    affine: bool = False
+
+    @property
+    def _affine_size(self) -> int:
+        """``n``, the dimension of the space the linear part acts on."""
+        raise NotImplementedError
+
+    @override
+    def to_generator(self, vector: Tensor) -> Tensor:
+        if not self.affine:
+            return super().to_generator(vector)
+        return _affine_to_generator(vector, self._affine_size)
+
+    @override
+    def to_vector(self, generator: Tensor) -> Tensor:
+        if not self.affine:
+            return super().to_vector(generator)
+        return _affine_to_vector(generator, self._affine_size)
+
+
+class VectorAction(_AffineLayout):
     """``gl(dim)`` (or ``aff(dim)``) acting on ``components`` vectors (points) in ``R^dim`` at once.
 
     The input is ``(B, components * dim)`` or ``(B, components, dim)``; each component is
@@ -250,21 +273,14 @@ class VectorAction(GroupAction):
         self.vector_block = dim
 
     @property
+    def _affine_size(self) -> int:
+        return self.dim
+
+    @property
     def num_generators(self) -> int:
         """``dim**2``, or ``dim**2 + dim`` with ``affine=True``."""
         return self.dim * (self.dim + 1) if self.affine else self.dim * self.dim
 
-    @override
-    def to_generator(self, vector: Tensor) -> Tensor:
-        if not self.affine:
-            return super().to_generator(vector)
-        return _affine_to_generator(vector, self.dim)
-
-    @override
-    def to_vector(self, generator: Tensor) -> Tensor:
-        if not self.affine:
-            return super().to_vector(generator)
-        return _affine_to_vector(generator, self.dim)
 
     def draws_input_as(self, x: Tensor) -> str:
         """Vector inputs are drawn as vectors, one block per component."""
@@ -550,7 +566,7 @@ class ImageAction(GroupAction):
         return f"ImageAction(affine={self.affine}, padding_mode={self.padding_mode!r}{border})"
 
 
-class _GridAction(GroupAction):
+class _GridAction(_AffineLayout):
     """``gl(n)`` (or ``aff(n)``) on the coordinates of an ``n``-D grid: shared by signals and volumes.
 
     ``(g I)(p) = I(g^-1 p)``. Coordinate axis ``a`` (x, y, z) runs along the ``a``-th tensor axis from
@@ -578,6 +594,10 @@ class _GridAction(GroupAction):
         self.generator_shape = (n + 1, n + 1) if affine else (n, n)
 
     @property
+    def _affine_size(self) -> int:
+        return self._spatial
+
+    @property
     def num_generators(self) -> int:
         """``n**2``, or ``n**2 + n`` with ``affine=True``."""
         n = self._spatial
@@ -597,17 +617,6 @@ class _GridAction(GroupAction):
                 f"got shape {tuple(x.shape)}."
             )
 
-    @override
-    def to_generator(self, vector: Tensor) -> Tensor:
-        if not self.affine:
-            return super().to_generator(vector)
-        return _affine_to_generator(vector, self._spatial)
-
-    @override
-    def to_vector(self, generator: Tensor) -> Tensor:
-        if not self.affine:
-            return super().to_vector(generator)
-        return _affine_to_vector(generator, self._spatial)
 
     def _sizes(self, x: Tensor) -> Tuple[int, ...]:
         """Grid sides along x, y, z (the tensor's last axes, from the end)."""

@@ -124,20 +124,15 @@ class LieGGCallback(Callback):
             metric_options = {k: v for k, v in metric_options.items() if not _adds_nothing(metric, k, v)}
         self.metric = fresh_metric(metric, **metric_options)  # the user's metric is left as it was
         self.action = self.metric.action
-        self.input_key = input_key
-        self.layer = layer
-        self.every_n_epochs = every_n_epochs
-        self.overhead = float(overhead)
-        self.max_samples = max_samples
+        # what is read, when, and how much
+        self.input_key, self.layer, self.every_n_epochs = input_key, layer, every_n_epochs
+        self.overhead, self.max_samples = float(overhead), max_samples
         loaders = dataloader_idx if isinstance(dataloader_idx, (list, tuple)) or dataloader_idx is None else [
             dataloader_idx]
         self.dataloader_idx: Optional[List[int]] = None if loaders is None else list(loaders)
-        self.log_generators = log_generators
-        self.log_images = log_images
-        self.prefix = prefix
-        self.save_reports = save_reports
-        self.background_drawing = background_drawing
-        self.verbose = verbose
+        # what is shown and kept
+        self.log_generators, self.log_images, self.prefix = log_generators, log_images, prefix
+        self.save_reports, self.background_drawing, self.verbose = save_reports, background_drawing, verbose
 
         self.record = History()
         #: The last analysis: a report, or with the metric's ``layers`` a dict ``layer -> report``.
