@@ -510,7 +510,7 @@ def test_layerwise_example_runs_and_reports_every_layer(tmp_path) -> None:
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "PYTHONPATH": str(root)}
     proc = subprocess.run([sys.executable, str(root / "examples" / "layerwise.py"), "--quick"], cwd=tmp_path,
-                          env=env, capture_output=True, text=True, timeout=300)
+                          env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     for stage in ("untrained", "trained"):
