@@ -114,8 +114,8 @@ def screenshot(logdir: Path, out: Path, tab: str = "timeseries", window: Tuple[i
             )
             from PIL import Image
 
-            # a palette of 128 colours keeps the file small; the pictures use few colours anyway
-            Image.open(raw).convert("RGB").quantize(128, dither=Image.Dither.NONE).save(out, optimize=True)
+            # a palette of 256 colours keeps the file small (fewer turn the colour maps' yellow orange)
+            Image.open(raw).convert("RGB").quantize(256, dither=Image.Dither.NONE).save(out, optimize=True)
     finally:
         board.terminate()
         board.wait(timeout=30)
