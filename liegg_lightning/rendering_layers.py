@@ -170,7 +170,11 @@ def _layers_picture(reports: Mapping[str, SymmetryReport], known: Optional[Seque
     if known is None:
         col_labels = [f"h{j}" for j in range(values.shape[1])]
     num_rows, num_cols = values.shape
-    title = "symmetry by layer"
+    # a feature map's border ring (zero padding breaks equivariance there): its share of the variance
+    shares = [float(getattr(r, "border_share", math.nan)) for r in reports.values()]
+    row_labels = [f"{label} ring {share:.0%}" if math.isfinite(share) else label
+                  for label, share in zip(row_labels, shares)]
+    title = "symmetry by layer" + (" (ring: border share)" if any(map(math.isfinite, shares)) else "")
     top = _header_height(title, caption) + 16
     row_h = int(min(28, max(6, (CARD_HEIGHT - top - 16 - 34) // num_rows)))
     canvas = _Canvas(CARD_WIDTH, top + 16 + row_h * num_rows + 34)
@@ -190,7 +194,8 @@ def _layers_picture(reports: Mapping[str, SymmetryReport], known: Optional[Seque
     bias_box = (bias_x0, box[1], CARD_WIDTH - 8, box[3])
     _bias_bars(canvas, biases, bias_box)
     _log_key(canvas, (x0, box[3] + 8, box[2] - x0), limits)
-    return canvas.to_array(), {"box": box, "bias_box": bias_box, "limits": limits, "row_height": row_h}
+    return canvas.to_array(), {"box": box, "bias_box": bias_box, "limits": limits, "row_height": row_h,
+                               "row_labels": row_labels}
 
 
 def layers_image(reports: Mapping[str, SymmetryReport], known: Optional[Sequence[str]] = None, k: int = 4,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import math
 import re
 from pathlib import Path
 
@@ -554,22 +555,33 @@ def test_render_pictures_all_four_and_orbit_only_with_what_it_needs():
                                             example_input=torch.ones(2))
 
 
-def test_one_full_set_of_pictures_is_cheap():
-    # issue 10: the pictures must fit a 10 % overhead budget; through matplotlib they took 1.1-1.8 s
-    import time
+def test_a_full_set_of_pictures_makes_no_matplotlib_figure():
+    # the card pictures are drawn on a numpy canvas: no matplotlib figure (1.1-1.8 s a set through them,
+    # issue 10) is made on the way; their time is measured by docs/time_pictures.py, not asserted here
+    import subprocess
+    import sys
 
-    model, x, report = _image_report()
-    action = ImageAction()
-    orbit = R.orbit_outputs(model, action, x[0], report.generators[0], report.generators[-1])
-    spectra = [report.variances * (1 + 0.1 * i) for i in range(20)]
-    kwargs = dict(spectra=spectra, labels=[f"epoch {i + 1}" for i in range(20)], example_input=x[0], orbit=orbit)
-    R.render_pictures(report, action, **kwargs)  # fonts and colour maps loaded once
-    times = []
-    for _ in range(3):
-        start = time.perf_counter()
-        R.render_pictures(report, action, **kwargs)
-        times.append(time.perf_counter() - start)
-    assert sorted(times)[1] < 0.75, times
+    code = (
+        "import torch\n"
+        "import matplotlib.figure as F\n"
+        "made = []\n"
+        "original = F.Figure.__init__\n"
+        "F.Figure.__init__ = lambda self, *a, **k: (made.append(1), original(self, *a, **k))[1]\n"
+        "from liegg_lightning import ImageAction, analyze\n"
+        "from liegg_lightning import rendering as R\n"
+        "torch.manual_seed(0)\n"
+        "model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3))\n"
+        "x = torch.randn(16, 1, 8, 8)\n"
+        "report = analyze(model, x, ImageAction(), known_generators=['rotation'])\n"
+        "orbit = R.orbit_outputs(model, ImageAction(), x[0], report.generators[0], report.generators[-1])\n"
+        "pictures = R.render_pictures(report, ImageAction(), spectra=[report.variances] * 3, labels=['a', 'b', 'c'],\n"
+        "                             example_input=x[0], orbit=orbit, layers={'': report, '0': report})\n"
+        "assert len(pictures) >= 5, sorted(pictures)\n"
+        "print(len(made))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == "0"
 
 
 def test_rendering_imports_matplotlib_lazily():
@@ -585,3 +597,42 @@ def test_rendering_imports_matplotlib_lazily():
                 assert not any(a.name.startswith(("matplotlib", "PIL")) for a in sub.names)
             if isinstance(sub, ast.ImportFrom):
                 assert not (sub.module or "").startswith(("matplotlib", "PIL"))
+
+
+def test_a_caption_changes_only_the_title_of_each_picture():
+    _, _, report = _image_report()
+    plain = R.spectrum_image(report)
+    captioned = R.spectrum_image(report, caption="validate @ epoch 9")
+    assert plain.shape[1] == captioned.shape[1] <= R.CARD_WIDTH
+    assert captioned.shape[0] <= R.CARD_HEIGHT
+    rows = min(len(plain), len(captioned))
+    differs = np.nonzero((plain[:rows] != captioned[:rows]).any(axis=(1, 2)))
+    assert differs[0].size > 0  # the caption is drawn
+    assert differs[0].min() < 30  # in the title line at the top
+
+
+def test_generators_take_as_many_cards_as_their_numbers_need_and_none_is_larger_than_a_card():
+    five = _report(np.linspace(1.0, 25.0, 25), VectorAction(5))
+    two = _report(np.linspace(1.0, 4.0, 4), ImageAction())
+    pages5, pages2 = R.generator_pages(five, 4), R.generator_pages(two, 4)
+    assert sum(count for _, count in pages5) == 4
+    assert len(pages5) >= 2
+    assert pages2 == [(0, 4)]  # 2x2 generators fit four to a card
+    pictures = R.render_pictures(five, VectorAction(5), num_generators=4, caption="fit · epoch 4")
+    assert {"generators", f"generators_h{pages5[1][0]}"} <= set(pictures)
+    assert all(p.shape[0] <= R.CARD_HEIGHT and p.shape[1] <= R.CARD_WIDTH for p in pictures.values())
+    with pytest.raises(TypeError):
+        R.render_pictures(five, VectorAction(5), num_generator=4)  # a misspelt keyword is refused, not ignored
+
+
+def test_the_layers_picture_is_a_card_and_names_each_maps_border_share():
+    from liegg_lightning.rendering_layers import _layers_picture
+
+    _, _, report = _image_report()
+    ringed = build_report(torch.eye(4, dtype=torch.float64), 10, 10, 0, ImageAction())
+    ringed.border_share = 0.69
+    picture, layout = _layers_picture({"conv1": report, "conv2": ringed}, known=None, k=4, caption="epoch 3")
+    assert picture.shape[0] <= R.CARD_HEIGHT
+    assert picture.shape[1] <= R.CARD_WIDTH
+    assert layout["row_labels"][1].endswith("ring 69%")
+    assert "ring" not in layout["row_labels"][0] or math.isfinite(report.border_share)

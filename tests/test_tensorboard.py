@@ -67,7 +67,7 @@ def test_tensorboard_gets_every_picture_and_the_reports(tmp_path: Path) -> None:
     L.seed_everything(0, verbose=False)
     logger = TensorBoardLogger(tmp_path, name="tb")
     metric = LieGGMetric(ImageAction(), reference_algebra="rotation", known_generators=["rotation", "scaling"])
-    callback = LieGGCallback(metric, overhead=10.0)  # room for an analysis every epoch of this tiny run
+    callback = LieGGCallback(metric, every_n_epochs=1)  # an analysis every epoch of this tiny run, as set
     trainer = quiet_trainer(max_epochs=2, logger=logger, callbacks=[callback], log_every_n_steps=1)
     trainer.fit(TinyCNN(), _image_loader(), _image_loader())
 
@@ -104,7 +104,7 @@ def test_tensorboard_gets_every_picture_and_the_reports(tmp_path: Path) -> None:
 
 def test_csv_logger_only_logs_the_scalars(tmp_path: Path) -> None:
     logger = CSVLogger(tmp_path, name="csv")
-    callback = LieGGCallback(LieGGMetric(VectorAction(dim=5, components=2), reference_algebra="so"))
+    callback = LieGGCallback(LieGGMetric(VectorAction(dim=5, components=2), reference_algebra="so"), every_n_epochs=1)
     trainer = quiet_trainer(max_epochs=1, logger=logger, callbacks=[callback])
     trainer.fit(TinyRegressor(), datamodule=O5DataModule(n=64))
     header = (Path(logger.log_dir) / "metrics.csv").read_text().splitlines()[0].split(",")
@@ -113,7 +113,7 @@ def test_csv_logger_only_logs_the_scalars(tmp_path: Path) -> None:
 
 
 def test_no_logger_at_all_still_logs_to_callback_metrics(tmp_path: Path) -> None:
-    callback = LieGGCallback(VectorAction(dim=5, components=2))
+    callback = LieGGCallback(VectorAction(dim=5, components=2), every_n_epochs=1)
     trainer = quiet_trainer(max_epochs=1, logger=False, callbacks=[callback], default_root_dir=tmp_path)
     trainer.fit(TinyRegressor(), datamodule=O5DataModule(n=64))
     assert math.isfinite(float(trainer.callback_metrics["liegg/symmetry_variance"]))
@@ -148,7 +148,7 @@ class _ImageLogger(Logger):
 
 def test_loggers_with_log_image_get_the_pictures(tmp_path: Path) -> None:
     logger = _ImageLogger()
-    callback = LieGGCallback(ImageAction(), save_reports=False, background_drawing=False)
+    callback = LieGGCallback(ImageAction(), every_n_epochs=1, save_reports=False, background_drawing=False)
     trainer = quiet_trainer(max_epochs=1, logger=logger, callbacks=[callback], default_root_dir=tmp_path)
     trainer.fit(TinyCNN(), _image_loader(), _image_loader())
     assert {"liegg/generators", "liegg/spectrum", "liegg/spectrum_history", "liegg/orbit"} <= set(logger.images)
