@@ -203,6 +203,16 @@ def _run_dir(logger: Logger) -> Optional[str]:
     return str(log_dir) if isinstance(log_dir, (str, os.PathLike)) else None
 
 
+def _unused(path: str) -> str:
+    """``path``, or where a file is already there, the first of ``<stem>-2<ext>``, ``<stem>-3<ext>``, ..."""
+    stem, ext = os.path.splitext(path)
+    candidate, n = path, 1
+    while os.path.exists(candidate):
+        n += 1
+        candidate = f"{stem}-{n}{ext}"
+    return candidate
+
+
 def save_report(loggers: Sequence[Logger], report: SymmetryReport, filename: str) -> List[str]:
     """Write ``report`` as JSON into each logger's own run, atomically, and say where.
 
@@ -245,6 +255,7 @@ def save_report(loggers: Sequence[Logger], report: SymmetryReport, filename: str
             path = os.path.join(run_dir, name)
             if path in written:
                 continue
+            path = _unused(path)  # a run resumed into the same logger version never replaces a report
             report.save(path, durable=False)  # atomic; a per-analysis disk sync is not worth its wait
             written.append(path)
         except Exception as err:

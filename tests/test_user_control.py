@@ -329,3 +329,29 @@ def test_an_algebra_too_large_for_the_fit_is_refused_without_paying_for_an_updat
         quiet_trainer(max_epochs=1, callbacks=[callback]).fit(Wide(), data, data)
     assert callback.history == []
     assert updates == []  # priced from the solve alone
+
+
+def test_a_run_resumed_into_the_same_logger_version_replaces_no_report(tmp_path: Path) -> None:
+    from lightning.pytorch.loggers import CSVLogger
+
+    from liegg_lightning import SymmetryReport
+
+    def fit(epochs: int, ckpt: Any = None) -> L.Trainer:
+        callback = LieGGCallback(ACTION, every_n_epochs=1, log_images=False)
+        trainer = quiet_trainer(max_epochs=epochs, callbacks=[callback], logger=CSVLogger(tmp_path, version=0),
+                                enable_checkpointing=False)
+        trainer.fit(TinyRegressor(lr=0.05), _loader(), _loader(), ckpt_path=ckpt)
+        return trainer
+
+    L.seed_everything(0, verbose=False)
+    trainer = fit(1)
+    trainer.save_checkpoint(tmp_path / "epoch0.ckpt")
+    fit(3, tmp_path / "epoch0.ckpt")  # the first run going on: epochs 1 and 2
+    first = {p.name: p.read_bytes() for p in tmp_path.rglob("*-report_*.json")}
+    L.seed_everything(1, verbose=False)
+    fit(3, tmp_path / "epoch0.ckpt")  # resumed again from epoch 0, into the same version: other numbers
+    after = {p.name: p.read_bytes() for p in tmp_path.rglob("*-report_*.json")}
+    assert all(after[name] == content for name, content in first.items())  # nothing replaced
+    assert len(after) == len(first) + 2  # the second resumption's two reports beside them
+    for name in set(after) - set(first):
+        assert SymmetryReport.load(next(tmp_path.rglob(name))).num_samples > 0
