@@ -355,3 +355,27 @@ def test_a_run_resumed_into_the_same_logger_version_replaces_no_report(tmp_path:
     assert len(after) == len(first) + 2  # the second resumption's two reports beside them
     for name in set(after) - set(first):
         assert SymmetryReport.load(next(tmp_path.rglob(name))).num_samples > 0
+
+
+def test_the_moment_of_emergence_is_drawn_even_when_the_budget_has_no_room(monkeypatch: pytest.MonkeyPatch) -> None:
+    import liegg_lightning._pictures as pictures_module
+    import liegg_lightning._planning as planning_module
+
+    drawn: List[str] = []
+    monkeypatch.setattr(pictures_module, "log_pictures", lambda *a, **k: drawn.append(k["caption"]))
+    monkeypatch.setattr(planning_module, "may_draw_now", lambda *args: False)  # never room in the budget
+    callback = LieGGCallback(ACTION, every_n_epochs=1, save_reports=False, background_drawing=False)
+    trainer = quiet_trainer(max_epochs=5, callbacks=[callback], logger=_StalledLogger(Path("/tmp")))
+    trainer.logger.release.set()  # type: ignore[union-attr]
+    trainer.fit(TinyRegressor(lr=0.05), _loader(), _loader(256, 64))
+    # expected, from the logged drifts: each analysis whose drift exceeds every earlier one, and the last
+    largest, expected = 0.0, []
+    for label, row in zip(callback.labels, callback.history):
+        drift = row.get("generator_drift", math.nan)
+        if math.isfinite(drift) and drift > largest:
+            largest = drift
+            expected.append(label)
+    if callback.labels[-1] not in expected:
+        expected.append(callback.labels[-1])  # the run's last analysis is always drawn, at its end
+    assert len(expected) >= 2  # at least one moment of emergence besides the end
+    assert drawn == expected
