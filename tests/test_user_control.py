@@ -357,6 +357,18 @@ def test_a_run_resumed_into_the_same_logger_version_replaces_no_report(tmp_path:
         assert SymmetryReport.load(next(tmp_path.rglob(name))).num_samples > 0
 
 
+class _Invariant(TinyRegressor):
+    """O(5)-invariant by construction (a function of r1.r1, r1.r2, r2.r2): so(5) is learned at every epoch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(3, 16), nn.Tanh(), nn.Linear(16, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        r1, r2 = x[:, :5], x[:, 5:]
+        return self.net(torch.stack([(r1 * r1).sum(1), (r1 * r2).sum(1), (r2 * r2).sum(1)], 1))
+
+
 def test_the_moment_of_emergence_is_drawn_even_when_the_budget_has_no_room(monkeypatch: pytest.MonkeyPatch) -> None:
     import liegg_lightning._pictures as pictures_module
     import liegg_lightning._planning as planning_module
@@ -367,7 +379,7 @@ def test_the_moment_of_emergence_is_drawn_even_when_the_budget_has_no_room(monke
     callback = LieGGCallback(ACTION, every_n_epochs=1, save_reports=False, background_drawing=False)
     trainer = quiet_trainer(max_epochs=5, callbacks=[callback], logger=_StalledLogger(Path("/tmp")))
     trainer.logger.release.set()  # type: ignore[union-attr]
-    trainer.fit(TinyRegressor(lr=0.05), _loader(), _loader(256, 64))
+    trainer.fit(_Invariant(), _loader(), _loader(256, 64))
     # expected, from the logged drifts: each analysis whose drift exceeds every earlier one, and the last
     largest, expected = 0.0, []
     for label, row in zip(callback.labels, callback.history):
