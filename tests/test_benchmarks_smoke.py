@@ -66,8 +66,9 @@ def test_quick_benchmark_writes_every_section(tmp_path: Path) -> None:
     for row in feel["rows"]:
         assert row["fit_without_s"] > 0
         assert row["fit_with_s"] > 0
-        # the budget may thin the analysed epochs of so short a fit, never to none
-        assert 1 <= row["analyses"] == len(row["samples_per_epoch"]) <= row["epochs"]
+        # the budget may thin the analysed epochs of so short a fit, or, where one analysis outweighs the
+        # whole fit's budget, leave them all to a later trainer.validate() (said in a warning)
+        assert 0 <= row["analyses"] == len(row["samples_per_epoch"]) <= row["epochs"]
         assert all(n > 0 for n in row["samples_per_epoch"])
     o5, digits = feel["rows"]
     # the quick O(5) data has 200 validation samples; the digits' one validation batch holds 400 images
@@ -77,10 +78,10 @@ def test_quick_benchmark_writes_every_section(tmp_path: Path) -> None:
     # a spread needs two analyses (the budget may thin a 2-epoch quick fit to one)
     assert ("symmetry_variance_std" in o5) == (o5["analyses"] >= 2)
     # the probe analysed the whole validation set on the same weights and compared the logged value with it
-    assert o5["full_set_samples"] == 200
-    assert digits["full_set_samples"] == 400
-    assert o5["max_rel_err_vs_full_set"] >= 0
-    assert digits["max_rel_err_vs_full_set"] >= 0
+    for row, samples in ((o5, 200), (digits, 400)):
+        if row["analyses"]:  # an analysed epoch to compare with
+            assert row["full_set_samples"] == samples
+            assert row["max_rel_err_vs_full_set"] >= 0
 
     for heading in ("### overhead", "### methods", "### solve", "### user_feel"):
         assert heading in proc.stdout

@@ -47,7 +47,9 @@ class Recorder(L.Callback):
 
 def main(out: str, strategy: str) -> None:
     L.seed_everything(0, verbose=False)
-    liegg = LieGGCallback(LieGGMetric(VectorAction(dim=5, components=2), reference_algebra="so"), log_images=False)
+    # every epoch, as set: so short a fit would otherwise not be analysed at all (one analysis is over its budget)
+    liegg = LieGGCallback(LieGGMetric(VectorAction(dim=5, components=2), reference_algebra="so"), log_images=False,
+                          every_n_epochs=1)
     trainer = L.Trainer(
         accelerator="cpu", devices=2, strategy=strategy, max_epochs=2, callbacks=[liegg, Recorder(out, liegg)],
         logger=L.pytorch.loggers.CSVLogger(out, name="logs"), enable_checkpointing=False,
