@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any, Callable, Dict, List, Literal, Mapping, Optional, Sequence, Union, cast
 
@@ -24,13 +25,25 @@ from liegg_lightning.functional.polarization import (
     tracks_border,
 )
 from liegg_lightning.functional.symmetry import (
+    BASE_STATES,
     EMPTY_EXPONENT,
+    WORK_MATRICES,
+    ScaledRows,
     SymmetryUpdate,
+    _add_scaled,
+    _bytes,
     _check_memory_budget,
+    _diagonal_blocks,
+    _gram,
+    _group_products,
+    _groups,
     _input_independent,
     _jackknife_groups,
+    _kronecker_tangents,
     _rescale,
+    _rescale_,
     _scaled,
+    _scaled_rows,
     _symmetry_compute,
     _symmetry_update,
 )
@@ -38,16 +51,47 @@ from liegg_lightning.report import SymmetryReport
 
 __all__ = ["LieGGMetric", "DEFAULT_MEMORY_BUDGET"]
 
-#: Default cap on the accumulator and solve memory: 1 GiB (m up to about 5,800; the jackknife's partial
-#: Gram matrices get fewer groups from m of about 3,300 on, and none above about 4,700).
+#: Default cap on the peak memory of an analysis (states, update, solve and jackknife): 1 GiB. That is
+#: m up to about 4,370 (seven m x m float64 matrices); the jackknife's eight partial Gram matrices fit
+#: up to m of about 2,990, fewer of them up to about 3,860, none above.
 DEFAULT_MEMORY_BUDGET = 2**30
 
 KnownGenerators = Union[Sequence[str], Mapping[str, Tensor]]
 
 
-def _accumulate(state: Tensor, state_exponent: Tensor, increment: Tensor, exponent: Tensor, common: Tensor) -> None:
-    """``state += increment`` in place, both brought from their exponents to ``common`` (their maximum)."""
-    state.copy_(_rescale(state, state_exponent, common) + _rescale(increment, exponent, common))
+def _model_groups(m: int, requested: int, memory_budget: Optional[int], border: bool) -> int:
+    """The jackknife groups that fit the budget beside the rest (with a warning when fewer than asked).
+
+    Raises :class:`ValueError` when not even the smallest analysis fits (see
+    :func:`~liegg_lightning.functional.symmetry._analysis_bytes`).
+    """
+    states = BASE_STATES + int(border)
+    _check_memory_budget(m, memory_budget, states)
+    groups = _jackknife_groups(m, requested, memory_budget, states)
+    if groups < requested:
+        rank_zero_warn(
+            f"LieGGMetric: the jackknife's {requested} partial Gram matrices for m={m} do not fit the "
+            f"memory budget beside the rest; "
+            + (f"using {groups} groups." if groups else "standard errors are disabled (NaN).")
+        )
+    return groups
+
+
+def _check_layers_budget(
+    m: int, layer_actions: Mapping[str, Optional[GroupAction]], output_mode: str, memory_budget: Optional[int]
+) -> None:
+    """Refuse, before allocating, layers whose states, reports and solve would not fit the budget."""
+    num = len(layer_actions)
+    ring = any(tracks_border(a, output_mode) for a in layer_actions.values())  # type: ignore[arg-type]
+    states = num * (2 if ring else 1)
+    # each layer's report keeps its generators (m x m) while the next layer is solved
+    matrices = states + num + WORK_MATRICES
+    if memory_budget is not None and 8 * matrices * m * m > memory_budget:
+        raise ValueError(
+            f"{num} layers of m={m} generators need {states} float64 Gram matrices, their reports and a solve, "
+            f"about {_bytes(8 * matrices * m * m)}, over the memory budget of {_bytes(memory_budget)}. "
+            "Analyse fewer layers or raise `memory_budget`."
+        )
 
 
 def _check_settings(
@@ -118,8 +162,12 @@ class LieGGMetric(Metric):
         jackknife_groups: Groups of samples ``G`` for the standard errors (0 disables them). The
             partial Gram matrices take ``G * m^2 * 8`` bytes; when they do not fit the memory
             budget beside the rest, fewer groups are kept (none below 2), with a warning.
-        memory_budget: Bytes the Gram matrices and the solve may take; larger algebras are refused
-            before anything is allocated. ``None`` disables the check.
+        memory_budget: Bytes the whole analysis may take at its peak: the states (TorchMetrics'
+            copies of the defaults included), an update's temporaries, the solve and the jackknife,
+            about ``(2 + G + 5) * 8 * m^2`` (one more ``m x m`` with a border ring; with ``layers``,
+            two per layer, three with rings, plus 5). Larger algebras are refused before anything
+            is allocated. ``None`` disables the check. A batch's rows ``(B, K, m)`` are not counted,
+            nor, under DDP, the copies gathered from the other processes.
         seed: Seed of the metric's own generator for random projections.
         output_action: How the algebra acts on the output (after ``output_transform``), with the
             input action's generator shape: the metric then measures *equivariance*, rows
@@ -189,14 +237,12 @@ class LieGGMetric(Metric):
         layer_actions = None if layers is None else check_layers(action, layers, output_action)
         _check_settings(nullity_tolerance, jackknife_groups, memory_budget, seed)
         m = action.num_generators
-        _check_memory_budget(m, memory_budget)
-        groups = _jackknife_groups(m, jackknife_groups, memory_budget)
-        if groups < jackknife_groups:
-            rank_zero_warn(
-                f"LieGGMetric: the jackknife's {jackknife_groups} partial Gram matrices for m={m} do not fit the "
-                f"memory budget beside the rest; "
-                + (f"using {groups} groups." if groups else "standard errors are disabled (NaN).")
-            )
+        border = tracks_border(output_action, output_mode)
+        if layer_actions is None:
+            groups = _model_groups(m, jackknife_groups, memory_budget, border)
+        else:  # the layers have their own states (and no jackknife): the model's are left empty
+            _check_layers_budget(m, layer_actions, output_mode, memory_budget)
+            groups = 0
         # resolve names now: a bad name fails here, not after an epoch of work
         reference = None if reference_algebra is None else action.reference_vectors(reference_algebra)
         known = action.known_vectors(known_generators)
@@ -216,32 +262,53 @@ class LieGGMetric(Metric):
         # made on first use: a torch.Generator cannot be pickled to ddp_spawn workers
         self._generator: Optional[torch.Generator] = None
         self._resolved_derivative: Optional[str] = None
-        self._add_model_states(m, groups, tracks_border(output_action, output_mode))
-        self._add_layer_states(layers, layer_actions, m, memory_budget)
+        self._add_model_states(0 if layer_actions is not None else m, groups, border)
+        self._add_layer_states(layers, layer_actions, m)
+
+    def _state(self, name: str, shape: Sequence[int], reduce: str, fill: float = 0.0) -> None:
+        """A float64 state of ``shape`` filled with ``fill``, summed (or maxed) across processes.
+
+        TorchMetrics keeps a deep copy of every state's default for :meth:`reset`; here the default
+        is the one number ``fill`` (:meth:`reset` fills the states in place), so an ``m x m`` state
+        costs its own memory once, not twice.
+        """
+        self.add_state(name, torch.tensor(fill, dtype=torch.float64), dist_reduce_fx=reduce)
+        setattr(self, name, torch.full(tuple(shape), fill, dtype=torch.float64))
 
     def _add_model_states(self, m: int, groups: int, border: bool) -> None:
         """States of the model's own output, all summed across processes (the exponents: their maximum)."""
-        self.add_state("gram", torch.zeros(m, m, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("group_grams", torch.zeros(groups, m, m, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("group_counts", torch.zeros(groups, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("scale_exponent", torch.tensor(EMPTY_EXPONENT, dtype=torch.float64), dist_reduce_fx="max")
-        self.add_state("tangent_gram", torch.zeros(m, m, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("tangent_exponent", torch.tensor(EMPTY_EXPONENT, dtype=torch.float64), dist_reduce_fx="max")
-        self.add_state("tangent_samples", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("num_samples", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("num_rows", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("num_skipped", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self._state("gram", (m, m), "sum")
+        self._state("group_grams", (groups, m, m), "sum")
+        self._state("group_counts", (groups,), "sum")
+        self._state("scale_exponent", (), "max", EMPTY_EXPONENT)
+        self._state("tangent_gram", (m, m), "sum")
+        self._state("tangent_exponent", (), "max", EMPTY_EXPONENT)
+        for name in ("tangent_samples", "num_samples", "num_rows", "num_skipped"):
+            self._state(name, (), "sum")
         # the border ring's Gram matrix (at `scale_exponent`), empty where the output has no ring
         size = m if border else 0
-        self.add_state("border_gram", torch.zeros(size, size, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("border_samples", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self._state("border_gram", (size, size), "sum")
+        self._state("border_samples", (), "sum")
+
+    def reset(self) -> None:
+        """Empty the states in place (no new ``m x m`` matrices, no second copy of them alive meanwhile)."""
+        self._update_count = 0
+        self._forward_cache = None
+        self._computed = None
+        self._cache = None
+        self._is_synced = False
+        for name, default in self._defaults.items():
+            state = getattr(self, name)
+            if isinstance(state, Tensor) and isinstance(default, Tensor) and default.ndim == 0:
+                state.fill_(default.to(state.dtype))
+            else:  # a state not made by `_state`: as TorchMetrics resets it
+                setattr(self, name, torch.as_tensor(default).detach().clone().to(state.device))
 
     def _add_layer_states(
         self,
         layers: Optional[Layers],
         layer_actions: Optional[Dict[str, Optional[GroupAction]]],
         m: int,
-        memory_budget: Optional[int],
     ) -> None:
         """Per-layer options and states (none without ``layers``).
 
@@ -254,21 +321,11 @@ class LieGGMetric(Metric):
         if layer_actions is None:
             return
         num = len(self.layer_names)
-        border = any(tracks_border(a, self.output_mode) for a in layer_actions.values())
-        matrices = (2 * num + 2) if border else (num + 2)
-        if memory_budget is not None and 8 * matrices * m * m > memory_budget:
-            raise ValueError(
-                f"{num} layers of m={m} generators need {matrices - 2} float64 Gram matrices and a solve, about "
-                f"{8 * matrices * m * m / 2**20:.1f} MiB, over the memory budget of {memory_budget / 2**20:.1f} MiB. "
-                "Analyse fewer layers or raise `memory_budget`."
-            )
-        size = m if border else 0
-        self.add_state("layer_gram", torch.zeros(num, m, m, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("layer_num_samples", torch.zeros(num, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("layer_num_rows", torch.zeros(num, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("layer_num_skipped", torch.zeros(num, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("layer_border_gram", torch.zeros(num, size, size, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("layer_border_samples", torch.zeros(num, dtype=torch.float64), dist_reduce_fx="sum")
+        size = m if any(tracks_border(a, self.output_mode) for a in layer_actions.values()) else 0
+        self._state("layer_gram", (num, m, m), "sum")
+        for name in ("layer_num_samples", "layer_num_rows", "layer_num_skipped", "layer_border_samples"):
+            self._state(name, (num,), "sum")
+        self._state("layer_border_gram", (num, size, size), "sum")
 
     @property
     def output_mode(self) -> OutputMode:
@@ -425,47 +482,84 @@ class LieGGMetric(Metric):
         ):
             got = tuple(inputs.shape) if isinstance(inputs, Tensor) else type(inputs).__name__
             raise ValueError(f"Expected `inputs` with batch size {rows.shape[0]} (that of the rows), got {got}.")
-        update = _symmetry_update(rows, self.num_groups, group_keys=inputs)
+        scaled = _scaled_rows(rows)
         ring = border_rows.get(MODEL_OUTPUT) if self.border_gram.numel() else None
-        self._accumulate_model(update, None if ring is None else _ring_update(ring, update.finite))
+        ring_rows = None
+        if ring is not None:  # the ring's rows of the samples kept (and whose ring rows are finite)
+            kept = scaled.finite.to(ring.device)[:, None, None]
+            ring_rows = _scaled_rows(torch.where(kept, ring.to(torch.float64), math.nan))
+        self._accumulate_model(scaled, rows if inputs is None else inputs, ring_rows)
         if inputs is not None:
-            self._accumulate_tangents(inputs, update)
+            self._accumulate_tangents(inputs, scaled.finite)
 
     def _here(self, t: Tensor) -> Tensor:
         """``t`` in the states' dtype and on their device."""
         # dtype first: a float64 tensor cannot move to a device without float64 (MPS, float32 states)
         return t.to(self.gram.dtype).to(self.gram.device)
 
-    def _accumulate_model(self, update: SymmetryUpdate, ring: Optional[SymmetryUpdate]) -> None:
-        """Add a batch's update (and its border ring's) to the states, all brought to one scale."""
-        # everything in place: the states stay ordinary tensors when this runs under inference mode
+    def _accumulate_model(self, scaled: ScaledRows, keys: Tensor, ring: Optional[ScaledRows]) -> None:
+        """Add a batch's scaled rows (and its border ring's) to the states, all brought to one scale.
+
+        Everything in place, one ``m x m`` product at a time (two with the jackknife: a group's and
+        the batch's sum), so an update needs two ``m x m`` temporaries whatever the number of groups;
+        and the states stay ordinary tensors when this runs under inference mode. The sums are
+        those of :func:`_symmetry_update` in the same order, so the states hold the same bits.
+        """
         here = self._here
-        exponent = here(update.exponent)
+        exponent = here(scaled.exponent)
         common = torch.maximum(self.scale_exponent, exponent)
         if ring is not None:
             common = torch.maximum(common, here(ring.exponent))
-            _accumulate(self.border_gram, self.scale_exponent, here(ring.gram), here(ring.exponent), common)
-            self.border_samples += here(ring.num_samples)
-        _accumulate(self.gram, self.scale_exponent, here(update.gram), exponent, common)
-        if self.num_groups:
-            _accumulate(self.group_grams, self.scale_exponent, here(update.group_grams), exponent, common)
-            self.group_counts += here(update.group_counts)
+        for state in (self.gram, self.group_grams, self.border_gram):
+            _rescale_(state, self.scale_exponent, common)
         self.scale_exponent.copy_(common)
-        self.num_samples += here(update.num_samples)
-        self.num_rows += here(update.num_rows)
-        self.num_skipped += here(update.num_skipped)
+        if ring is not None:
+            _add_scaled(self.border_gram, here(_gram(ring.rows)), (2.0 * (here(ring.exponent) - common)))
+            self.border_samples += here(ring.finite.sum().to(torch.float64))
+        shift = 2.0 * (exponent - common)
+        batch = self._add_group_products(scaled, keys, shift) if self.num_groups else _gram(scaled.rows)
+        if batch is not None:
+            _add_scaled(self.gram, here(batch), shift)
+        kept = scaled.finite.sum().to(torch.float64)
+        self.num_samples += here(kept)
+        self.num_rows += here(kept * scaled.rows.shape[1])
+        self.num_skipped += here(scaled.finite.numel() - kept)
 
-    def _accumulate_tangents(self, inputs: Tensor, update: SymmetryUpdate) -> None:
-        """Add the tangent Gram matrix of the kept inputs, for the relative variances."""
+    def _add_group_products(self, scaled: ScaledRows, keys: Tensor, shift: Tensor) -> Optional[Tensor]:
+        """Add each group's product to its partial Gram matrix; their sum (unscaled), ``None`` for no rows."""
+        ids, counts = _groups(keys, scaled.finite, self.num_groups)
+        total: Optional[Tensor] = None
+        for g, product in _group_products(scaled.rows, ids, self.num_groups):
+            # the batch's sum first, in the order `group_grams.sum(0)` adds them
+            total = product.clone() if total is None else total.add_(product)
+            _add_scaled(self.group_grams[g], self._here(product), shift)
+        self.group_counts += self._here(counts)
+        return total
+
+    def _accumulate_tangents(self, inputs: Tensor, finite: Tensor) -> None:
+        """Add the tangent Gram matrix of the kept inputs, for the relative variances.
+
+        A ``VectorAction``'s is ``kron(I, S)``: only ``S`` is formed and added to the diagonal blocks
+        (the other blocks would add exact zeros), which gives the same bits as the dense matrix.
+        """
         here = self._here
         with torch.inference_mode(False):
             x = inputs.detach().to(float64_device(inputs.device))
-            tangent, t_exp = _scaled(self.action.tangent_gram(x, mask=update.finite.to(x.device)))
+            mask = finite.to(x.device)
+            factor = _kronecker_tangents(self.action, x, mask)
+            tangent, t_exp = _scaled(self.action.tangent_gram(x, mask=mask) if factor is None else factor)
         t_exp = here(t_exp)
         t_common = torch.maximum(self.tangent_exponent, t_exp)
-        _accumulate(self.tangent_gram, self.tangent_exponent, here(tangent), t_exp, t_common)
+        _rescale_(self.tangent_gram, self.tangent_exponent, t_common)
         self.tangent_exponent.copy_(t_common)
-        self.tangent_samples += here(update.num_samples)
+        target = self.tangent_gram
+        tangent = here(tangent)
+        if factor is not None and target.is_contiguous():
+            target, tangent = _diagonal_blocks(target, target.shape[0] // tangent.shape[0]), tangent[..., None]
+        elif factor is not None:
+            tangent = torch.kron(torch.eye(target.shape[0] // tangent.shape[0], dtype=tangent.dtype), tangent)
+        _add_scaled(target, tangent, 2.0 * (t_exp - t_common))
+        self.tangent_samples += here(finite.sum().to(torch.float64))
 
     def _add_layer_rows(self, rows: Mapping[str, Tensor], border_rows: Mapping[str, Tensor]) -> None:
         """Add each layer's rows ``(B, K_l, m)`` (and its border ring's) to its own Gram matrices."""
@@ -641,9 +735,26 @@ def fresh_metric(metric: Union[LieGGMetric, GroupAction], **options: Any) -> Lie
                 f"Expected metric options ({', '.join(sorted(options))}) only with a GroupAction; "
                 "a LieGGMetric carries its own."
             )
-        fresh = cast(LieGGMetric, metric.clone())
-        fresh.reset()
-        return fresh
+        return _empty_clone(metric)
     if isinstance(metric, GroupAction):
         return LieGGMetric(metric, **options)
     raise ValueError(f"Expected `metric` to be a LieGGMetric or a GroupAction, got {type(metric).__name__}.")
+
+
+def _empty_clone(metric: LieGGMetric) -> LieGGMetric:
+    """``metric.clone()`` then ``reset()``, without copying the states first (nor a cached result).
+
+    The states are left out of the deep copy (each stands for a placeholder) and made afresh, empty,
+    with the original's shapes, dtypes and devices.
+    """
+    states = {name: getattr(metric, name) for name in metric._defaults}
+    placeholder = torch.empty(0)
+    memo: Dict[int, Any] = {id(state): placeholder for state in states.values()}
+    memo[id(metric._computed)] = None
+    memo[id(metric._forward_cache)] = None
+    memo[id(metric._cache)] = None
+    fresh = cast(LieGGMetric, copy.deepcopy(metric, memo))
+    for name, state in states.items():
+        setattr(fresh, name, torch.empty_like(state, memory_format=torch.contiguous_format))
+    fresh.reset()
+    return fresh

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -12,6 +14,7 @@ from conftest import O5Model  # noqa: E402
 
 from liegg_lightning import LieGGMetric, VectorAction, analyze  # noqa: E402
 from liegg_lightning.functional import polarization_rows  # noqa: E402
+from liegg_lightning.metric import fresh_metric  # noqa: E402
 
 ACTION = VectorAction(dim=5, components=2)
 
@@ -145,3 +148,114 @@ def test_update_rows_after_compute_is_not_hidden_by_the_cache() -> None:
     first = metric.compute()
     metric.update_rows(rows[15:])
     assert metric.compute().num_samples == 30 != first.num_samples
+
+
+# ----------------------------------------------------------------------------- memory: the budget is honest
+
+
+def _state_bytes(metric: LieGGMetric) -> int:
+    """Bytes of every state and of TorchMetrics' kept copy of every default."""
+    tensors = list(metric.metric_state.values()) + list(metric._defaults.values())
+    return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+
+
+@pytest.mark.parametrize("output_action", [None, "ring"])
+def test_states_and_the_work_stay_within_the_memory_budget(output_action: object) -> None:
+    from liegg_lightning import ImageAction
+    from liegg_lightning.functional.symmetry import WORK_MATRICES, _analysis_bytes
+
+    action: object = VectorAction(dim=6) if output_action is None else ImageAction()
+    out = None if output_action is None else ImageAction(border=1)
+    m = action.num_generators  # type: ignore[attr-defined]
+    matrix = 8 * m * m
+    states = 2 + (output_action is not None)  # the gram and tangent (and border ring) states
+    smallest = _analysis_bytes(m, states)
+    for budget in (smallest + 3 * matrix // 2, smallest + 5 * matrix + 99, smallest + 40 * matrix):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # fewer groups than asked: said in a warning, tested elsewhere
+            metric = LieGGMetric(action, output_action=out, memory_budget=budget)  # type: ignore[arg-type]
+        # the states (defaults included) and the update's and solve's working matrices fit the budget
+        assert _state_bytes(metric) + WORK_MATRICES * matrix <= budget
+        # and the jackknife takes what is left: one more group (two, a jackknife's least) would not fit
+        more = 1 if metric.num_groups else 2
+        assert metric.num_groups == 8 or _analysis_bytes(m, states, metric.num_groups + more) > budget
+        fresh = fresh_metric(metric)
+        assert _state_bytes(fresh) + WORK_MATRICES * matrix <= budget
+    # one byte less than the smallest analysis is refused, with the estimate in the message
+    LieGGMetric(action, output_action=out, memory_budget=smallest, jackknife_groups=0)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="over the memory budget"):
+        LieGGMetric(action, output_action=out, memory_budget=smallest - 1)  # type: ignore[arg-type]
+
+
+def test_defaults_are_single_numbers_and_reset_and_fresh_metric_allocate_nothing_new() -> None:
+    metric = LieGGMetric(ACTION)
+    assert all(d.numel() == 1 for d in metric._defaults.values())  # no second m x m copy per state
+    metric.update(O5Model(extra_output=True), _data(40))
+    before = {name: state.data_ptr() for name, state in metric.metric_state.items()}
+    fresh = fresh_metric(metric)
+    assert float(metric.num_samples) == 40  # the original is left as it was
+    metric.reset()
+    for name, state in metric.metric_state.items():
+        assert state.data_ptr() == before[name]  # emptied in place
+        assert torch.equal(state, getattr(fresh, name))  # both empty, the same shapes and values
+        assert state is not getattr(fresh, name)
+    assert float(metric.scale_exponent) == float(fresh.tangent_exponent) == -4096.0
+    # a reset or fresh metric accumulates as a new one does
+    new, model, x = LieGGMetric(ACTION), O5Model(extra_output=True), _data(30)
+    for m in (new, metric, fresh):
+        m.update(model, x)
+    for name, state in new.metric_state.items():
+        assert torch.equal(getattr(metric, name), state)
+        assert torch.equal(getattr(fresh, name), state)
+
+
+def _old_accumulate(state: torch.Tensor, state_exp: torch.Tensor, inc: torch.Tensor, exp: torch.Tensor,
+                    common: torch.Tensor) -> torch.Tensor:
+    """The accumulation as it was before the states were updated in place (the reference)."""
+    return torch.ldexp(state, 2.0 * (state_exp - common)) + torch.ldexp(inc, 2.0 * (exp - common))
+
+
+@pytest.mark.parametrize("groups", [0, 3, 8])
+def test_streamed_update_gives_the_bits_of_the_reference_update(groups: int) -> None:
+    from liegg_lightning.functional.symmetry import _scaled, _symmetry_update
+
+    gen = torch.Generator().manual_seed(5)
+    metric = LieGGMetric(ACTION, jackknife_groups=groups)
+    gram, group_grams = torch.zeros(25, 25, dtype=torch.float64), torch.zeros(groups, 25, 25, dtype=torch.float64)
+    tangent = torch.zeros(25, 25, dtype=torch.float64)
+    exp, t_exp = torch.tensor(-4096.0, dtype=torch.float64), torch.tensor(-4096.0, dtype=torch.float64)
+    for scale in (1.0, 1e-5, 1e7, 3.0):  # the exponent rises, stays and falls
+        rows = torch.randn(9, 2, 25, generator=gen, dtype=torch.float64) * scale
+        rows[4, 1, 3] = float("nan")
+        x = torch.randn(9, 10, generator=gen, dtype=torch.float64) * scale
+        metric.update_rows(rows, x)
+        upd = _symmetry_update(rows, groups, group_keys=x)
+        common = torch.maximum(exp, upd.exponent)
+        gram = _old_accumulate(gram, exp, upd.gram, upd.exponent, common)
+        group_grams = _old_accumulate(group_grams, exp, upd.group_grams, upd.exponent, common)
+        exp = common
+        t, e = _scaled(ACTION.tangent_gram(x, mask=upd.finite))
+        t_common = torch.maximum(t_exp, e)
+        tangent, t_exp = _old_accumulate(tangent, t_exp, t, e, t_common), t_common
+    assert torch.equal(metric.gram, gram)
+    assert torch.equal(metric.scale_exponent, exp)
+    assert torch.equal(metric.group_grams, group_grams)
+    assert torch.equal(metric.tangent_gram, tangent)
+    assert torch.equal(metric.tangent_exponent, t_exp)
+
+
+@pytest.mark.parametrize("action", [VectorAction(dim=4, components=3), VectorAction(dim=3, affine=True)])
+def test_kronecker_tangents_give_the_dense_tangent_gram(action: VectorAction) -> None:
+    from liegg_lightning.functional.symmetry import _diagonal_blocks, _kronecker_tangents
+
+    x = torch.randn(7, action.dim * (action.components or 2), generator=torch.Generator().manual_seed(2))
+    mask = torch.tensor([True, False, True, True, True, False, True])
+    s = _kronecker_tangents(action, x, mask)
+    assert s is not None
+    dense = action.tangent_gram(x, mask=mask)
+    assert torch.equal(torch.kron(torch.eye(action.dim, dtype=torch.float64), s), dense)
+    blocks = torch.zeros_like(dense)
+    _diagonal_blocks(blocks, action.dim).add_(s[..., None])
+    assert torch.equal(blocks, dense)
+    x[0, 0] = float("inf")  # kron would spread NaN over the zero blocks: the dense form is used
+    assert _kronecker_tangents(action, x, None) is None

@@ -27,12 +27,28 @@ __all__ = [
     "border_share",
 ]
 
-def canonical_signs(vectors: Tensor) -> Tensor:
-    """Flip each column so its largest-magnitude entry is positive: eigenvectors are defined up to sign."""
+def _signs(vectors: Tensor) -> Tensor:
+    """``(n,)`` the sign of each column's largest-magnitude entry (+1 for a zero column)."""
     idx = vectors.abs().argmax(0)
     signs = torch.sign(vectors.gather(0, idx[None]).squeeze(0))
     signs[signs == 0] = 1.0
-    return vectors * signs
+    return signs
+
+
+def canonical_signs(vectors: Tensor) -> Tensor:
+    """Flip each column so its largest-magnitude entry is positive: eigenvectors are defined up to sign."""
+    return vectors * _signs(vectors)
+
+
+def _canonical_signs_(vectors: Tensor) -> Tensor:
+    """:func:`canonical_signs` in place, for a matrix of one's own (the same products: the same bits)."""
+    return vectors.mul_(_signs(vectors))
+
+
+def _symmetrised(x: Tensor) -> Tensor:
+    """``0.5 * (x + x^T)`` in float64, with one ``m x m`` temporary instead of two."""
+    x = x.to(torch.float64)
+    return (x + x.T).mul_(0.5)
 
 
 class Spectrum(NamedTuple):
@@ -44,12 +60,12 @@ class Spectrum(NamedTuple):
 
 def solve_spectrum(gram: Tensor) -> Spectrum:
     """Eigendecomposition of the symmetric Gram matrix, ascending, eigenvalues clamped at zero."""
-    g = gram.to(torch.float64)
-    g = 0.5 * (g + g.T)
+    g = _symmetrised(gram)
     if not bool(torch.isfinite(g).all()):
         raise ValueError("The Gram matrix has non-finite entries; cannot solve.")
     evals, evecs = torch.linalg.eigh(g)
-    return Spectrum(evals.clamp_min(0.0), canonical_signs(evecs))
+    del g
+    return Spectrum(evals.clamp_min(0.0), _canonical_signs_(evecs))
 
 
 #: Eigenvalues below this fraction of the largest count as this fraction of it (the float64 floor):
@@ -213,34 +229,60 @@ def relative_spectrum(gram: Tensor, tangent_gram: Tensor, rtol: float = 1e-10) -
         raise ValueError(f"Expected two (m, m) matrices, got {tuple(gram.shape)} and {tuple(tangent_gram.shape)}.")
     if not (bool(torch.isfinite(g).all()) and bool(torch.isfinite(t).all())):
         raise ValueError("The Gram matrices have non-finite entries; cannot solve.")
-    t = 0.5 * (t + t.T)
-    g = 0.5 * (g + g.T)
-    if m:
-        # fast path: a well-conditioned T (the usual case) has a Cholesky factor T = L L^T, and
-        # L^-1 G L^-T has the same eigenvalues; its diagonal bounds the condition number from below
-        chol, info = torch.linalg.cholesky_ex(t)
-        diag = chol.diagonal() if int(info) == 0 else None
-        if diag is not None and float(diag.min()) ** 2 > 1e3 * rtol * float(diag.max()) ** 2:
-            half = torch.linalg.solve_triangular(chol, g, upper=False)  # L^-1 G
-            mat = torch.linalg.solve_triangular(chol, half.T, upper=False)  # L^-1 G L^-T
-            mu, y = torch.linalg.eigh(0.5 * (mat + mat.T))
-            v = torch.linalg.solve_triangular(chol.T, y, upper=True)  # L^-T y
-            return RelativeSpectrum(mu.clamp_min(0.0), canonical_signs(v / v.norm(dim=0, keepdim=True)))
-    t_vals, t_vecs = torch.linalg.eigh(t)
+    # each step frees what the next does not need: at most five m x m matrices at a time
+    fast = _relative_cholesky(g, t, rtol) if m else None
+    return fast if fast is not None else _relative_whitened(g, t, rtol)
+
+
+def _relative_cholesky(gram: Tensor, tangent_gram: Tensor, rtol: float) -> Optional[RelativeSpectrum]:
+    """The fast path of :func:`relative_spectrum`; ``None`` when ``T`` is not well-conditioned."""
+    # a well-conditioned T (the usual case) has a Cholesky factor T = L L^T, and L^-1 G L^-T has
+    # the same eigenvalues; its diagonal bounds the condition number from below
+    chol, info = torch.linalg.cholesky_ex(_symmetrised(tangent_gram))
+    if int(info) != 0:
+        return None
+    low, high = float(chol.diagonal().min()), float(chol.diagonal().max())
+    if not low**2 > 1e3 * rtol * high**2:
+        return None
+    half = torch.linalg.solve_triangular(chol, _symmetrised(gram), upper=False)  # L^-1 G
+    mat = torch.linalg.solve_triangular(chol, half.T, upper=False)  # L^-1 G L^-T
+    del half
+    sym = mat + mat.T
+    del mat
+    mu, y = torch.linalg.eigh(sym.mul_(0.5))
+    del sym
+    v = torch.linalg.solve_triangular(chol.T, y, upper=True)  # L^-T y
+    del y, chol
+    return RelativeSpectrum(mu.clamp_min(0.0), _canonical_signs_(v.div_(v.norm(dim=0, keepdim=True))))
+
+
+def _relative_whitened(gram: Tensor, tangent_gram: Tensor, rtol: float) -> RelativeSpectrum:
+    """:func:`relative_spectrum` on the numerical range of ``T``, by whitening (any ``T``)."""
+    m = gram.shape[0]
+    t_vals, t_vecs = torch.linalg.eigh(_symmetrised(tangent_gram))
     top = float(t_vals.max()) if m else 0.0
     keep = t_vals > rtol * top if top > 0 else torch.zeros(m, dtype=torch.bool)
     values = torch.full((m,), float("nan"), dtype=torch.float64)
-    vectors = torch.empty(m, m, dtype=torch.float64)
     r = int(keep.sum())
+    null = t_vecs[:, ~keep]
+    w = t_vecs[:, keep] / t_vals[keep].sqrt()  # (m, r): W^T T W = I
+    del t_vecs
+    vectors = torch.empty(m, m, dtype=torch.float64)
     if r:
-        w = t_vecs[:, keep] / t_vals[keep].sqrt()  # (m, r): W^T T W = I
-        mat = w.T @ g @ w
-        mu, y = torch.linalg.eigh(0.5 * (mat + mat.T))
+        half = w.T @ _symmetrised(gram)
+        mat = half @ w
+        del half
+        sym = mat + mat.T
+        del mat
+        mu, y = torch.linalg.eigh(sym.mul_(0.5))
+        del sym
         v = w @ y
+        del w, y
         values[:r] = mu.clamp_min(0.0)
-        vectors[:, :r] = v / v.norm(dim=0, keepdim=True)
-    vectors[:, r:] = t_vecs[:, ~keep]
-    return RelativeSpectrum(values, canonical_signs(vectors))
+        vectors[:, :r] = v.div_(v.norm(dim=0, keepdim=True))
+        del v
+    vectors[:, r:] = null
+    return RelativeSpectrum(values, _canonical_signs_(vectors))
 
 
 def reference_biases(vectors: Tensor, reference: Tensor) -> Tensor:

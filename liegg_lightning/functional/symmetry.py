@@ -6,48 +6,70 @@
 
 from __future__ import annotations
 
-from typing import Callable, Mapping, NamedTuple, Optional, Tuple
+from typing import Callable, Iterator, Mapping, NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor
 from torchmetrics.utilities import rank_zero_warn
 
-from liegg_lightning.actions import GroupAction
+from liegg_lightning.actions import GroupAction, VectorAction
 from liegg_lightning.functional import spectrum as S
 from liegg_lightning.functional.polarization import DerivativeMode, OutputMode, polarization_rows
 from liegg_lightning.report import SymmetryReport
 
 __all__ = ["symmetry_report"]
 
-#: The float64 Gram matrices of the rows and of the tangents, the eigenvectors and eigh's workspace:
-#: about four m x m float64 arrays.
-GRAM_BYTES_PER_ENTRY = 4 * 8
+#: The states of a metric without jackknife groups: the float64 Gram matrices of the rows and of the tangents.
+BASE_STATES = 2
+#: ``m x m`` float64 matrices an analysis needs beside its states at its peak: the solve's symmetrised
+#: copy, eigenvectors and ``eigh`` workspace (two), then the generators the report keeps (with the
+#: relative spectrum solved first, its generators and the solve's eigenvectors); an update needs two
+#: (one product and the batch's sum), the jackknife three.
+WORK_MATRICES = 5
+#: Bytes per ``m^2`` of the smallest analysis (no jackknife, no border ring).
+GRAM_BYTES_PER_ENTRY = 8 * (BASE_STATES + WORK_MATRICES)
+#: The scalar states and their defaults (float64 numbers), with room to spare.
+SMALL_STATES = 32
 
 
-def _check_memory_budget(num_generators: int, memory_budget: Optional[int]) -> int:
-    """Bytes the accumulator and solve need for ``m`` generators; :class:`ValueError` above the budget."""
-    estimate = GRAM_BYTES_PER_ENTRY * num_generators * num_generators
+def _analysis_bytes(num_generators: int, states: int = BASE_STATES, groups: int = 0) -> int:
+    """Peak bytes of an analysis: its ``states`` and ``groups`` ``m x m`` float64 states and the work.
+
+    The work is :data:`WORK_MATRICES` more ``m x m`` matrices; the small states (counts per group,
+    scalars, TorchMetrics' one-number defaults) are counted too. A batch's rows ``(B, K, m)`` are
+    the caller's and are not.
+    """
+    m2 = num_generators * num_generators
+    return 8 * ((states + groups + WORK_MATRICES) * m2 + groups + SMALL_STATES)
+
+
+def _check_memory_budget(num_generators: int, memory_budget: Optional[int], states: int = BASE_STATES) -> int:
+    """Peak bytes of the states, update and solve for ``m`` generators; :class:`ValueError` above the budget."""
+    estimate = _analysis_bytes(num_generators, states)
     if memory_budget is not None and estimate > memory_budget:
         raise ValueError(
-            f"The algebra has m={num_generators} generators: its float64 Gram matrix and solve need about "
-            f"{_bytes(estimate)}, over the memory budget of {_bytes(memory_budget)}. "
-            "Use a smaller algebra or raise `memory_budget`."
+            f"The algebra has m={num_generators} generators: its float64 Gram matrices and solve "
+            f"({states + WORK_MATRICES} matrices of m x m) need about {_bytes(estimate)}, over the memory budget "
+            f"of {_bytes(memory_budget)}. Use a smaller algebra or raise `memory_budget`."
         )
     return estimate
 
 
-def _jackknife_groups(num_generators: int, requested: int, memory_budget: Optional[int]) -> int:
+def _jackknife_groups(
+    num_generators: int, requested: int, memory_budget: Optional[int], states: int = BASE_STATES
+) -> int:
     """How many jackknife groups fit: ``requested`` partial ``m x m`` float64 Gram matrices beside the rest.
 
-    With a budget, ``(4 + G) * 8 * m^2`` bytes must fit it; fewer groups are kept when they do not,
-    and none when fewer than two would (a jackknife needs two).
+    With a budget, :func:`_analysis_bytes` (about ``(states + G + WORK_MATRICES) * 8 * m^2``) must
+    fit it; fewer groups are kept when they do not, and none when fewer than two
+    would (a jackknife needs two).
     """
     if requested < 2:
         return 0
     if memory_budget is None:
         return requested
-    per_group = 8 * num_generators * num_generators
-    fit = memory_budget // max(per_group, 1) - GRAM_BYTES_PER_ENTRY // 8
+    per_group = _analysis_bytes(num_generators, states, 1) - _analysis_bytes(num_generators, states)
+    fit = (memory_budget - _analysis_bytes(num_generators, states)) // per_group
     groups = min(requested, int(fit))
     return groups if groups >= 2 else 0
 
@@ -67,7 +89,11 @@ EMPTY_EXPONENT = -4096.0
 
 def _max_exponent(x: Tensor) -> Tensor:
     """``e`` with ``max|x| = f * 2^e``, ``0.5 <= f < 1`` (0-d float64); :data:`EMPTY_EXPONENT` for all zeros."""
-    top = x.abs().amax() if x.numel() else torch.zeros((), dtype=x.dtype, device=x.device)
+    if x.numel():
+        low, high = torch.aminmax(x)  # no |x| copy: an m x m Gram matrix would need one more
+        top = torch.maximum(high, -low)
+    else:
+        top = torch.zeros((), dtype=x.dtype, device=x.device)
     _, exp = torch.frexp(top.to(torch.float64))
     return torch.where(top > 0, exp.to(torch.float64), torch.full_like(top, EMPTY_EXPONENT, dtype=torch.float64))
 
@@ -80,6 +106,29 @@ def _rescale(x: Tensor, from_exponent: Tensor, to_exponent: Tensor) -> Tensor:
     """
     shift = (2.0 * (from_exponent - to_exponent)).to(x.dtype)
     return torch.ldexp(x, shift)
+
+
+def _nonzero(shift: Tensor) -> bool:
+    """Whether scaling by ``2^shift`` may change anything.
+
+    On the CPU only a nonzero shift does (read for free); on an accelerator reading it would stall
+    the device, so it is applied anyway.
+    """
+    return shift.device.type != "cpu" or float(shift) != 0.0
+
+
+def _rescale_(x: Tensor, from_exponent: Tensor, to_exponent: Tensor) -> None:
+    """:func:`_rescale` in place (the same products, so the same bits), skipped when it is the identity."""
+    shift = (2.0 * (from_exponent - to_exponent)).to(x.dtype)
+    if x.numel() and _nonzero(shift):
+        x.ldexp_(shift)
+
+
+def _add_scaled(state: Tensor, increment: Tensor, shift: Tensor) -> None:
+    """``state += increment * 2^shift`` in place; ``increment`` is a temporary and is scaled in place."""
+    if _nonzero(shift):
+        increment.ldexp_(shift)
+    state.add_(increment)
 
 
 class SymmetryUpdate(NamedTuple):
@@ -126,6 +175,63 @@ def _sample_groups(keys: Tensor, num_groups: int) -> Tensor:
     return h % num_groups
 
 
+class ScaledRows(NamedTuple):
+    """A batch of rows ready to multiply: float64, non-finite samples zeroed, divided by ``2^exponent``."""
+
+    rows: Tensor  #: (B, K, m) float64, scaled
+    finite: Tensor  #: (B,) bool: the samples kept
+    exponent: Tensor  #: 0-d float64 (EMPTY_EXPONENT when every row is zero)
+
+
+def _scaled_rows(rows: Tensor) -> ScaledRows:
+    """Rows ``(B, K, m)`` in float64 with non-finite samples zeroed, scaled by a power of two (exactly)."""
+    if rows.ndim != 3:
+        raise ValueError(f"Expected rows of shape (B, K, m), got shape {tuple(rows.shape)}.")
+    r = rows.to(torch.float64)
+    finite = torch.isfinite(r).flatten(1).all(1)
+    # masking instead of indexing: a non-finite sample contributes exact zeros
+    r = torch.where(finite[:, None, None], r, 0.0)
+    exponent = _max_exponent(r)
+    empty = exponent <= EMPTY_EXPONENT
+    # subnormal rows: a shift past 2^1000 would overflow the factor itself
+    exponent = torch.where(empty, exponent, exponent.clamp_min(-1000.0))
+    r = torch.ldexp(r, -torch.where(empty, torch.zeros_like(exponent), exponent))
+    return ScaledRows(r, finite, exponent)
+
+
+def _groups(keys: Tensor, finite: Tensor, num_groups: int) -> Tuple[Tensor, Tensor]:
+    """Each sample's jackknife group ``(B,)`` (see :func:`_sample_groups`) and the kept samples per group ``(G,)``."""
+    if keys.shape[0] != finite.shape[0]:
+        raise ValueError(f"Expected group keys for {finite.shape[0]} samples, got shape {tuple(keys.shape)}.")
+    ids = _sample_groups(keys, num_groups).to(finite.device)
+    onehot = torch.nn.functional.one_hot(ids, num_groups).to(torch.float64) * finite[:, None]
+    return ids, onehot.sum(0)
+
+
+def _group_products(rows: Tensor, ids: Tensor, num_groups: int) -> Iterator[Tuple[int, Tensor]]:
+    """Each non-empty group's Gram matrix ``(m, m)`` of scaled rows ``(B, K, m)``, one at a time.
+
+    Only one ``m x m`` product is alive at a time, whatever the number of groups. On the CPU a
+    group's rows are selected (the flops of a single Gram matrix in all); on an accelerator they
+    are masked instead, so that nothing is read back to the host (``G`` times the, cheap, flops).
+    """
+    m = rows.shape[-1]
+    for g in range(num_groups):
+        if rows.device.type == "cpu":
+            part = rows[ids == g].reshape(-1, m)
+            if not part.shape[0]:
+                continue  # an empty group adds exact zeros
+        else:
+            part = (rows * (ids == g).to(rows.dtype)[:, None, None]).reshape(-1, m)
+        yield g, part.T @ part
+
+
+def _gram(rows: Tensor) -> Tensor:
+    """``sum r^T r`` ``(m, m)`` over every row of ``(B, K, m)``."""
+    flat = rows.reshape(-1, rows.shape[-1])
+    return flat.T @ flat
+
+
 def _symmetry_update(rows: Tensor, num_groups: int = 0, group_keys: Optional[Tensor] = None) -> SymmetryUpdate:
     """Gram contribution of a batch of rows ``(B, K, m)``, dropping samples with non-finite rows.
 
@@ -137,46 +243,26 @@ def _symmetry_update(rows: Tensor, num_groups: int = 0, group_keys: Optional[Ten
 
     Returns:
         A :class:`SymmetryUpdate` on the rows' device. Nothing is read back to the host on an
-        accelerator (which would stall it every batch).
+        accelerator (which would stall it every batch). ``LieGGMetric`` streams the same products
+        into its states instead (:func:`_group_products`), without the ``(G, m, m)`` temporary.
     """
-    if rows.ndim != 3:
-        raise ValueError(f"Expected rows of shape (B, K, m), got shape {tuple(rows.shape)}.")
-    r = rows.to(torch.float64)
-    b, k, m = r.shape
-    finite = torch.isfinite(r).flatten(1).all(1)
-    # masking instead of indexing: a non-finite sample contributes exact zeros
-    r = torch.where(finite[:, None, None], r, 0.0)
-    exponent = _max_exponent(r)
-    empty = exponent <= EMPTY_EXPONENT
-    # subnormal rows: a shift past 2^1000 would overflow the factor itself
-    exponent = torch.where(empty, exponent, exponent.clamp_min(-1000.0))
-    r = torch.ldexp(r, -torch.where(empty, torch.zeros_like(exponent), exponent))
+    scaled = _scaled_rows(rows)
+    r, finite = scaled.rows, scaled.finite
+    k, m = r.shape[1], r.shape[2]
     num_samples = finite.sum().to(torch.float64)
     if num_groups > 0:
-        keys = rows if group_keys is None else group_keys
-        if keys.shape[0] != b:
-            raise ValueError(f"Expected group keys for {b} samples, got shape {tuple(keys.shape)}.")
-        ids = _sample_groups(keys, num_groups).to(r.device)
-        onehot = torch.nn.functional.one_hot(ids, num_groups).to(torch.float64) * finite[:, None]
-        group_counts = onehot.sum(0)
-        if r.device.type == "cpu":
-            # one product per group: the flops of a single Gram matrix
-            group_grams = r.new_zeros(num_groups, m, m)
-            for g in range(num_groups):
-                part = r[ids == g].reshape(-1, m)
-                group_grams[g] = part.T @ part
-        else:
-            # no host synchronisation on an accelerator: masked copies, G times the (cheap) flops
-            masked = r.unsqueeze(1) * onehot[:, :, None, None]  # (B, G, K, m)
-            group_grams = torch.einsum("bgkm,bgkl->gml", masked, masked)
+        ids, group_counts = _groups(rows if group_keys is None else group_keys, finite, num_groups)
+        group_grams = r.new_zeros(num_groups, m, m)
+        for g, product in _group_products(r, ids, num_groups):
+            group_grams[g] = product
         gram = group_grams.sum(0)
     else:
-        flat = r.reshape(-1, m)
-        gram = flat.T @ flat
+        gram = _gram(r)
         group_grams = r.new_zeros(0, m, m)
         group_counts = r.new_zeros(0)
     return SymmetryUpdate(
-        gram, num_samples, num_samples * k, finite.numel() - num_samples, exponent, group_grams, group_counts, finite
+        gram, num_samples, num_samples * k, finite.numel() - num_samples, scaled.exponent, group_grams,
+        group_counts, finite,
     )
 
 
@@ -186,6 +272,33 @@ def _scaled(x: Tensor) -> Tuple[Tensor, Tensor]:
     empty = e <= EMPTY_EXPONENT
     e = torch.where(empty, e, torch.ceil(e / 2.0).clamp_min(-500.0))
     return torch.ldexp(x.to(torch.float64), -2.0 * torch.where(empty, torch.zeros_like(e), e)), e
+
+
+def _kronecker_tangents(action: GroupAction, x: Tensor, mask: Optional[Tensor]) -> Optional[Tensor]:
+    """``S`` ``(d, d)`` with ``action.tangent_gram(x, mask) == kron(I_dim, S)`` exactly, for a ``VectorAction``.
+
+    ``None`` for any other action (or a subclass with its own ``tangent_gram``), on an accelerator
+    (where the dense form is cheap and checking ``S`` would stall the device), and where ``S`` is
+    not finite (``kron`` would then spread NaN over the zero blocks). The ``m x m`` matrix is never
+    formed: the metric adds ``S`` to the diagonal blocks of its state.
+    """
+    if type(action).tangent_gram is not VectorAction.tangent_gram or x.device.type != "cpu":
+        return None
+    assert isinstance(action, VectorAction)
+    # as VectorAction.tangent_gram forms it, so the same bits
+    xs = x.to(torch.float64).reshape(x.shape[0], -1, action.dim)
+    if action.affine:
+        xs = torch.cat([xs, torch.ones_like(xs[..., :1])], dim=-1)
+    if mask is not None:
+        xs = torch.where(mask.reshape(-1, 1, 1), xs, 0.0)
+    s = torch.einsum("bcd,bce->de", xs, xs)
+    return s if bool(torch.isfinite(s).all()) else None
+
+
+def _diagonal_blocks(x: Tensor, blocks: int) -> Tensor:
+    """A view ``(d, d, blocks)`` of the ``blocks`` diagonal ``d x d`` blocks of a contiguous ``(m, m)`` matrix."""
+    d = x.shape[0] // blocks
+    return x.view(blocks, d, blocks, d).diagonal(dim1=0, dim2=2)
 
 
 def _unscale(x: Tensor, shift: float) -> Tensor:
@@ -261,6 +374,8 @@ def _symmetry_compute(
     scale = 2.0 * float(exponent) if float(exponent) > EMPTY_EXPONENT else 0.0
     m = gram.shape[0]
     n = max(int(num_samples), 1)
+    # the relative spectrum first: its working matrices are gone before the solve's are made
+    relative_variances, relative_generators = _relative(gram, tangent_gram, tangent_exponent, scale, action)
     evals, evecs = S.solve_spectrum(gram)
     variances = _unscale(evals / n, scale)
     constant = _input_independent(gram, int(num_samples))
@@ -276,22 +391,15 @@ def _symmetry_compute(
     stderr, gap_stderr = _jackknife(gram, evals, num_samples, group_grams, group_counts, constant)
     stderr = _unscale(stderr, scale)
     nullity = S.estimate_nullity(evals, gap_stderr, tolerance=nullity_tolerance, confidence=nullity_confidence)
-    generators = action.to_generator(evecs.T.contiguous())
     biases, symmetry_bias, sub_bias = _biases(evecs, reference, constant)
     known_var = {k: float(_unscale(torch.tensor(v, dtype=torch.float64), scale))
                  for k, v in S.known_variances(gram, n, known).items()} if known else {}
-    relative_variances: Optional[Tensor] = None
-    relative_generators: Optional[Tensor] = None
-    if tangent_gram is not None:
-        t = tangent_gram.detach().to("cpu", torch.float64)
-        rel = S.relative_spectrum(gram, t)
-        t_scale = 2.0 * float(tangent_exponent) if float(tangent_exponent) > EMPTY_EXPONENT else 0.0
-        relative_variances = _unscale(rel.eigenvalues, scale - t_scale)
-        relative_generators = action.to_generator(rel.eigenvectors.T.contiguous())
     border_share = nan
     if border_gram is not None and m:
         ring = border_gram.detach().to("cpu", torch.float64)
         border_share = S.border_share(evecs[:, 0], gram, ring, border_in_gram=border_in_gram)
+    generators = action.to_generator(evecs.T.contiguous())
+    del evecs  # the generators hold the same numbers: one m x m matrix less for the closure error
 
     return SymmetryReport(
         singular_values=_unscale(evals.sqrt(), scale / 2.0),
@@ -316,6 +424,21 @@ def _symmetry_compute(
     )
 
 
+def _relative(
+    gram: Tensor, tangent_gram: Optional[Tensor], tangent_exponent: float, scale: float, action: GroupAction
+) -> Tuple[Optional[Tensor], Optional[Tensor]]:
+    """The relative variances (scaled back) and generators; ``None`` without tangents.
+
+    Nothing for a non-finite ``gram``: the solve then raises its own error.
+    """
+    if tangent_gram is None or not bool(torch.isfinite(gram).all()):
+        return None, None
+    t = tangent_gram.detach().to("cpu", torch.float64)
+    rel = S.relative_spectrum(gram, t)
+    t_scale = 2.0 * float(tangent_exponent) if float(tangent_exponent) > EMPTY_EXPONENT else 0.0
+    return _unscale(rel.eigenvalues, scale - t_scale), action.to_generator(rel.eigenvectors.T.contiguous())
+
+
 def _jackknife(
     gram: Tensor,
     evals: Tensor,
@@ -333,11 +456,11 @@ def _jackknife(
     stderr = torch.full((m,), float("nan"), dtype=torch.float64)
     if group_grams is None or group_counts is None or group_grams.shape[0] < 2 or constant:
         return stderr, None
-    gg = group_grams.detach().to("cpu", torch.float64)
     counts = group_counts.detach().to("cpu", torch.float64).reshape(-1)
     if int((counts > 0).sum()) < 2:
         return stderr, None
-    reps = torch.stack([torch.linalg.eigvalsh(_symmetric(gram - gg[j])).clamp_min(0.0) for j in range(len(gg))])
+    # one group at a time (to the CPU too): three m x m temporaries, whatever the number of groups
+    reps = torch.stack([_left_out_spectrum(gram, group_grams[j].detach()) for j in range(len(group_grams))])
     rep_n = (float(num_samples) - counts).clamp_min(1.0)[:, None]
     n = max(int(num_samples), 1)
     stderr = S.jackknife_stderr(evals / n, reps / rep_n, counts)
@@ -358,8 +481,12 @@ def _biases(
     return biases, float(biases[0]), S.subspace_bias(evecs[:, : ref.shape[0]], ref)
 
 
-def _symmetric(x: Tensor) -> Tensor:
-    return 0.5 * (x + x.T)
+def _left_out_spectrum(gram: Tensor, group: Tensor) -> Tensor:
+    """Eigenvalues (clamped at 0) of ``gram`` with one group's partial Gram matrix taken out."""
+    part = gram - group.to("cpu", torch.float64)
+    sym = part + part.T
+    del part
+    return torch.linalg.eigvalsh(sym.mul_(0.5)).clamp_min(0.0)  # 0.5 * (x + x^T), as the solve does
 
 
 def symmetry_report(
