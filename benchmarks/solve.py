@@ -46,6 +46,7 @@ def closure_pairs(nullity: int, max_pairs: int = 4096) -> int:
 def run(device: torch.device, quick: bool, repeats: int, log: Callable[[str], None]) -> Dict[str, Any]:
     """Solve times against m, then the guard; returns the JSON section."""
     from liegg_lightning import LieGGMetric, VectorAction
+    from liegg_lightning.functional.symmetry import GRAM_BYTES_PER_ENTRY
     from liegg_lightning.functional.symmetry import _check_memory_budget as check_memory_budget
     from liegg_lightning.functional.symmetry import _symmetry_compute
     from liegg_lightning.metric import DEFAULT_MEMORY_BUDGET
@@ -91,7 +92,7 @@ def run(device: torch.device, quick: bool, repeats: int, log: Callable[[str], No
     except ValueError as err:
         guard["LieGGMetric"] = str(err)
     guard["LieGGMetric_s"] = time.perf_counter() - start
-    guard["largest_m_within_default_budget"] = int(math.isqrt(DEFAULT_MEMORY_BUDGET // check_memory_budget(1, None)))
+    guard["largest_m_within_default_budget"] = int(math.isqrt(DEFAULT_MEMORY_BUDGET // GRAM_BYTES_PER_ENTRY))
     log(f"  guard: refused m=16384 in {guard['check_memory_budget_s'] * 1e6:.0f} us")
     return {"rows": rows, "guard": guard}
 
