@@ -46,9 +46,8 @@ def closure_pairs(nullity: int, max_pairs: int = 4096) -> int:
 def run(device: torch.device, quick: bool, repeats: int, log: Callable[[str], None]) -> Dict[str, Any]:
     """Solve times against m, then the guard; returns the JSON section."""
     from liegg_lightning import LieGGMetric, VectorAction
-    from liegg_lightning.functional.symmetry import GRAM_BYTES_PER_ENTRY
+    from liegg_lightning.functional.symmetry import GRAM_BYTES_PER_ENTRY, _symmetry_compute
     from liegg_lightning.functional.symmetry import _check_memory_budget as check_memory_budget
-    from liegg_lightning.functional.symmetry import _symmetry_compute
     from liegg_lightning.metric import DEFAULT_MEMORY_BUDGET
 
     dims = [5, 10, 20] if quick else [5, 10, 20, 32, 64]
