@@ -22,7 +22,7 @@ from _lightning_models import TinyRegressor, o5_data  # noqa: E402
 from liegg_lightning import LieGGCallback, VectorAction  # noqa: E402
 
 warnings.filterwarnings("ignore")
-CASE = sys.argv[2]
+CASE = ""  # set by main() from argv: importing this file (pytest's doctest collection) must not read argv
 
 
 def collate(items: List[Any]) -> Any:
@@ -68,7 +68,9 @@ class Recorder(L.Callback):
             json.dump(data, fh)
 
 
-def main(out: str) -> None:
+def main(out: str, case: str) -> None:
+    global CASE
+    CASE = case
     L.seed_everything(0, verbose=False)
     liegg = LieGGCallback(VectorAction(dim=5, components=2), every_n_epochs=1, log_images=False, save_reports=False)
     trainer = L.Trainer(
@@ -80,4 +82,4 @@ def main(out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], sys.argv[2])
