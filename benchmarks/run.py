@@ -66,7 +66,8 @@ def _section_module(name: str) -> Any:
 def parse_args(argv: List[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes and few repeats (a smoke run)")
-    parser.add_argument("--out", default=os.path.join(HERE, "results"), help="folder for <device>.json")
+    parser.add_argument("--out", default=os.path.join("lightning_logs", "benchmarks"),
+                        help="folder for <device>.json (the committed results: --out benchmarks/results)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--only", action="append", choices=SECTIONS,
                         help="run only this section (repeatable); results merge into an existing JSON")

@@ -40,7 +40,7 @@ def _orbit(callback: LieGGCallback, pl_module: pl.LightningModule, report: Symme
 
 
 def queue_pictures(callback: LieGGCallback, trainer: pl.Trainer, pl_module: pl.LightningModule,
-                   reports: Dict[str, SymmetryReport], always: bool) -> None:
+                   reports: Dict[str, SymmetryReport], must_draw: bool) -> None:
     """Draw the latest analysis now, in the background, or at the run's end when the budget has no room."""
     report = shown_report(reports)
     labels = callback.labels
@@ -51,7 +51,7 @@ def queue_pictures(callback: LieGGCallback, trainer: pl.Trainer, pl_module: pl.L
         layers=reports if len(reports) > 1 or MODEL_OUTPUT not in reports else None, caption=labels[-1],
     )
     ledger = callback.planner.ledger
-    if not always and not callback.planner.may_draw():
+    if not must_draw and not callback.planner.may_draw():
         callback._worker.defer(job)  # drawn at the run's end unless a later one is drawn first
     elif callback.background_drawing:
         callback._worker.draw(job, ledger.add_drawing)

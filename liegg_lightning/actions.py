@@ -48,9 +48,6 @@ class GroupAction(ABC):
         """How pictures show one input ``x`` (no batch axis): ``"image"`` or ``"vector"``."""
         return "image" if x.ndim in (2, 3) else "vector"
 
-    #: Width of the blocks a vector input is drawn in (one block per component vector), or None.
-    vector_block: Optional[int] = None
-
     @abstractmethod
     def tangents(self, x: Tensor) -> Tensor:
         """Tangents ``A_{E_i}(x)`` of shape ``(B, m, *x.shape[1:])``, one per basis element."""
@@ -270,7 +267,6 @@ class VectorAction(_AffineLayout):
         self.affine = affine
         self.homogeneous = affine
         self.generator_shape = (dim + 1, dim + 1) if affine else (dim, dim)
-        self.vector_block = dim
 
     @property
     def _affine_size(self) -> int:

@@ -146,6 +146,7 @@ class LieGGCallback(Callback):
         self._seen = 0
         self._batch_index = 0
         self._per_batch: Optional[int] = None
+        self._cap: Optional[int] = None  # samples in all this run
         self._example_input: Optional[Tensor] = None
         self._forward: Optional[Callable[[Tensor], Any]] = None
         self._cuda_devices: List[int] = []
@@ -231,7 +232,11 @@ class LieGGCallback(Callback):
         self._seen, self._batch_index, self._pass_failed, self._example_input = 0, 0, False, None
         batches = self.planner.analysed_batches(trainer.num_test_batches if trainer.state.fn == "test"
                                                 else trainer.num_val_batches)
-        self._per_batch = None if self.planner.plan is None else self.planner.plan.per_batch(batches)
+        plan = self.planner.plan
+        self._per_batch = None if plan is None else plan.per_batch(batches)
+        # batches the Trainer cannot count (a stream): the plan's samples in all, from the first batches
+        self._cap = self.max_samples if isinstance(self.max_samples, int) else (
+            plan.samples if plan is not None and batches == 0 else None)
 
     @override
     def on_validation_batch_start(
@@ -246,7 +251,7 @@ class LieGGCallback(Callback):
         if self.dataloader_idx is not None and dataloader_idx not in self.dataloader_idx:
             return
         index, self._batch_index = self._batch_index, self._batch_index + 1
-        cap = self.max_samples if isinstance(self.max_samples, int) else None
+        cap = self._cap
         stride = 1 if self.planner.plan is None else self.planner.plan.batch_stride
         if index % stride or (cap is not None and self._seen >= cap):
             return
@@ -324,8 +329,8 @@ class LieGGCallback(Callback):
         if fitting:
             self.planner.analysed(trainer)
         if trainer.is_global_zero and self.log_images and trainer.loggers:
-            always = not fitting or self.record.drift_peaked()  # validate/test, and the moment of emergence
-            queue_pictures(self, trainer, pl_module, reports, always)
+            must_draw = not fitting or self.record.drift_peaked()  # validate/test, and the moment of emergence
+            queue_pictures(self, trainer, pl_module, reports, must_draw)
 
     def _solve_and_log(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Optional[Dict[str, SymmetryReport]]:
         """Solve on every rank, log the values, keep the history; rank zero queues the report files."""

@@ -1410,14 +1410,8 @@ def spectrum_history_figure(spectra: Sequence[Tensor], labels: Optional[Sequence
     return _array_figure(spectrum_history_image(spectra, labels))
 
 
-def orbit_figure(
-    action: GroupAction,
-    x: Tensor,
-    most_invariant: Tensor,
-    least_invariant: Tensor,
-    ts: Sequence[float] = ORBIT_TS,
-    orbit: Optional[Dict[str, Any]] = None,
-) -> Figure:
+def orbit_figure(action: GroupAction, x: Tensor, most_invariant: Tensor, least_invariant: Tensor,
+                 ts: Sequence[float] = ORBIT_TS, orbit: Optional[Dict[str, Any]] = None) -> Figure:
     """:func:`orbit_image` in a matplotlib figure (outside pyplot), for notebooks.
 
     Args:

@@ -391,3 +391,20 @@ def test_the_moment_of_emergence_is_drawn_even_when_the_budget_has_no_room(monke
         expected.append(callback.labels[-1])  # the run's last analysis is always drawn, at its end
     assert len(expected) >= 2  # at least one moment of emergence besides the end
     assert drawn == expected
+
+
+class _Stream(torch.utils.data.IterableDataset):
+    """Validation samples without a length: the Trainer cannot count its batches."""
+
+    def __iter__(self) -> Any:
+        x, y = o5_data(256, seed=1).tensors
+        return iter(zip(x, y))
+
+
+def test_a_validation_stream_without_a_length_gets_a_plan_of_at_least_the_floor() -> None:
+    callback = LieGGCallback(ACTION, every_n_epochs=1, log_images=False, save_reports=False)
+    quiet_trainer(max_epochs=2, callbacks=[callback]).fit(TinyRegressor(), _loader(), DataLoader(_Stream(),
+                                                                                                  batch_size=32))
+    assert callback.planned_samples is not None
+    assert callback.planned_samples >= 34  # 4 rows per generator: ceil(4 * 25 / 3)
+    assert [h["num_samples"] for h in callback.history] == [float(min(callback.planned_samples, 256))] * 2
