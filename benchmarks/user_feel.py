@@ -237,8 +237,8 @@ def _probe_class() -> type:
 
         def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
             # the training time the callback budgets against (fit outside validation), as it measures it
-            clock = getattr(self.liegg, "_training_time", None)
-            self.training_s = clock() if callable(clock) else None
+            ledger = getattr(getattr(self.liegg, "planner", None), "ledger", None)  # this fit's clocks
+            self.training_s = ledger.training_time() if ledger is not None else None
 
         def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
             if trainer.sanity_checking or trainer.state.fn != "fit":
@@ -327,9 +327,9 @@ def fit_once(case: Dict[str, Any], device: torch.device, root: str, name: str, w
         out["history_symmetry_variance"] = [float(h["symmetry_variance"]) for h in getattr(liegg, "history", [])
                                             if "symmetry_variance" in h]
         out["derivative"] = getattr(liegg.metric, "resolved_derivative", None)  # the mode the plan kept
-        cost = getattr(liegg, "_cost", None)  # its own clocks: work in the loop, pictures, report files
-        if callable(cost) and probe.training_s:
-            out["callback_own_s"] = cost()
+        ledger = getattr(getattr(liegg, "planner", None), "ledger", None)  # its own clocks: loop, pictures, files
+        if ledger is not None and probe.training_s:
+            out["callback_own_s"] = ledger.cost()
             out["callback_own_share"] = out["callback_own_s"] / probe.training_s
     return out
 

@@ -12,7 +12,10 @@ from liegg_lightning.functional.drift import generator_drift
 from liegg_lightning.functional.layers import MODEL_OUTPUT
 from liegg_lightning.report import SymmetryReport
 
-__all__ = ["History", "shown_report"]
+__all__ = ["DRIFT_WORTH_DRAWING", "History", "shown_report"]
+
+#: Sine of the angle (about 6 degrees) the learned subspace must turn by for a picture whatever the budget.
+DRIFT_WORTH_DRAWING = 0.1
 
 
 def shown_report(reports: Dict[str, SymmetryReport]) -> SymmetryReport:
@@ -47,13 +50,24 @@ class History:
         self.spectra.append(shown.variances.clone())
         return values
 
-    def drift_peaked(self) -> bool:
-        """Whether the latest analysis moved the learned generators more than any before it."""
-        drift = self.rows[-1].get("generator_drift", math.nan) if self.rows else math.nan
+    def emerged(self) -> bool:
+        """Whether the latest analysis is a moment of emergence, drawn whatever the budget.
+
+        Its number of learned symmetries differs from the previous analysis' of the same stage, or
+        its generators moved more than ever before in the run and by at least
+        :data:`DRIFT_WORTH_DRAWING` (smaller drifts are the jitter of a settled subspace).
+        """
+        if not self.rows:
+            return False
+        latest = self.rows[-1]
+        earlier = [row for row in self.rows[:-1] if row.get("stage") == latest.get("stage")]
+        if earlier and earlier[-1].get("nullity") != latest.get("nullity"):
+            return True
+        drift = latest.get("generator_drift", math.nan)
         if not math.isfinite(drift) or drift <= self._largest_drift:
             return False
         self._largest_drift = drift
-        return True
+        return drift >= DRIFT_WORTH_DRAWING
 
     @property
     def labels(self) -> List[str]:

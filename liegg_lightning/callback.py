@@ -329,7 +329,7 @@ class LieGGCallback(Callback):
         if fitting:
             self.planner.analysed(trainer)
         if trainer.is_global_zero and self.log_images and trainer.loggers:
-            must_draw = not fitting or self.record.drift_peaked()  # validate/test, and the moment of emergence
+            must_draw = not fitting or self.record.emerged()  # validate/test, and the moment of emergence
             queue_pictures(self, trainer, pl_module, reports, must_draw)
 
     def _solve_and_log(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Optional[Dict[str, SymmetryReport]]:

@@ -130,12 +130,21 @@ def test_generator_drift_is_logged_and_the_largest_one_so_far_is_drawn() -> None
         assert all(0.0 <= d <= 1.0 for d in drifts[1:])
         assert float(trainer.callback_metrics["liegg/generator_drift"]) == pytest.approx(drifts[-1], rel=1e-6)
     record = History()
-    record.rows = [{"generator_drift": 0.2}]
-    assert record.drift_peaked()
-    record.rows.append({"generator_drift": 0.1})
-    assert not record.drift_peaked()  # smaller than the largest so far: the budget decides
-    record.rows.append({"generator_drift": 0.5})
-    assert record.drift_peaked()
+    record.rows = [{"stage": "fit", "nullity": 0.0}]
+    assert not record.emerged()  # the first analysis: nothing to emerge from
+    record.rows.append({"stage": "fit", "nullity": 1.0})
+    assert record.emerged()  # a symmetry found
+    record.rows.append({"stage": "fit", "nullity": 1.0, "generator_drift": 0.3})
+    assert record.emerged()  # the learned generator turned by 17 degrees, the most so far
+    record.rows.append({"stage": "fit", "nullity": 1.0, "generator_drift": 0.2})
+    assert not record.emerged()  # less than before: the budget decides
+    record.rows.append({"stage": "fit", "nullity": 1.0, "generator_drift": 0.05})
+    assert not record.emerged()
+    record.rows.append({"stage": "validate", "nullity": 2.0})
+    assert not record.emerged()  # the first of its stage
+    small = History()
+    small.rows = [{"stage": "fit", "nullity": 1.0, "generator_drift": 0.05}]
+    assert not small.emerged()  # the largest so far, but the jitter of a settled subspace
 
 
 # ----------------------------------------------------------------------------- never harm
@@ -369,6 +378,17 @@ class _Invariant(TinyRegressor):
         return self.net(torch.stack([(r1 * r1).sum(1), (r1 * r2).sum(1), (r2 * r2).sum(1)], 1))
 
 
+class _Switching(_Invariant):
+    """A generic function of its input for two epochs, O(5)-invariant from epoch 2 on: a symmetry emerges."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.generic = nn.Linear(10, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) if self.current_epoch >= 2 else self.generic(x)
+
+
 def test_the_moment_of_emergence_is_drawn_even_when_the_budget_has_no_room(monkeypatch: pytest.MonkeyPatch) -> None:
     import liegg_lightning._pictures as pictures_module
     import liegg_lightning._planning as planning_module
@@ -379,18 +399,12 @@ def test_the_moment_of_emergence_is_drawn_even_when_the_budget_has_no_room(monke
     callback = LieGGCallback(ACTION, every_n_epochs=1, save_reports=False, background_drawing=False)
     trainer = quiet_trainer(max_epochs=5, callbacks=[callback], logger=_StalledLogger(Path("/tmp")))
     trainer.logger.release.set()  # type: ignore[union-attr]
-    trainer.fit(_Invariant(), _loader(), _loader(256, 64))
-    # expected, from the logged drifts: each analysis whose drift exceeds every earlier one, and the last
-    largest, expected = 0.0, []
-    for label, row in zip(callback.labels, callback.history):
-        drift = row.get("generator_drift", math.nan)
-        if math.isfinite(drift) and drift > largest:
-            largest = drift
-            expected.append(label)
-    if callback.labels[-1] not in expected:
-        expected.append(callback.labels[-1])  # the run's last analysis is always drawn, at its end
-    assert len(expected) >= 2  # at least one moment of emergence besides the end
-    assert drawn == expected
+    trainer.fit(_Switching(), _loader(), _loader(256, 64))
+    nullities = [h["nullity"] for h in callback.history]
+    assert nullities[:2] == [0.0, 0.0]
+    assert nullities[2] == 10.0  # so(5) found at epoch 2
+    # drawn: the moment it appeared, and the run's last analysis at the end; the budget skipped the rest
+    assert drawn == ["epoch 2", "epoch 4"]
 
 
 class _Stream(torch.utils.data.IterableDataset):
