@@ -298,16 +298,23 @@ class Planner:
             )
             return False
         self.plan = plan
-        end = None
-        per_epoch = trainer.num_training_batches
-        if plan.epoch_stride > 1 and math.isfinite(remaining) and math.isfinite(per_epoch):
-            # thinned: counted back from the fit's last epoch, so the last analysis sees the trained network
-            left = batches_left(per_epoch, trainer.max_epochs, self._start_epoch, self.ledger.batches_trained,
-                                trainer.max_steps, trainer.global_step, trainer.accumulate_grad_batches)
-            end = self._start_epoch + math.ceil((self.ledger.batches_trained + left) / per_epoch) - 1
+        # thinned: counted back from the fit's last epoch, so the last analysis sees the trained network
+        end = self._last_epoch(trainer) if plan.epoch_stride > 1 else None
         self.schedule = Schedule(self.every, plan.epoch_stride, end)
         self._say(trainer, shape, prices, mode, seconds)
         return self.schedule.due(trainer.current_epoch)
+
+    def _last_epoch(self, trainer: pl.Trainer) -> Optional[int]:
+        """The fit's last epoch from ``max_epochs`` and ``max_steps``; ``None`` when neither bounds it."""
+        left = batches_left(trainer.num_training_batches, trainer.max_epochs, self._start_epoch,
+                            self.ledger.batches_trained, trainer.max_steps, trainer.global_step,
+                            trainer.accumulate_grad_batches)
+        if not math.isfinite(left):
+            return None
+        epochs = (self.ledger.batches_trained + left) / trainer.num_training_batches
+        # a last epoch cut short by max_steps has no epoch-end validation; only a mid-epoch one can run in it
+        partial_validates = _validation_spacing(trainer) < 1
+        return self._start_epoch + (math.ceil(epochs) if partial_validates else math.floor(epochs)) - 1
 
     def _cadence(self, trainer: pl.Trainer) -> str:
         """Which validation runs are analysed, in words that hold in every loop shape."""
@@ -316,13 +323,12 @@ class Planner:
         def validated(epoch: int) -> bool:
             return every_val is None or (epoch + 1) % every_val == 0
 
-        last = trainer.max_epochs - 1 if trainer.max_epochs is not None and trainer.max_epochs > 0 else None
-        epochs = self.schedule.upcoming(trainer.current_epoch, 3, validated, last)
+        epochs = self.schedule.upcoming(trainer.current_epoch, 4, validated, self._last_epoch(trainer))
         spacing = _validation_spacing(trainer)
         runs = f" ({round(1 / spacing)} validation runs each)" if math.isfinite(spacing) and spacing < 1 else ""
         thinned = f"; every {self.every * self.schedule.stride} epochs to stay within the budget" \
             if self.schedule.stride > 1 else ""
-        listed = ", ".join(map(str, epochs)) + (", ..." if len(epochs) == 3 else "") or "none left in this fit"
+        listed = ", ".join(map(str, epochs[:3])) + (", ..." if len(epochs) > 3 else "") or "none left in this fit"
         return f"the validation runs of epochs {listed}{runs}{thinned}"
 
     def _say(self, trainer: pl.Trainer, shape: FitShape, prices: Prices, mode: str, seconds: Dict[str, float]) -> None:

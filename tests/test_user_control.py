@@ -45,8 +45,8 @@ def test_an_explicit_every_n_epochs_is_honoured_however_small_the_budget() -> No
 
 
 @pytest.mark.parametrize(("trainer_options", "analysed", "said"), [
-    ({"val_check_interval": 0.5}, [0, 0, 1, 1], "epochs 0, 1 (2 validation runs each)"),
-    ({"check_val_every_n_epoch": 2}, [1, 3], "epochs 1, 3"),
+    ({"val_check_interval": 0.5}, [0, 0, 1, 1], "epochs 0, 1 (2 validation runs each);"),
+    ({"check_val_every_n_epoch": 2}, [1, 3], "epochs 1, 3;"),
 ])
 def test_the_plan_line_names_the_validation_runs_that_are_analysed(
     caplog: pytest.LogCaptureFixture, trainer_options: Dict[str, Any], analysed: List[int], said: str
@@ -422,3 +422,11 @@ def test_a_validation_stream_without_a_length_gets_a_plan_of_at_least_the_floor(
     assert callback.planned_samples is not None
     assert callback.planned_samples >= 34  # 4 rows per generator: ceil(4 * 25 / 3)
     assert [h["num_samples"] for h in callback.history] == [float(min(callback.planned_samples, 256))] * 2
+
+
+def test_the_plan_line_stops_where_max_steps_ends_the_fit(caplog: pytest.LogCaptureFixture) -> None:
+    callback = LieGGCallback(ACTION, every_n_epochs=1, log_images=False, save_reports=False)
+    with caplog.at_level(logging.INFO):  # 4 batches an epoch, 10 steps: epochs 0, 1 and half of 2
+        quiet_trainer(max_epochs=-1, max_steps=10, callbacks=[callback]).fit(TinyRegressor(), _loader(), _loader())
+    assert [h["epoch"] for h in callback.history] == [0, 1]  # epoch 2 ends at step 10, before its validation
+    assert "analysed: the validation runs of epochs 0, 1;" in _plan_lines(caplog)[0]
