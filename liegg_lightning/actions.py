@@ -219,6 +219,18 @@ class _AffineLayout(GroupAction):
         """``n``, the dimension of the space the linear part acts on."""
         raise NotImplementedError
 
+    def _set_layout(self, affine: bool) -> None:
+        n = self._affine_size
+        self.affine = affine
+        self.homogeneous = affine
+        self.generator_shape = (n + 1, n + 1) if affine else (n, n)
+
+    @property
+    def num_generators(self) -> int:
+        """``n**2``, or ``n**2 + n`` with ``affine=True``."""
+        n = self._affine_size
+        return n * (n + 1) if self.affine else n * n
+
     @override
     def to_generator(self, vector: Tensor) -> Tensor:
         if not self.affine:
@@ -264,19 +276,11 @@ class VectorAction(_AffineLayout):
         _check_bool(affine, "affine")
         self.dim = dim
         self.components = components
-        self.affine = affine
-        self.homogeneous = affine
-        self.generator_shape = (dim + 1, dim + 1) if affine else (dim, dim)
+        self._set_layout(affine)
 
     @property
     def _affine_size(self) -> int:
         return self.dim
-
-    @property
-    def num_generators(self) -> int:
-        """``dim**2``, or ``dim**2 + dim`` with ``affine=True``."""
-        return self.dim * (self.dim + 1) if self.affine else self.dim * self.dim
-
 
     def draws_input_as(self, x: Tensor) -> str:
         """Vector inputs are drawn as vectors, one block per component."""
@@ -583,21 +587,12 @@ class _GridAction(_AffineLayout):
                 f"Expected `padding_mode` to be one of {', '.join(map(repr, self._padding_modes))}, "
                 f"got {padding_mode!r}."
             )
-        n = self._spatial
-        self.affine = affine
         self.padding_mode = padding_mode
-        self.homogeneous = affine
-        self.generator_shape = (n + 1, n + 1) if affine else (n, n)
+        self._set_layout(affine)
 
     @property
     def _affine_size(self) -> int:
         return self._spatial
-
-    @property
-    def num_generators(self) -> int:
-        """``n**2``, or ``n**2 + n`` with ``affine=True``."""
-        n = self._spatial
-        return n * (n + 1) if self.affine else n * n
 
     def draws_input_as(self, x: Tensor) -> str:
         """Drawn as vectors: an orbit picture shows the model's outputs along it."""
