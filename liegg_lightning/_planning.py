@@ -39,7 +39,7 @@ from liegg_lightning.functional.polarization import choose_derivative
 if TYPE_CHECKING:
     from liegg_lightning.callback import LieGGCallback
 
-__all__ = ["DRAW_PRIOR", "Planner", "agree_any", "spread"]
+__all__ = ["DRAW_PRIOR", "Planner", "agree_any", "probe_of", "spread"]
 
 #: Seconds one set of pictures is assumed to take before the first one was timed; also reserved at
 #: the plan for the run's last picture, which is always drawn.
@@ -54,6 +54,11 @@ def spread(inputs: Tensor, count: int) -> Tensor:
         return inputs
     index = torch.linspace(0, n - 1, count).round().long().to(inputs.device)
     return inputs.index_select(0, index)
+
+
+def probe_of(inputs: Tensor, device: torch.device) -> Tensor:
+    """A copy of ``TIMING_SAMPLES`` inputs spread over a batch, on ``device``: what pricing and checks run on."""
+    return spread(inputs, TIMING_SAMPLES).detach().to(device).clone()
 
 
 def _agree_max(trainer: pl.Trainer, values: List[float]) -> List[float]:
@@ -162,10 +167,14 @@ class Planner:
         indices = range(len(counts)) if selected is None else selected
         return sum(int(counts[i]) for i in indices if i < len(counts) and math.isfinite(counts[i]))
 
-    def _training_left(self, trainer: pl.Trainer, done: float) -> float:
-        left = batches_left(trainer.num_training_batches, trainer.max_epochs, self._start_epoch,
+    def _batches_left(self, trainer: pl.Trainer) -> float:
+        """Training batches this fit has left (``max_epochs``, ``max_steps``); ``inf`` if unknown."""
+        return batches_left(trainer.num_training_batches, trainer.max_epochs, self._start_epoch,
                             self.ledger.batches_trained, trainer.max_steps, trainer.global_step,
                             trainer.accumulate_grad_batches)
+
+    def _training_left(self, trainer: pl.Trainer, done: float) -> float:
+        left = self._batches_left(trainer)
         if not math.isfinite(left) or not self.ledger.batches_trained:
             return math.inf
         return left * done / self.ledger.batches_trained
@@ -210,7 +219,7 @@ class Planner:
             return None
         inputs = extract_input(batch, self.callback.input_key)
         self.callback.action.validate_input(inputs)
-        self.keep_probe(spread(inputs, TIMING_SAMPLES).detach().to(pl_module.device).clone(), inputs.shape[0])
+        self.keep_probe(probe_of(inputs, pl_module.device), inputs.shape[0])
         return self._probe
 
     def _local_prices(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> List[float]:
@@ -228,7 +237,7 @@ class Planner:
                     rows = cb.metric.rows_per_sample(cb._forward or pl_module, probe[:2].clone())
                 return [0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, solve, float(rows)]
             measured = measure_prices(cb.metric, cb._forward or pl_module, probe, pl_module, cb._cuda_devices,
-                                      ANALYSIS_SHARE * cb.overhead * fit_training)
+                                      ANALYSIS_SHARE * cb.overhead * fit_training, solve)
         except InputError:
             raise
         except Exception as err:
@@ -236,7 +245,7 @@ class Planner:
             measured = None
         if measured is None:
             return [1.0, 0.0] + [-math.inf] * 9
-        timed, others, rows_per_sample, _ = measured
+        timed, others, rows_per_sample = measured
         per_mode = [v for mode in _MODES for v in timed.get(mode, (math.inf, math.inf))]
         return [0.0, 1.0, *per_mode, *others, float(rows_per_sample)]
 
@@ -263,7 +272,6 @@ class Planner:
         if not priced:
             return False  # no process had inputs: priced at the next analysed run
         return self._fix_plan(trainer, prices_and_rows, -agreed[11], int(agreed[12]), int(agreed[13]), started)
-
 
     def _fix_plan(self, trainer: pl.Trainer, agreed: List[float], steady: float, batches: int, batch_size: int,
                   started: float) -> bool:
@@ -306,9 +314,7 @@ class Planner:
 
     def _last_epoch(self, trainer: pl.Trainer) -> Optional[int]:
         """The fit's last epoch from ``max_epochs`` and ``max_steps``; ``None`` when neither bounds it."""
-        left = batches_left(trainer.num_training_batches, trainer.max_epochs, self._start_epoch,
-                            self.ledger.batches_trained, trainer.max_steps, trainer.global_step,
-                            trainer.accumulate_grad_batches)
+        left = self._batches_left(trainer)
         if not math.isfinite(left):
             return None
         epochs = (self.ledger.batches_trained + left) / trainer.num_training_batches

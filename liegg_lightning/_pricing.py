@@ -81,9 +81,10 @@ def estimate_solve(num_generators: int, num_groups: int, device: torch.device) -
     return seconds * (num_generators / size) ** 3 * (1 + num_groups)
 
 
-def _time_solve(scratch: LieGGMetric, device: torch.device) -> float:
+def _time_solve(scratch: LieGGMetric, device: torch.device, estimate: float) -> float:
+    """The probe's solve, timed; for large algebras ``estimate`` (a real solve would cost what it prices)."""
     if scratch.action.num_generators > _SOLVE_PRICED_UP_TO:
-        return estimate_solve(scratch.action.num_generators, scratch.num_groups, device)
+        return estimate
     solve = math.inf
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a probe may have fewer rows than generators: no news here
@@ -97,7 +98,7 @@ def _time_solve(scratch: LieGGMetric, device: torch.device) -> float:
 
 
 def _time_overheads(
-    metric: LieGGMetric, rows: Any, probe: Tensor, module: nn.Module, cuda: Sequence[int]
+    metric: LieGGMetric, rows: Any, probe: Tensor, module: nn.Module, cuda: Sequence[int], solve: float
 ) -> List[float]:
     """Seconds of the accumulation (per call, per sample), the kept state per batch and one solve."""
     scratch = fresh_metric(metric).place_on(probe.device)
@@ -117,13 +118,13 @@ def _time_overheads(
             pass
 
     state = min(_timed(device, keep_state)[0] for _ in range(2))
-    return [acc_call, acc_sample, state, _time_solve(scratch, device)]
+    return [acc_call, acc_sample, state, _time_solve(scratch, device, solve)]
 
 
 def modes_to_time(
     metric: LieGGMetric, rows_per_sample: int, analysis_seconds: float, forward_loaded: bool
-) -> Tuple[List[str], str]:
-    """Which derivative modes are worth timing, and why the others are not.
+) -> List[str]:
+    """Which derivative modes are worth timing.
 
     Args:
         metric: The metric (its ``derivative`` option and algebra size).
@@ -132,20 +133,20 @@ def modes_to_time(
         forward_loaded: Whether this process has already paid forward mode's first use.
     """
     if metric.derivative != "auto":
-        return [metric.derivative], "as set"
+        return [metric.derivative]
     m = metric.action.num_generators
     if max(m, rows_per_sample) > 4 * min(m, rows_per_sample):
         # one mode needs over 4x the passes of the other: timing the loser would cost more than it tells
-        return [choose_derivative("auto", m, rows_per_sample)], "by count"
+        return [choose_derivative("auto", m, rows_per_sample)]
     if not forward_loaded and analysis_seconds < FORWARD_FIRST_USE:
-        return ["reverse"], f"forward not tried: its first use, ~{FORWARD_FIRST_USE:g} s, is over this fit's budget"
-    return ["reverse", "forward"], "timed"
+        return ["reverse"]  # forward's first use would cost more than the fit's analyses may
+    return ["reverse", "forward"]
 
 
 def measure_prices(
     metric: LieGGMetric, model: Model, probe: Tensor, module: nn.Module, cuda: Sequence[int],
-    analysis_seconds: float,
-) -> Optional[Tuple[Dict[str, Tuple[float, float]], List[float], int, str]]:
+    analysis_seconds: float, solve: float,
+) -> Optional[Tuple[Dict[str, Tuple[float, float]], List[float], int]]:
     """Price one analysis of ``metric`` on ``probe`` (this process only: the caller agrees across processes).
 
     Args:
@@ -155,40 +156,35 @@ def measure_prices(
         module: The module whose buffers and random states every extra pass leaves as they were.
         cuda: CUDA devices whose random states are kept.
         analysis_seconds: What the fit's analyses may spend in all (whether forward mode can pay off).
+        solve: :func:`estimate_solve` for this metric, the solve's price where the probe's own solve
+            is not timed (large algebras).
 
     Returns:
-        ``(modes, others, rows_per_sample, why)``: per-call and per-sample seconds of each timed
+        ``(modes, others, rows_per_sample)``: per-call and per-sample seconds of each timed
         derivative mode (``inf`` where it failed), ``[accumulate_call, accumulate_sample,
-        keep_state, solve]`` with the fastest mode's rows, the rows one sample gives and why the
-        untimed modes were not timed. ``None`` when every mode failed. ``InputError`` (a
-        configuration error) is raised.
+        keep_state, solve]`` with the fastest mode's rows, and the rows one sample gives. ``None``
+        when every mode failed. ``InputError`` (a configuration error) is raised.
     """
     with preserved_state(module, cuda):
         rows_per_sample = metric.rows_per_sample(model, probe[:2].clone())
-    modes, why = modes_to_time(metric, rows_per_sample, analysis_seconds, forward_mode_loaded())
-    timed: Dict[str, Tuple[float, float]] = {}
+    modes = modes_to_time(metric, rows_per_sample, analysis_seconds, forward_mode_loaded())
     rows: Dict[str, Any] = {}
-    for mode in modes:
+
+    def timed_mode(mode: str) -> Tuple[float, float]:
         try:
             per_call, per_sample, rows[mode] = _time_mode(metric, model, probe, mode, module, cuda)
         except InputError:
             raise
         except Exception:  # e.g. torch.no_grad inside forward breaks reverse mode
-            per_call = per_sample = math.inf
-        timed[mode] = (per_call, per_sample)
-    finite = [mode for mode in timed if math.isfinite(timed[mode][1])]
-    if not finite and len(modes) == 1 and metric.derivative == "auto":
-        # the cheaper mode by count failed: try the other
+            return math.inf, math.inf
+        return per_call, per_sample
+
+    timed = {mode: timed_mode(mode) for mode in modes}
+    if metric.derivative == "auto" and len(modes) == 1 and not math.isfinite(timed[modes[0]][1]):
         other = "forward" if modes[0] == "reverse" else "reverse"
-        try:
-            per_call, per_sample, rows[other] = _time_mode(metric, model, probe, other, module, cuda)
-            timed[other] = (per_call, per_sample)
-            finite = [other]
-        except InputError:
-            raise
-        except Exception:
-            timed[other] = (math.inf, math.inf)
+        timed[other] = timed_mode(other)  # the cheaper mode by count failed: try the other
+    finite = [mode for mode in timed if math.isfinite(timed[mode][1])]
     if not finite:
         return None
     best = min(finite, key=lambda mode: timed[mode][0] + probe.shape[0] * timed[mode][1])
-    return timed, _time_overheads(metric, rows[best], probe, module, cuda), rows_per_sample, why
+    return timed, _time_overheads(metric, rows[best], probe, module, cuda, solve), rows_per_sample

@@ -17,12 +17,11 @@ from typing_extensions import override
 
 from liegg_lightning._batches import extract_input
 from liegg_lightning._checks import check_callback_arguments
-from liegg_lightning._cost import TIMING_SAMPLES
 from liegg_lightning._errors import InputError
 from liegg_lightning._history import History
 from liegg_lightning._loggers import save_report
 from liegg_lightning._pictures import queue_pictures
-from liegg_lightning._planning import Planner, agree_any, spread
+from liegg_lightning._planning import Planner, agree_any, probe_of, spread
 from liegg_lightning._state import cuda_devices_of, preserved_state
 from liegg_lightning._worker import Worker
 from liegg_lightning.actions import GroupAction
@@ -299,7 +298,7 @@ class LieGGCallback(Callback):
             self.action.validate_input(inputs)
             if inputs.shape[0] == 0:
                 return
-            probe = spread(inputs, TIMING_SAMPLES).detach().to(pl_module.device).clone()
+            probe = probe_of(inputs, pl_module.device)
             self.planner.keep_probe(probe, inputs.shape[0])
             try:
                 with preserved_state(pl_module, self._cuda_devices):

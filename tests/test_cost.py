@@ -187,9 +187,9 @@ def test_forward_mode_is_tried_only_where_its_first_use_can_pay_off(
     from liegg_lightning import LieGGMetric
 
     metric = LieGGMetric(ACTION)
-    assert modes_to_time(metric, rows_per_sample=8, analysis_seconds=seconds, forward_loaded=loaded)[0] == expected
+    assert modes_to_time(metric, rows_per_sample=8, analysis_seconds=seconds, forward_loaded=loaded) == expected
     # one mode needs over 4x the passes of the other: only that one is timed
-    assert modes_to_time(metric, rows_per_sample=200, analysis_seconds=40.0, forward_loaded=True)[0] == ["forward"]
+    assert modes_to_time(metric, rows_per_sample=200, analysis_seconds=40.0, forward_loaded=True) == ["forward"]
 
 
 def test_the_cost_model_imports_neither_torch_nor_lightning() -> None:
