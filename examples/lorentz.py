@@ -42,7 +42,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import lightning.pytorch as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
-from o5_common import O5DataModule, StandardizedMLP, count_parameters, quiet_lightning, set_threads
+from o5_common import O5DataModule, O5Regressor, count_parameters, quiet_lightning, set_threads
 from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
@@ -101,45 +101,6 @@ class LorentzDataModule(O5DataModule):
         }
 
 
-class LorentzRegressor(L.LightningModule):
-    """An MLP ``8 -> width x depth -> 1`` on two 4-momenta; input divided by one scalar (a Lorentz
-    transformation commutes with it), output de-standardised. Adam, cosine-annealed per step."""
-
-    def __init__(self, width: int = 128, depth: int = 3, lr: float = 3e-3, weight_decay: float = 0.0) -> None:
-        super().__init__()
-        self.save_hyperparameters()
-        self.model = StandardizedMLP(width, depth, "silu", bias=False, in_dim=8)
-
-    def setup(self, stage: str) -> None:
-        dm = getattr(self.trainer, "datamodule", None)
-        if stage == "fit" and dm is not None:
-            self.model.set_stats(dm.input_scale(), *dm.target_stats())
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.model(x)
-
-    def _mse(self, batch: Tuple[Tensor, Tensor]) -> Tensor:
-        x, y = batch
-        return nn.functional.mse_loss(self(x), y)
-
-    def training_step(self, batch: Tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
-        loss = self._mse(batch)
-        self.log("train_mse", loss)
-        return loss
-
-    def validation_step(self, batch: Tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self.log("val_mse", self._mse(batch))
-
-    def test_step(self, batch: Tuple[Tensor, Tensor], batch_idx: int) -> None:
-        self.log("test_mse", self._mse(batch))
-
-    def configure_optimizers(self):  # noqa: ANN201 - Lightning accepts several return types
-        opt = torch.optim.Adam(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
-        steps = max(1, int(self.trainer.estimated_stepping_batches))
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -175,7 +136,9 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     sizes = {"num_train": 1000, "num_val": 200, "num_test": 200} if args.quick else \
         {"num_train": 5000, "num_val": 1000, "num_test": 1000}
     data = LorentzDataModule(batch_size=args.batch_size, seed=args.seed, **sizes)
-    model = LorentzRegressor(width=args.width, depth=args.depth, lr=args.lr)
+    # an MLP 8 -> width x depth -> 1 on two 4-momenta: the input divided by one scalar (a Lorentz
+    # transformation commutes with it), the output de-standardised; Adam, cosine-annealed per step
+    model = O5Regressor(width=args.width, depth=args.depth, lr=args.lr, weight_decay=0.0, in_dim=8)
     action = VectorAction(dim=4, components=2)
     known = ROTATIONS + BOOSTS
     liegg = LieGGCallback(LieGGMetric(action, reference_algebra="lorentz", known_generators=known),

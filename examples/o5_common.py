@@ -215,6 +215,7 @@ class O5Regressor(L.LightningModule):
         lr: Adam's (peak) learning rate.
         weight_decay: Adam's L2 penalty.
         schedule: ``"cosine"`` (anneal to zero over the run, per step) or ``"constant"``.
+        in_dim: Input size (10: two vectors in R^5; ``examples/lorentz.py`` uses 8, two 4-momenta).
     """
 
     def __init__(
@@ -226,12 +227,13 @@ class O5Regressor(L.LightningModule):
         lr: float = 3e-3,
         weight_decay: float = 1e-4,
         schedule: str = "cosine",
+        in_dim: int = COMPONENTS * DIM,
     ) -> None:
         super().__init__()
         if schedule not in ("cosine", "constant"):
             raise ValueError(f"Expected `schedule` to be 'cosine' or 'constant', got {schedule!r}.")
         self.save_hyperparameters()
-        self.model = StandardizedMLP(width, depth, activation, bias)
+        self.model = StandardizedMLP(width, depth, activation, bias, in_dim=in_dim)
 
     def setup(self, stage: str) -> None:
         dm = getattr(self.trainer, "datamodule", None)
