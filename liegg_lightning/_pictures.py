@@ -10,6 +10,7 @@ import lightning.pytorch as pl
 from liegg_lightning._history import shown_report
 from liegg_lightning._loggers import log_pictures
 from liegg_lightning._state import preserved_state
+from liegg_lightning._worker import Worker
 from liegg_lightning.functional.layers import MODEL_OUTPUT
 from liegg_lightning.rendering import orbit_outputs
 from liegg_lightning.report import SymmetryReport
@@ -55,6 +56,5 @@ def queue_pictures(callback: LieGGCallback, trainer: pl.Trainer, pl_module: pl.L
         callback._worker.defer(job)  # drawn at the run's end unless a later one is drawn first
     elif callback.background_drawing:
         callback._worker.draw(job, ledger.add_drawing)
-    else:
-        with ledger.charged():
-            job()
+    else:  # in the loop's thread, timed as a drawing so that the next one is priced by it
+        Worker.timed(job, ledger.add_drawing)()

@@ -95,7 +95,8 @@ class Worker:
         self.deferred: Optional[Job] = None
 
     @staticmethod
-    def _timed(job: Job, record: Callable[[float], None]) -> Job:
+    def timed(job: Job, record: Callable[[float], None]) -> Job:
+        """``job``, passing its duration in seconds to ``record`` when it ends."""
         def run() -> None:
             started = time.perf_counter()
             try:
@@ -108,7 +109,7 @@ class Worker:
     def draw(self, job: Job, on_drawn: Callable[[float], None]) -> None:
         """Draw in the background: one drawing runs, at most one waits."""
         self.deferred = None
-        self.pictures.submit(self._timed(job, on_drawn))
+        self.pictures.submit(self.timed(job, on_drawn))
 
     def defer(self, job: Job) -> None:
         """Keep ``job`` as the picture drawn at the end unless a later one is drawn first."""
@@ -116,13 +117,13 @@ class Worker:
 
     def write(self, job: Job, on_saved: Callable[[float], None]) -> None:
         """Write a report file in the background, after those queued before it."""
-        self.reports.submit(self._timed(job, on_saved))
+        self.reports.submit(self.timed(job, on_saved))
 
     def finish(self, timeout: float, on_drawn: Callable[[float], None]) -> int:
         """Draw the deferred picture, then wait at most ``timeout`` seconds; the jobs still pending."""
         if self.deferred is not None:
             job, self.deferred = self.deferred, None
-            self.pictures.submit(self._timed(job, on_drawn))
+            self.pictures.submit(self.timed(job, on_drawn))
         deadline = time.perf_counter() + max(timeout, 0.0)
         self.reports.wait(max(deadline - time.perf_counter(), 0.0))
         self.pictures.wait(max(deadline - time.perf_counter(), 0.0))
