@@ -1,6 +1,7 @@
 """Pictures of a :class:`~liegg_lightning.report.SymmetryReport`: spectra, generators, orbits.
 
-Two kinds of drawing live here:
+Every picture is laid out once, on a :class:`~liegg_lightning.canvas.Canvas` (marks in pixels),
+and drawn from that one layout in two ways:
 
 - **Card pictures** (:func:`generators_image`, :func:`spectrum_image`,
   :func:`spectrum_history_image`, :func:`orbit_image`, and the picture of depth
@@ -8,12 +9,12 @@ Two kinds of drawing live here:
   ``(H, W, 3)`` uint8 arrays :data:`CARD_WIDTH` pixels wide and at most about :data:`CARD_HEIGHT`
   high, the box TensorBoard's Time Series tab gives an image, so they read there without shrinking.
   Each title can carry a caption saying where the report comes from (``"fit · epoch 4"``). They are
-  drawn directly as arrays (numpy colour look-ups and Pillow for lines and text), not through
-  matplotlib's layout engine. The ``*_figure`` functions wrap the same pictures in a matplotlib
-  :class:`~matplotlib.figure.Figure` for notebooks.
-- **Plots** (:func:`plot_spectrum`, :func:`plot_spectra`): matplotlib axes, following TorchMetrics'
-  ``plot``, for notebooks and papers. :func:`spectrum_view` decides what a spectrum shows (floor,
-  shading, error bars) for both the card and the plot.
+  drawn directly as arrays (numpy colour look-ups and Pillow for lines and text): matplotlib drawing
+  the same marks takes 10 to 40 times as long (``docs/time_pictures.py``).
+- **matplotlib** (:func:`plot_spectrum`, and
+  :func:`~liegg_lightning.rendering_layers.layers_figure`): the same pictures drawn into matplotlib
+  axes, following TorchMetrics' ``plot``, for notebooks and papers. :func:`plot_spectra` draws
+  several spectra on one log axis.
 
 The model is never called here except in :func:`orbit_outputs`, which the caller runs where the
 model may run (the callback: the main thread, at the end of a validation epoch) and passes its
@@ -34,7 +35,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import functools
 import io
 import math
 from dataclasses import dataclass
@@ -45,6 +45,37 @@ import torch
 from torch import Tensor
 
 from liegg_lightning.actions import GroupAction
+from liegg_lightning.canvas import (
+    BELOW_HEADER,
+    BLUE,
+    CARD_HEIGHT,
+    CARD_WIDTH,
+    DIVERGING,
+    DPI,
+    GREEN,
+    GREY,
+    INK,
+    ORANGE,
+    RED,
+    SEQUENTIAL,
+    SHADE,
+    SMALL,
+    TAB10,
+    TEXT,
+    Canvas,
+    PlotBox,
+    as_numpy,
+    colour,
+    decade_label,
+    decade_ticks,
+    fit_text,
+    font,
+    header,
+    header_height,
+    short,
+    upscale,
+)
+from liegg_lightning.rendering_layers import layers_image
 from liegg_lightning.report import SymmetryReport
 
 if TYPE_CHECKING:  # pragma: no cover - only for annotations
@@ -56,91 +87,30 @@ __all__ = [
     "CARD_WIDTH",
     "PictureOptions",
     "SpectrumView",
-    "figure_to_array",
     "figure_to_png",
     "generator_pages",
-    "generators_figure",
     "generators_image",
     "generators_text",
-    "orbit_figure",
     "orbit_image",
     "orbit_outputs",
     "plot_spectra",
     "plot_spectrum",
     "render_pictures",
-    "spectrum_figure",
-    "spectrum_history_figure",
     "spectrum_history_image",
     "spectrum_image",
     "spectrum_view",
 ]
 
-#: Width of the card pictures in pixels. TensorBoard's Time Series tab (where it opens) fits a picture
-#: into a box about 340-350 pixels wide and 210 high on a 1400-pixel window and draws it pixelated:
-#: a picture larger than the box loses whole pixel columns (a "6" reads "5"), a smaller one is
-#: enlarged. So the pictures are at most CARD_WIDTH x CARD_HEIGHT.
-CARD_WIDTH = 330
-CARD_HEIGHT = 200
-#: Top of a card picture's content, below its title line.
-_BELOW_HEADER = 24
-#: Lines and text are drawn at this multiple of the final size, then averaged down (anti-aliasing).
-_SUPERSAMPLE = 2
 #: Default group parameters of the orbit thumbnails and of the output curves.
 ORBIT_TS = (-0.6, -0.3, 0.0, 0.3, 0.6)
 ORBIT_CURVE_TS = tuple(float(t) for t in np.linspace(-0.6, 0.6, 13))
 #: At most this many output components are drawn along an orbit (those that move most).
 _MAX_CURVES = 8
 
-_DIVERGING = "RdBu_r"
-_SEQUENTIAL = "viridis"
-_INK = (34, 34, 34)
-_GREY = (110, 110, 110)
-_GRID = (225, 225, 225)
-_BLUE = (31, 119, 180)
-_ORANGE = (230, 120, 20)
-_GREEN = (44, 160, 44)
-_RED = (214, 39, 40)
-_SHADE = (222, 242, 222)
-_TAB10 = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
-          (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207)]
-_DPI = 100
-#: Font sizes in pixels: tick labels, text, titles.
-_SMALL, _TEXT, _TITLE = 12, 13, 14
-
 # --------------------------------------------------------------------------------------------- numbers
 
 
-def _as_numpy(x: Union[Tensor, np.ndarray, Sequence[float]]) -> np.ndarray:
-    if isinstance(x, Tensor):
-        return x.detach().to("cpu", torch.float64).numpy()
-    return np.asarray(x, dtype=np.float64)
-
-
-def _is_number(value: Any) -> bool:
-    return value is not None and isinstance(value, (int, float)) and math.isfinite(float(value))
-
-
-def _short(value: Optional[float], digits: int = 2) -> str:
-    """Compact text for a measure: ``1.2e-5``, ``0.031``, ``n/a`` for NaN, ``-`` for None."""
-    if value is None:
-        return "-"
-    value = float(value)
-    if math.isnan(value):
-        return "n/a"
-    if math.isinf(value):
-        return "inf" if value > 0 else "-inf"
-    if value == 0.0:
-        return "0"
-    text = f"{value:.{max(digits - 1, 0)}e}" if abs(value) < 1e-2 or abs(value) >= 1e4 else f"{value:.{digits}g}"
-    if "e" in text:
-        mantissa, exponent = text.split("e")
-        if "." in mantissa:
-            mantissa = mantissa.rstrip("0").rstrip(".")
-        text = f"{mantissa}e{int(exponent)}"
-    return text
-
-
-def _cell_text(value: float) -> str:
+def _entry_text(value: float) -> str:
     """An entry of a unit generator in at most four characters: ``.71``, ``-.5``, ``0``."""
     if not math.isfinite(value):
         return "nan"
@@ -173,7 +143,7 @@ def _log_floor(values: np.ndarray) -> float:
 
 def _as_matrix(generator: Tensor) -> np.ndarray:
     """A generator as a 2-D array: scalars and vectors become one row, higher ranks keep the last axis."""
-    g = _as_numpy(generator)
+    g = as_numpy(generator)
     if g.ndim == 0:
         return g.reshape(1, 1)
     if g.ndim == 1:
@@ -186,7 +156,7 @@ def _stderr(report: SymmetryReport) -> Optional[np.ndarray]:
     se = getattr(report, "variance_stderr", None)
     if se is None:
         return None
-    arr = _as_numpy(se).reshape(-1)
+    arr = as_numpy(se).reshape(-1)
     return arr if arr.size == len(report.variances) else None
 
 
@@ -206,246 +176,6 @@ def _index_ticks(count: int, max_ticks: int = 8) -> List[int]:
         return []
     step = _nice_step(count - 1, max_ticks)
     return list(range(0, count, step))
-
-
-# --------------------------------------------------------------------------------------------- colours
-
-
-@functools.lru_cache(maxsize=8)
-def _lut(name: str) -> np.ndarray:
-    """A colour map as a ``(256, 3)`` uint8 look-up table."""
-    import matplotlib
-
-    rgba = matplotlib.colormaps[name](np.linspace(0.0, 1.0, 256))
-    return np.round(rgba[:, :3] * 255).astype(np.uint8)
-
-
-def _colour(
-    values: np.ndarray, lo: float, hi: float, cmap: str, bad: Tuple[int, int, int] = (255, 255, 255)
-) -> np.ndarray:
-    """Values mapped linearly from ``[lo, hi]`` onto a colour map: ``(*values.shape, 3)`` uint8; NaN is ``bad``."""
-    scale = (values - lo) / (hi - lo) if hi > lo else np.zeros_like(values)
-    idx = np.clip(np.nan_to_num(scale, nan=0.0) * 255.0 + 0.5, 0, 255).astype(np.intp)
-    out = _lut(cmap)[idx]
-    out[np.isnan(values)] = bad
-    return out
-
-
-def _upscale(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Nearest-neighbour resize of an ``(h, w, 3)`` array: every cell a block of pixels."""
-    rows = np.minimum((np.arange(height) * rgb.shape[0]) // max(height, 1), rgb.shape[0] - 1)
-    cols = np.minimum((np.arange(width) * rgb.shape[1]) // max(width, 1), rgb.shape[1] - 1)
-    return rgb[rows][:, cols]
-
-
-# --------------------------------------------------------------------------------------------- canvas
-
-
-@functools.lru_cache(maxsize=32)
-def _font(size: int, bold: bool = False) -> Any:
-    """DejaVu Sans (shipped with matplotlib) at ``size`` pixels; Pillow's own font if it is missing."""
-    import os
-
-    import matplotlib
-    from PIL import ImageFont
-
-    name = "DejaVuSans-Bold.ttf" if bold else "DejaVuSans.ttf"
-    try:
-        return ImageFont.truetype(os.path.join(matplotlib.get_data_path(), "fonts", "ttf", name), size)
-    except OSError:  # pragma: no cover - a matplotlib without its fonts
-        return ImageFont.load_default(size)
-
-
-class _Canvas:
-    """A white RGB picture drawn at :data:`_SUPERSAMPLE` times its size; coordinates in final pixels."""
-
-    def __init__(self, width: int, height: int) -> None:
-        from PIL import Image, ImageDraw
-
-        self.width, self.height = int(width), int(height)
-        s = _SUPERSAMPLE
-        self.image = Image.new("RGB", (self.width * s, self.height * s), (255, 255, 255))
-        self.draw = ImageDraw.Draw(self.image)
-        self._pasted: List[Tuple[np.ndarray, int, int]] = []
-        self._texts: List[Tuple[float, float, str, int, Tuple[int, int, int], str, bool]] = []
-
-    def text(self, x: float, y: float, text: str, size: int = _TEXT, color: Tuple[int, int, int] = _INK,
-             anchor: str = "la", bold: bool = False) -> None:
-        """Write ``text`` with its ``anchor`` (Pillow's two-letter anchors) at ``(x, y)``, over everything else.
-
-        Text is anti-aliased by the font renderer, so it is drawn at the final size, last.
-        """
-        self._texts.append((x, y, text, size, color, anchor, bold))
-
-    def text_width(self, text: str, size: int = _TEXT, bold: bool = False) -> float:
-        """Width of ``text`` in final pixels."""
-        return float(_font(size, bold).getlength(text))
-
-    def line(self, points: Sequence[Tuple[float, float]], color: Tuple[int, int, int] = _INK,
-             width: float = 1.0) -> None:
-        """A polyline through ``points``."""
-        s = _SUPERSAMPLE
-        if len(points) >= 2:
-            self.draw.line([(x * s, y * s) for x, y in points], fill=color, width=max(1, round(width * s)),
-                           joint="curve")
-
-    def dashed(self, x0: float, y0: float, x1: float, y1: float, color: Tuple[int, int, int],
-               width: float = 1.0, dash: float = 4.0) -> None:
-        """A dashed straight line."""
-        length = math.hypot(x1 - x0, y1 - y0)
-        steps = max(1, int(length // dash))
-        for i in range(0, steps, 2):
-            a, b = i / steps, min(1.0, (i + 1) / steps)
-            self.line([(x0 + a * (x1 - x0), y0 + a * (y1 - y0)), (x0 + b * (x1 - x0), y0 + b * (y1 - y0))],
-                      color, width)
-
-    def rect(self, x0: float, y0: float, x1: float, y1: float, fill: Optional[Tuple[int, int, int]] = None,
-             outline: Optional[Tuple[int, int, int]] = None, width: float = 1.0) -> None:
-        """A rectangle, filled and/or outlined."""
-        s = _SUPERSAMPLE
-        self.draw.rectangle([x0 * s, y0 * s, x1 * s - 1, y1 * s - 1], fill=fill, outline=outline,
-                            width=max(1, round(width * s)))
-
-    def marker(self, x: float, y: float, radius: float, color: Tuple[int, int, int], shape: str = "o",
-               hollow: bool = False) -> None:
-        """A circle (``"o"``) or square (``"s"``) marker centred at ``(x, y)``."""
-        s = _SUPERSAMPLE
-        box = [(x - radius) * s, (y - radius) * s, (x + radius) * s, (y + radius) * s]
-        fill = (255, 255, 255) if hollow else color
-        if shape == "s":
-            self.draw.rectangle(box, fill=fill, outline=color, width=s)
-        else:
-            self.draw.ellipse(box, fill=fill, outline=color, width=s)
-
-    def paste(self, rgb: np.ndarray, x: int, y: int) -> None:
-        """Place an ``(h, w, 3)`` uint8 array with its top-left corner at ``(x, y)``, pixel for pixel.
-
-        Arrays are placed after the down-sampling, so heat maps and images stay sharp.
-        """
-        self._pasted.append((rgb, int(x), int(y)))
-
-    def to_array(self) -> np.ndarray:
-        """The finished ``(H, W, 3)`` uint8 picture."""
-        from PIL import Image, ImageDraw
-
-        small = self.image.reduce(_SUPERSAMPLE) if _SUPERSAMPLE > 1 else self.image
-        if self._pasted:
-            out = np.array(small, dtype=np.uint8)
-            for rgb, x, y in self._pasted:
-                h = min(rgb.shape[0], out.shape[0] - y)
-                w = min(rgb.shape[1], out.shape[1] - x)
-                if h > 0 and w > 0:
-                    out[y : y + h, x : x + w] = rgb[:h, :w]
-            small = Image.fromarray(out)
-        draw = ImageDraw.Draw(small)
-        for tx, ty, text, size, color, anchor, bold in self._texts:
-            draw.text((tx, ty), text, fill=color, font=_font(size, bold), anchor=anchor)
-        return np.asarray(small, dtype=np.uint8).copy()
-
-
-# --------------------------------------------------------------------------------------------- axes
-
-
-class _Axes:
-    """A plotting box on a canvas: data ``(x, y)`` to pixels, with ``y`` linear or already log10."""
-
-    def __init__(self, canvas: _Canvas, box: Tuple[float, float, float, float], xlim: Tuple[float, float],
-                 ylim: Tuple[float, float]) -> None:
-        self.canvas, self.box = canvas, box
-        self.xlim, self.ylim = xlim, ylim
-
-    def px(self, x: float, y: float) -> Tuple[float, float]:
-        x0, y0, x1, y1 = self.box
-        (a, b), (c, d) = self.xlim, self.ylim
-        fx = (x - a) / (b - a) if b > a else 0.5
-        fy = (y - c) / (d - c) if d > c else 0.5
-        return x0 + fx * (x1 - x0), y1 - fy * (y1 - y0)
-
-    def frame(self) -> None:
-        x0, y0, x1, y1 = self.box
-        self.canvas.rect(x0, y0, x1 + 1, y1 + 1, outline=(160, 160, 160))
-
-    def xticks(self, ticks: Sequence[float], labels: Sequence[str], size: int = _SMALL, inward: bool = False) -> None:
-        x0, y0, x1, y1 = self.box
-        for tick, label in zip(ticks, labels):
-            px, _ = self.px(tick, self.ylim[0])
-            self.canvas.line([(px, y1), (px, y1 + 3)], _GREY)
-            anchor = "mt"
-            if inward and tick == self.xlim[0]:
-                anchor = "lt"
-            elif inward and tick == self.xlim[1]:
-                anchor = "rt"
-            self.canvas.text(px, y1 + 4, label, size=size, color=_GREY, anchor=anchor)
-
-    def yticks(self, ticks: Sequence[float], labels: Sequence[str], right: bool = False, size: int = _SMALL,
-               color: Tuple[int, int, int] = _GREY, grid: bool = True) -> None:
-        x0, y0, x1, y1 = self.box
-        for tick, label in zip(ticks, labels):
-            _, py = self.px(self.xlim[0], tick)
-            if grid:
-                self.canvas.line([(x0, py), (x1, py)], _GRID)
-            if right:
-                self.canvas.text(x1 + 4, py, label, size=size, color=color, anchor="lm")
-            else:
-                self.canvas.text(x0 - 4, py, label, size=size, color=color, anchor="rm")
-
-
-def _decade_label(exponent: int) -> str:
-    return {0: "1", 1: "10", -1: "0.1"}.get(exponent, f"1e{exponent}")
-
-
-def _decade_ticks(lo: float, hi: float, max_ticks: int = 6) -> List[int]:
-    """Integer exponents between ``lo`` and ``hi`` (log10 units), thinned to at most ``max_ticks``."""
-    first, last = math.ceil(lo - 1e-9), math.floor(hi + 1e-9)
-    if last < first:
-        return [round((lo + hi) / 2)]
-    step = max(1, math.ceil((last - first + 1) / max_ticks))
-    ticks = list(range(last, first - 1, -step))[::-1]
-    return ticks
-
-
-# --------------------------------------------------------------------------------------------- titles
-
-
-def _fit_text(text: str, size: int, width: float, bold: bool = False) -> str:
-    """``text``, its middle replaced by an ellipsis where it is wider than ``width``.
-
-    Both ends stay, so labels such as ``validate (epoch 9)`` and ``validate (epoch 19)`` stay apart.
-    """
-    font = _font(size, bold)
-    if font.getlength(text) <= width:
-        return text
-    keep = len(text)
-    while keep > 2 and font.getlength(text[: keep - keep // 2] + "…" + text[len(text) - keep // 2 :]) > width:
-        keep -= 1
-    return text[: keep - keep // 2] + "…" + text[len(text) - keep // 2 :]
-
-
-def _caption_line(title: str, caption: Optional[str], width: int = CARD_WIDTH) -> bool:
-    """Whether ``caption`` needs a line of its own under ``title`` (it does not fit beside it)."""
-    if not caption:
-        return False
-    room = width - 16 - _font(_TITLE, True).getlength(title) - 14
-    return bool(_font(_TEXT).getlength(caption) > room)
-
-
-def _header_height(title: str, caption: Optional[str], width: int = CARD_WIDTH) -> int:
-    """Height of the title line(s) :func:`_header` draws."""
-    return _BELOW_HEADER + (17 if _caption_line(title, caption, width) else 0)
-
-
-def _header(canvas: _Canvas, title: str, caption: Optional[str]) -> int:
-    """A picture's title: ``title`` in bold on the left, ``caption`` (stage and epoch) in grey on the right.
-
-    A caption too long to share the line gets a line of its own. Returns the top of what follows.
-    """
-    canvas.text(8, 4, _fit_text(title, _TITLE, canvas.width - 16, bold=True), size=_TITLE, bold=True, anchor="lt")
-    if caption and _caption_line(title, caption, canvas.width):
-        canvas.text(canvas.width - 8, _BELOW_HEADER, _fit_text(caption, _TEXT, canvas.width - 16), size=_TEXT,
-                    color=_GREY, anchor="rt")
-    elif caption:
-        canvas.text(canvas.width - 8, 6, caption, size=_TEXT, color=_GREY, anchor="rt")
-    return _header_height(title, caption, canvas.width)
 
 
 # --------------------------------------------------------------------------------------------- generators
@@ -486,12 +216,12 @@ def generator_pages(report: SymmetryReport, k: int) -> List[Tuple[int, int]]:
 
 def _panel_heads(report: SymmetryReport, indices: Sequence[int], panel_w: int) -> List[List[str]]:
     """Each panel's title lines: name and variance, then the bias (or name, variance, bias when narrow)."""
-    biases = _as_numpy(report.biases).reshape(-1) if report.biases is not None else None
+    biases = as_numpy(report.biases).reshape(-1) if report.biases is not None else None
     heads = []
     for i in indices:
-        head = [f"h{i}", f"var {_short(float(report.variances[i]))}"]
-        heads.append(head + ([f"bias {_short(float(biases[i]))}"] if biases is not None else []))
-    if all(_font(_TEXT).getlength(f"{h[0]}  {h[1]}") <= panel_w for h in heads):  # name and variance on one line
+        head = [f"h{i}", f"var {short(float(report.variances[i]))}"]
+        heads.append(head + ([f"bias {short(float(biases[i]))}"] if biases is not None else []))
+    if all(font(TEXT).getlength(f"{h[0]}  {h[1]}") <= panel_w for h in heads):  # name and variance on one line
         heads = [[f"{h[0]}  {h[1]}"] + h[2:] for h in heads]
     return heads
 
@@ -501,22 +231,22 @@ def _cell_sizes(rows: int, cols: int, panel_w: float) -> Tuple[float, float]:
     cell_w = panel_w / cols
     if rows == 1:
         return cell_w, max(min(cell_w, 40.0), 22.0)
-    room = CARD_HEIGHT - _BELOW_HEADER - _PANEL_HEAD - 4 - _KEY_HEIGHT
+    room = CARD_HEIGHT - BELOW_HEADER - _PANEL_HEAD - 4 - _KEY_HEIGHT
     return cell_w, max(min(cell_w, float(_MAX_CELL), room / rows), 2.0)
 
 
 def _generators_picture(report: SymmetryReport, k: int, first: int = 0,
-                        caption: Optional[str] = None) -> Tuple[np.ndarray, Dict[str, Any]]:
+                        caption: Optional[str] = None) -> Tuple[Canvas, Dict[str, Any]]:
     """The picture of generators ``first .. first + k - 1`` and its layout (panel boxes, colour limit) for tests."""
     gens = report.generators
     count = max(0, min(int(k), gens.shape[0] - first))
     name = "generators" if count == 0 else f"generators h{first}" + (f"–h{first + count - 1}" if count > 1 else "")
     width = CARD_WIDTH
     if count == 0:
-        canvas = _Canvas(width, 80)
-        top = _header(canvas, name, caption)
-        canvas.text(width / 2, top + 24, "no generators", size=_TEXT, color=_GREY, anchor="mm")
-        return canvas.to_array(), {"panels": [], "limit": 1.0}
+        canvas = Canvas(width, 80)
+        top = header(canvas, name, caption)
+        canvas.text(width / 2, top + 24, "no generators", size=TEXT, color=GREY, anchor="mm")
+        return canvas, {"panels": [], "limit": 1.0}
     indices = list(range(first, first + count))
     mats = [_as_matrix(gens[i]) for i in indices]
     finite = [np.abs(m)[np.isfinite(m)] for m in mats]
@@ -531,10 +261,10 @@ def _generators_picture(report: SymmetryReport, k: int, first: int = 0,
     panel_w = int(round(cell_w * cols)) if cell_w >= 1 else panel_w
     heads = _panel_heads(report, indices, panel_w)
     head = 16 * max(len(h) for h in heads) + 2
-    top = _header_height(name, caption)
+    top = header_height(name, caption)
     grid_rows = math.ceil(count / per_row)
-    canvas = _Canvas(width, top + grid_rows * (head + panel_h + gap) - gap + 4 + _KEY_HEIGHT)
-    _header(canvas, name, caption)
+    canvas = Canvas(width, top + grid_rows * (head + panel_h + gap) - gap + 4 + _KEY_HEIGHT)
+    header(canvas, name, caption)
     numbers = cell_w >= _NUMBER_CELL and cell_h >= 16
     left = (width - (per_row * panel_w + gap * (per_row - 1))) / 2
     panels = []
@@ -546,39 +276,39 @@ def _generators_picture(report: SymmetryReport, k: int, first: int = 0,
         _heat_panel(canvas, mat, box, limit, (cell_w, cell_h) if numbers else None)
         panels.append({"box": box, "shape": mat.shape})
     _diverging_key(canvas, canvas.height - 17, limit)
-    return canvas.to_array(), {"panels": panels, "limit": limit, "numbers": numbers}
+    return canvas, {"panels": panels, "limit": limit, "numbers": numbers}
 
 
-def _panel_head(canvas: _Canvas, centre: float, y: int, lines: Sequence[str], has_bias: bool) -> None:
+def _panel_head(canvas: Canvas, centre: float, y: int, lines: Sequence[str], has_bias: bool) -> None:
     """A generator panel's title lines; the bias (the last line, when there is one) in orange."""
     for j, line in enumerate(lines):
         is_bias = has_bias and j == len(lines) - 1
-        canvas.text(centre, y + 16 * j, line, size=_TEXT, color=_ORANGE if is_bias else _INK,
+        canvas.text(centre, y + 16 * j, line, size=TEXT, color=ORANGE if is_bias else INK,
                     bold=j == 0 and not is_bias and len(lines[0]) <= 3, anchor="mt")
 
 
-def _heat_panel(canvas: _Canvas, mat: np.ndarray, box: Tuple[int, int, int, int], limit: float,
+def _heat_panel(canvas: Canvas, mat: np.ndarray, box: Tuple[int, int, int, int], limit: float,
                 cell: Optional[Tuple[float, float]]) -> None:
     """One generator as a heat map on the diverging scale ``[-limit, limit]``; entries written in when ``cell``."""
     x0, y0, x1, y1 = box
-    heat = _colour(np.where(np.isfinite(mat), mat, np.nan), -limit, limit, _DIVERGING, bad=(200, 200, 200))
-    canvas.paste(_upscale(heat, y1 - y0, x1 - x0), x0, y0)
+    heat = colour(np.where(np.isfinite(mat), mat, np.nan), -limit, limit, DIVERGING, bad=(200, 200, 200))
+    canvas.paste(upscale(heat, y1 - y0, x1 - x0), x0, y0)
     if cell is None:
         return
     cell_w, cell_h = cell
     size = int(min(15, cell_h * 0.5, cell_w / 2.6))
     for (r, c), value in np.ndenumerate(mat):
-        ink = (255, 255, 255) if abs(value) > 0.55 * limit else _INK
-        canvas.text(x0 + (c + 0.5) * cell_w, y0 + (r + 0.5) * cell_h, _cell_text(value), size, ink, "mm")
+        ink = (255, 255, 255) if abs(value) > 0.55 * limit else INK
+        canvas.text(x0 + (c + 0.5) * cell_w, y0 + (r + 0.5) * cell_h, _entry_text(value), size, ink, "mm")
 
 
-def _diverging_key(canvas: _Canvas, y: int, limit: float) -> None:
+def _diverging_key(canvas: Canvas, y: int, limit: float) -> None:
     """The colour key of the generators' scale, centred at ``y``'s row."""
     mid = canvas.width / 2
-    key = _colour(np.linspace(-limit, limit, 160)[None, :], -limit, limit, _DIVERGING)
-    canvas.paste(_upscale(key, 8, 160), int(mid - 80), y)
-    canvas.text(mid - 86, y + 4, f"-{_short(limit)}", size=_SMALL, color=_GREY, anchor="rm")
-    canvas.text(mid + 86, y + 4, f"+{_short(limit)}", size=_SMALL, color=_GREY, anchor="lm")
+    key = colour(np.linspace(-limit, limit, 160)[None, :], -limit, limit, DIVERGING)
+    canvas.paste(upscale(key, 8, 160), int(mid - 80), y)
+    canvas.text(mid - 86, y + 4, f"-{short(limit)}", size=SMALL, color=GREY, anchor="rm")
+    canvas.text(mid + 86, y + 4, f"+{short(limit)}", size=SMALL, color=GREY, anchor="lm")
 
 
 def generators_image(report: SymmetryReport, k: int = 4, first: int = 0, caption: Optional[str] = None) -> np.ndarray:
@@ -595,7 +325,7 @@ def generators_image(report: SymmetryReport, k: int = 4, first: int = 0, caption
         first: Index of the first generator drawn (0: the most invariant).
         caption: Where the report comes from (e.g. ``"fit · epoch 4"``), written in the title.
     """
-    return _generators_picture(report, k, first, caption)[0]
+    return _generators_picture(report, k, first, caption)[0].to_array()
 
 
 # --------------------------------------------------------------------------------------------- spectrum
@@ -605,13 +335,13 @@ def _spectrum_title(report: SymmetryReport) -> Tuple[str, str]:
     """The two title lines of the spectrum picture: nullity and N, then the leading measures."""
     stderr = _stderr(report)
     first = f"spectrum   nullity {report.nullity}   N {report.num_samples}"
-    parts = [f"var {_short(report.symmetry_variance)}"]
+    parts = [f"var {short(report.symmetry_variance)}"]
     if stderr is not None and stderr.size and math.isfinite(stderr[0]):
-        parts[0] += f" ±{_short(float(stderr[0]), 1)}"
+        parts[0] += f" ±{short(float(stderr[0]), 1)}"
     if report.symmetry_bias is not None:
-        parts.append(f"bias {_short(report.symmetry_bias)}")
+        parts.append(f"bias {short(report.symmetry_bias)}")
     if report.closure_error is not None:
-        parts.append(f"closure {_short(report.closure_error)}")
+        parts.append(f"closure {short(report.closure_error)}")
     return first, "   ".join(parts)
 
 
@@ -651,7 +381,7 @@ def spectrum_view(report: SymmetryReport) -> SpectrumView:
     Args:
         report: The report to draw.
     """
-    variances = _as_numpy(report.variances).reshape(-1)
+    variances = as_numpy(report.variances).reshape(-1)
     m = variances.size
     floor = _log_floor(variances)
     at_floor = ~(variances > floor)  # zero, tiny, or NaN
@@ -662,7 +392,7 @@ def spectrum_view(report: SymmetryReport) -> SpectrumView:
         err = np.where(np.isfinite(stderr) & (stderr > 0), stderr, 0.0)
         lower, upper = np.maximum(shown - err, floor), shown + err
     k = min(max(int(report.nullity), 0), m)
-    biases = _as_numpy(report.biases).reshape(-1) if report.biases is not None else None
+    biases = as_numpy(report.biases).reshape(-1) if report.biases is not None else None
     return SpectrumView(shown=shown, at_floor=at_floor, floor=floor, lower=lower, upper=upper, nullity=k,
                         gap=k - 0.5 if 0 < k < m else None, biases=biases)
 
@@ -676,67 +406,67 @@ def _log_limits(view: SpectrumView) -> Tuple[float, float]:
     return lo - pad, hi + pad
 
 
-def _spectrum_axes(canvas: _Canvas, view: SpectrumView, top: float) -> Tuple[_Axes, Optional[_Axes]]:
+def _spectrum_axes(canvas: Canvas, view: SpectrumView, top: float) -> Tuple[PlotBox, Optional[PlotBox]]:
     """The spectrum's axes: shading, the gap line, ticks and frame; the bias axis when there are biases."""
     m = view.shown.size
     lo, hi = _log_limits(view)
-    exps = _decade_ticks(lo, hi, max_ticks=5)
-    label_w = max(canvas.text_width(_decade_label(e), _SMALL) for e in exps)
+    exps = decade_ticks(lo, hi, max_ticks=5)
+    label_w = max(canvas.text_width(decade_label(e), SMALL) for e in exps)
     box = (label_w + 10, top + 18.0, canvas.width - (34.0 if view.biases is not None else 12.0), canvas.height - 22.0)
-    ax = _Axes(canvas, box, (-0.5, m - 0.5), (lo, hi))
+    ax = PlotBox(canvas, box, (-0.5, m - 0.5), (lo, hi))
     if view.nullity > 0:
         x1, _ = ax.px(view.nullity - 0.5, lo)
-        canvas.rect(box[0], box[1], x1, box[3], fill=_SHADE)
-    ax.yticks(exps, [_decade_label(e) for e in exps])
+        canvas.rect(box[0], box[1], x1, box[3], fill=SHADE)
+    ax.yticks(exps, [decade_label(e) for e in exps])
     ticks = _index_ticks(m)
     ax.xticks(ticks, [str(t) for t in ticks])
     if view.gap is not None:
         xk, _ = ax.px(view.gap, lo)
-        canvas.dashed(xk, box[1], xk, box[3], _GREEN, width=1.5)
-    canvas.text(box[0], box[1] - 3, "variance", size=_SMALL, color=_BLUE, anchor="lb")
+        canvas.dashed(xk, box[1], xk, box[3], GREEN, width=1.5)
+    canvas.text(box[0], box[1] - 3, "variance", size=SMALL, color=BLUE, anchor="lb")
     bax = None
     if view.biases is not None:
-        canvas.text(box[2], box[1] - 3, "bias", size=_SMALL, color=_ORANGE, anchor="rb")
-        bax = _Axes(canvas, box, (-0.5, m - 0.5), (-0.05, 1.05))
-        bax.yticks([0.0, 0.5, 1.0], ["0", ".5", "1"], right=True, color=_ORANGE, grid=False)
+        canvas.text(box[2], box[1] - 3, "bias", size=SMALL, color=ORANGE, anchor="rb")
+        bax = PlotBox(canvas, box, (-0.5, m - 0.5), (-0.05, 1.05))
+        bax.yticks([0.0, 0.5, 1.0], ["0", ".5", "1"], right=True, color=ORANGE, grid=False)
     ax.frame()
     return ax, bax
 
 
-def _spectrum_marks(canvas: _Canvas, view: SpectrumView, ax: _Axes, bax: Optional[_Axes]) -> None:
+def _spectrum_marks(canvas: Canvas, view: SpectrumView, ax: PlotBox, bax: Optional[PlotBox]) -> None:
     """The variances (line, markers, error bars) and the biases (orange squares) of a spectrum."""
     m = view.shown.size
     points = [ax.px(i, float(v)) for i, v in enumerate(np.log10(view.shown))]
-    canvas.line(points, _BLUE, width=1.5)
+    canvas.line(points, BLUE, width=1.5)
     for bar in np.flatnonzero(view.has_error_bars).tolist():
         (x, y0), (_, y1) = ax.px(bar, math.log10(view.lower[bar])), ax.px(bar, math.log10(view.upper[bar]))
-        canvas.line([(x, y0), (x, y1)], _BLUE, width=1.0)
-        canvas.line([(x - 2.5, y0), (x + 2.5, y0)], _BLUE, width=1.0)
-        canvas.line([(x - 2.5, y1), (x + 2.5, y1)], _BLUE, width=1.0)
+        canvas.line([(x, y0), (x, y1)], BLUE, width=1.0)
+        canvas.line([(x - 2.5, y0), (x + 2.5, y0)], BLUE, width=1.0)
+        canvas.line([(x - 2.5, y1), (x + 2.5, y1)], BLUE, width=1.0)
     radius = 3.0 if m <= 40 else (2.0 if m <= 100 else 0.0)
     for i, (x, y) in enumerate(points):
         if radius > 0 or view.at_floor[i]:
-            canvas.marker(x, y, max(radius, 2.5), _BLUE, hollow=bool(view.at_floor[i]))
+            canvas.marker(x, y, max(radius, 2.5), BLUE, hollow=bool(view.at_floor[i]))
     if bax is not None and view.biases is not None:
         for i, b in enumerate(view.biases):
             if math.isfinite(b):
                 x, y = bax.px(i, float(min(max(b, 0.0), 1.0)))
-                canvas.marker(x, y, 2.5, _ORANGE, shape="s")
+                canvas.marker(x, y, 2.5, ORANGE, shape="s")
 
 
-def _spectrum_picture(report: SymmetryReport, caption: Optional[str] = None) -> Tuple[np.ndarray, Dict[str, Any]]:
+def _spectrum_picture(report: SymmetryReport, caption: Optional[str] = None) -> Tuple[Canvas, Dict[str, Any]]:
     """The spectrum picture and its layout (plot box, log limits, floor) for tests."""
     first, second = _spectrum_title(report)
-    canvas = _Canvas(CARD_WIDTH, CARD_HEIGHT)
-    top = _header(canvas, first, caption)
-    canvas.text(CARD_WIDTH / 2, top, second, size=_TEXT, anchor="mt")
+    canvas = Canvas(CARD_WIDTH, CARD_HEIGHT)
+    top = header(canvas, first, caption)
+    canvas.text(CARD_WIDTH / 2, top, second, size=TEXT, anchor="mt")
     view = spectrum_view(report)
     if view.shown.size == 0:
-        canvas.text(CARD_WIDTH / 2, CARD_HEIGHT / 2, "empty spectrum", size=_TEXT, color=_GREY, anchor="mm")
-        return canvas.to_array(), {}
+        canvas.text(CARD_WIDTH / 2, CARD_HEIGHT / 2, "empty spectrum", size=TEXT, color=GREY, anchor="mm")
+        return canvas, {}
     ax, bax = _spectrum_axes(canvas, view, top + 18)
     _spectrum_marks(canvas, view, ax, bax)
-    return canvas.to_array(), {"box": ax.box, "ylim": ax.ylim, "xlim": ax.xlim, "floor": view.floor}
+    return canvas, {"box": ax.box, "ylim": ax.ylim, "xlim": ax.xlim, "floor": view.floor}
 
 
 def spectrum_image(report: SymmetryReport, caption: Optional[str] = None) -> np.ndarray:
@@ -753,80 +483,37 @@ def spectrum_image(report: SymmetryReport, caption: Optional[str] = None) -> np.
         report: The report to draw.
         caption: Where the report comes from (e.g. ``"fit · epoch 4"``), written in the title.
     """
-    return _spectrum_picture(report, caption)[0]
+    return _spectrum_picture(report, caption)[0].to_array()
 
 
-def _new_axes(ax: Optional[Axes]) -> Tuple[Figure, Axes]:
-    """``ax`` and its figure, or a new pyplot figure as TorchMetrics' ``plot`` makes."""
+def _new_axes(ax: Optional[Axes], size: Tuple[float, float] = (6.5, 3.6)) -> Tuple[Figure, Axes]:
+    """``ax`` and its figure, or a new pyplot figure of ``size`` inches as TorchMetrics' ``plot`` makes."""
     if ax is not None:
         return ax.figure, ax  # type: ignore[return-value]
     import matplotlib.pyplot as plt
 
-    fig, new = plt.subplots(figsize=(6.5, 3.6), dpi=_DPI, layout="constrained")
-    return fig, new
+    fig = plt.figure(figsize=size, dpi=DPI)
+    return fig, fig.add_axes((0.0, 0.0, 1.0, 1.0))
 
 
 def plot_spectrum(report: SymmetryReport, ax: Optional[Axes] = None) -> Tuple[Figure, Axes]:
-    """The symmetry-variance spectrum on a log scale with matplotlib, the learned symmetries shaded.
+    """The spectrum picture (:func:`spectrum_image`) drawn with matplotlib, for notebooks and papers.
 
-    Draws what the card picture draws (:func:`spectrum_view`): zero variances at a floor (open
-    markers) so the log axis holds them; standard errors (when the report has ``variance_stderr``)
-    as error bars. The ``nullity`` most invariant generators are shaded, with a line between index
-    ``nullity - 1`` and ``nullity``. With reference biases, they are drawn on a second y axis (0 =
-    inside the reference algebra); NaN biases are left out.
+    The same picture as the card the callback logs, laid out once: drawn into ``ax`` with lines,
+    markers and text as vectors (a saved PDF or SVG scales), the axes' own frame and ticks off.
 
     Args:
         report: The report to draw.
-        ax: Axes to draw into; ``None`` makes a new pyplot figure, as TorchMetrics' ``plot`` does.
+        ax: Axes to draw into; ``None`` makes a new pyplot figure of the card's size
+            (:data:`CARD_WIDTH` x :data:`CARD_HEIGHT` pixels), as TorchMetrics' ``plot`` does.
 
     Returns:
-        ``(figure, axes)``; ``axes`` is the variance axis.
+        ``(figure, axes)``.
     """
-    fig, ax = _new_axes(ax)
-    first, second = _spectrum_title(report)
-    ax.set_title(f"{first}\n{second}", fontsize=10)
-    ax.set_xlabel("generator index (most invariant first)")
-    ax.set_ylabel(r"variance $\sigma_i^2 / N$")
-    view = spectrum_view(report)
-    m = view.shown.size
-    if m == 0:
-        ax.text(0.5, 0.5, "empty spectrum", ha="center", va="center", transform=ax.transAxes)
-        return fig, ax
-    idx = np.arange(m)
-    handles: List[Any] = list(ax.plot(idx, view.shown, color="C0", marker="o" if m <= 64 else None, markersize=4,
-                                      lw=1.2, label="variance"))
-    if view.has_error_bars.any():
-        ax.errorbar(idx, view.shown, yerr=np.stack([view.shown - view.lower, view.upper - view.shown]), fmt="none",
-                    ecolor="C0", elinewidth=1, capsize=2)
-    if view.at_floor.any():
-        handles += ax.plot(idx[view.at_floor], view.shown[view.at_floor], ls="none", marker="o", mfc="white",
-                           color="C0", markersize=6, label=f"at floor ({view.floor:.0e})")
-    ax.set_yscale("log")
-    ax.set_xlim(-0.5, m - 0.5)
-    ax.grid(True, which="major", alpha=0.3)
-    from matplotlib.ticker import MaxNLocator
-
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    if view.nullity > 0:
-        handles.append(ax.axvspan(-0.5, view.nullity - 0.5, color="C2", alpha=0.15, lw=0,
-                                  label=f"learned symmetries ({view.nullity})"))
-    if view.gap is not None:
-        ax.axvline(view.gap, color="C2", ls="--", lw=1.2)
-    if view.biases is not None:
-        handles += _plot_biases(ax, view.biases)
-    ax.legend(handles=handles, loc="lower right", fontsize="small", framealpha=0.8)
+    canvas = _spectrum_picture(report)[0]
+    fig, ax = _new_axes(ax, (canvas.width / DPI, canvas.height / DPI))
+    canvas.draw_into(ax)
     return fig, ax
-
-
-def _plot_biases(ax: Axes, biases: np.ndarray) -> List[Any]:
-    """The biases as orange squares on a second y axis; returns the legend handles."""
-    bax = ax.twinx()
-    handles = list(bax.plot(np.arange(biases.size), biases, color="C1", ls="none", marker="s", markersize=4,
-                            label="bias to reference"))
-    bax.set_ylabel("bias (distance to reference)")
-    finite = biases[np.isfinite(biases)]
-    bax.set_ylim(-0.05, max(1.05, float(finite.max()) * 1.05 if finite.size else 1.05))
-    return handles
 
 
 def plot_spectra(reports: Sequence[SymmetryReport], ax: Optional[Axes] = None) -> Tuple[Figure, Axes]:
@@ -842,9 +529,9 @@ def plot_spectra(reports: Sequence[SymmetryReport], ax: Optional[Axes] = None) -
     if not reports:
         raise ValueError("Expected at least one report to plot, got none.")
     fig, ax = _new_axes(ax)
-    floor = min(_log_floor(_as_numpy(r.variances).reshape(-1)) for r in reports)
+    floor = min(_log_floor(as_numpy(r.variances).reshape(-1)) for r in reports)
     for i, report in enumerate(reports):
-        variances = _as_numpy(report.variances).reshape(-1)
+        variances = as_numpy(report.variances).reshape(-1)
         ax.plot(np.arange(variances.size), np.where(variances > floor, variances, floor), marker="o", markersize=3,
                 lw=1.0, label=f"report {i} (nullity {report.nullity})")
     ax.set_yscale("log")
@@ -868,7 +555,7 @@ def spectrum_history_table(spectra: Sequence[Union[Tensor, np.ndarray]]) -> np.n
     Args:
         spectra: Variance spectra ``(m,)``, oldest first; shorter ones are padded with NaN.
     """
-    rows = [_as_numpy(s).reshape(-1) for s in spectra]
+    rows = [as_numpy(s).reshape(-1) for s in spectra]
     width = max((r.size for r in rows), default=0)
     table = np.full((len(rows), max(width, 1)), np.nan)
     for i, r in enumerate(rows):
@@ -895,16 +582,16 @@ def _history_limits(table: np.ndarray) -> Tuple[float, float]:
 def _row_labels(texts: Sequence[str], row_h: int, room: float) -> Tuple[List[int], int]:
     """Which rows get their label (every few when rows are thin, always the newest) and the font size.
 
-    The size shrinks from :data:`_TEXT` to 10 pixels for long labels before they are shortened.
+    The size shrinks from :data:`TEXT` to 10 pixels for long labels before they are shortened.
     """
-    size = next((s for s in (_TEXT, _SMALL, 11, 10) if max(_font(s).getlength(t) for t in texts) <= room), 10)
+    size = next((s for s in (TEXT, SMALL, 11, 10) if max(font(s).getlength(t) for t in texts) <= room), 10)
     step = max(1, math.ceil((size + 3) / row_h))
     n = len(texts)
     return list(range(n - 1, -1, -step))[::-1], size
 
 
 def _history_picture(spectra: Sequence[Tensor], labels: Optional[Sequence[str]],
-                     caption: Optional[str] = None) -> Tuple[np.ndarray, Dict[str, Any]]:
+                     caption: Optional[str] = None) -> Tuple[Canvas, Dict[str, Any]]:
     """The history picture and its layout (heat-map box, row height, colour limits, labelled rows) for tests."""
     if len(spectra) == 0:
         raise ValueError("Expected at least one spectrum, got none.")
@@ -915,41 +602,41 @@ def _history_picture(spectra: Sequence[Tensor], labels: Optional[Sequence[str]],
     n, m = table.shape
     texts = [str(t) for t in labels] if labels is not None else [str(i + 1) for i in range(n)]
     width, title = CARD_WIDTH, "spectrum history"
-    y0 = _header_height(title, caption) + 2
+    y0 = header_height(title, caption) + 2
     row_h = int(min(26, max(3, (CARD_HEIGHT - y0 - 58) // n)))
     plot_h = row_h * n
-    canvas = _Canvas(width, y0 + plot_h + 58)
-    _header(canvas, title, caption)
+    canvas = Canvas(width, y0 + plot_h + 58)
+    header(canvas, title, caption)
     shown_rows, size = _row_labels([texts[i] for i in range(n)], row_h, 0.45 * width)
-    label_w = max(canvas.text_width(_fit_text(texts[i], size, 0.45 * width), size) for i in shown_rows)
+    label_w = max(canvas.text_width(fit_text(texts[i], size, 0.45 * width), size) for i in shown_rows)
     x0 = int(label_w + 14)
     plot_w = int(width - x0 - 10)
-    heat = _colour(np.clip(np.where(np.isneginf(table), lo, table), lo, hi), lo, hi, _SEQUENTIAL)
-    canvas.paste(_upscale(heat, plot_h, plot_w), x0, y0)
+    heat = colour(np.clip(np.where(np.isneginf(table), lo, table), lo, hi), lo, hi, SEQUENTIAL)
+    canvas.paste(upscale(heat, plot_h, plot_w), x0, y0)
     for i in shown_rows:
-        canvas.text(x0 - 6, y0 + (i + 0.5) * row_h, _fit_text(texts[i], size, 0.45 * width), size=size, anchor="rm")
-    ax = _Axes(canvas, (x0, y0, x0 + plot_w, y0 + plot_h), (-0.5, m - 0.5), (0.0, 1.0))
+        canvas.text(x0 - 6, y0 + (i + 0.5) * row_h, fit_text(texts[i], size, 0.45 * width), size=size, anchor="rm")
+    ax = PlotBox(canvas, (x0, y0, x0 + plot_w, y0 + plot_h), (-0.5, m - 0.5), (0.0, 1.0))
     ticks = _index_ticks(m)
     ax.xticks(ticks, [str(t) for t in ticks])
     key_x = max(x0, 84)
     _history_key(canvas, (key_x, y0 + plot_h + 22, width - key_x - 30), lo, hi)
     layout = {"box": (x0, y0, x0 + plot_w, y0 + plot_h), "row_height": row_h, "limits": (lo, hi),
               "labelled_rows": shown_rows, "label_size": size}
-    return canvas.to_array(), layout
+    return canvas, layout
 
 
-def _history_key(canvas: _Canvas, where: Tuple[int, int, int], lo: float, hi: float) -> None:
+def _history_key(canvas: Canvas, where: Tuple[int, int, int], lo: float, hi: float) -> None:
     """The colour key of the history: decades of variance ÷ row mean, named under it."""
     key_x, key_y, key_w = where
-    key = _colour(np.linspace(lo, hi, 200)[None, :], lo, hi, _SEQUENTIAL)
-    canvas.paste(_upscale(key, 8, key_w), key_x, key_y)
-    exps = [float(e) for e in _decade_ticks(lo, hi, max_ticks=5)]
-    marks = [(e, _decade_label(int(e))) for e in exps]
+    key = colour(np.linspace(lo, hi, 200)[None, :], lo, hi, SEQUENTIAL)
+    canvas.paste(upscale(key, 8, key_w), key_x, key_y)
+    exps = [float(e) for e in decade_ticks(lo, hi, max_ticks=5)]
+    marks = [(e, decade_label(int(e))) for e in exps]
     if len(exps) < 2:  # less than two decades: label the ends with their ratios
-        marks = [(lo, _short(10**lo)), (hi, _short(10**hi))]
+        marks = [(lo, short(10**lo)), (hi, short(10**hi))]
     for e, text in marks:
-        canvas.text(key_x + (e - lo) / (hi - lo) * key_w, key_y + 10, text, size=_SMALL, color=_GREY, anchor="mt")
-    canvas.text(key_x - 6, key_y + 4, "÷ row mean", size=11, color=_GREY, anchor="rm")
+        canvas.text(key_x + (e - lo) / (hi - lo) * key_w, key_y + 10, text, size=SMALL, color=GREY, anchor="mt")
+    canvas.text(key_x - 6, key_y + 4, "÷ row mean", size=11, color=GREY, anchor="rm")
 
 
 def spectrum_history_image(spectra: Sequence[Tensor], labels: Optional[Sequence[str]] = None,
@@ -968,7 +655,7 @@ def spectrum_history_image(spectra: Sequence[Tensor], labels: Optional[Sequence[
             middle.
         caption: Where the newest analysis comes from (e.g. ``"fit · epoch 4"``), written in the title.
     """
-    return _history_picture(spectra, labels, caption)[0]
+    return _history_picture(spectra, labels, caption)[0].to_array()
 
 
 # --------------------------------------------------------------------------------------------- orbits
@@ -1067,20 +754,20 @@ def _check_orbit(orbit: Any) -> Dict[str, np.ndarray]:
     return {"ts": ts, "most": most, "least": least}
 
 
-_ROW_NAMES = (("most invariant", _GREEN), ("least invariant", _RED))
+_ROW_NAMES = (("most invariant", GREEN), ("least invariant", RED))
 
 
-def _curves_panel(canvas: _Canvas, box: Tuple[float, float, float, float], ts: np.ndarray, values: np.ndarray,
+def _curves_panel(canvas: Canvas, box: Tuple[float, float, float, float], ts: np.ndarray, values: np.ndarray,
                   shown: Sequence[int], ylim: Tuple[float, float], title: str, color: Tuple[int, int, int],
                   change: float, left_labels: bool) -> None:
     """One orbit's output components against ``t``, titled with its generator and its largest change."""
     x0, y0, x1, y1 = box
-    canvas.text((x0 + x1) / 2, y0 - 20, title, size=_TEXT, bold=True, color=color, anchor="mb")
-    canvas.text((x0 + x1) / 2, y0 - 4, f"max change {_short(change)}", size=_SMALL, anchor="mb")
-    ax = _Axes(canvas, box, (float(ts.min()), float(ts.max())), ylim)
+    canvas.text((x0 + x1) / 2, y0 - 20, title, size=TEXT, bold=True, color=color, anchor="mb")
+    canvas.text((x0 + x1) / 2, y0 - 4, f"max change {short(change)}", size=SMALL, anchor="mb")
+    ax = PlotBox(canvas, box, (float(ts.min()), float(ts.max())), ylim)
     lo, hi = ylim
     ticks = [lo + (hi - lo) * f for f in (0.1, 0.5, 0.9)]
-    ax.yticks(ticks, [_short(t) for t in ticks] if left_labels else ["", "", ""])
+    ax.yticks(ticks, [short(t) for t in ticks] if left_labels else ["", "", ""])
     tmin, tmax = float(ts.min()), float(ts.max())
     xt = sorted({tmin, 0.0, tmax}) if tmin < 0 < tmax else [tmin, tmax]
     ax.xticks(xt, [f"{t:g}" for t in xt], inward=True)
@@ -1088,7 +775,7 @@ def _curves_panel(canvas: _Canvas, box: Tuple[float, float, float, float], ts: n
         zx, _ = ax.px(0.0, lo)
         canvas.dashed(zx, y0, zx, y1, (180, 180, 180), width=1.0, dash=3.0)
     for n, j in enumerate(shown):
-        canvas.line([ax.px(float(t), float(v)) for t, v in zip(ts, values[:, j])], _TAB10[n % 10], width=1.5)
+        canvas.line([ax.px(float(t), float(v)) for t, v in zip(ts, values[:, j])], TAB10[n % 10], width=1.5)
     ax.frame()
 
 
@@ -1096,10 +783,10 @@ def _moved_pictures(action: GroupAction, x: Tensor, gens: Sequence[Tensor],
                     ts: Sequence[float]) -> List[List[np.ndarray]]:
     """``x`` moved by ``exp(t h)`` for each generator ``h`` (rows) and each ``t`` (columns), as pictures."""
     batch = x.detach()[None]
-    return [[_to_picture(_as_numpy(action.transform(batch, g, t)[0])) for t in ts] for g in gens]
+    return [[_to_picture(as_numpy(action.transform(batch, g, t)[0])) for t in ts] for g in gens]
 
 
-def _thumbnails(canvas: _Canvas, pictures: List[List[np.ndarray]], ts: Sequence[float], top: int,
+def _thumbnails(canvas: Canvas, pictures: List[List[np.ndarray]], ts: Sequence[float], top: int,
                 thumb: Tuple[int, int]) -> Dict[str, Any]:
     """The moved inputs, one row per generator, on one intensity scale; returns their boxes and the scale."""
     values = np.concatenate([p.reshape(-1) for row in pictures for p in row])
@@ -1109,15 +796,15 @@ def _thumbnails(canvas: _Canvas, pictures: List[List[np.ndarray]], ts: Sequence[
     thumb_w, thumb_h = thumb
     left, gap = 76, 4
     for c, t in enumerate(ts):
-        canvas.text(left + c * (thumb_w + gap) + thumb_w / 2, top, f"t = {t:g}", size=11, color=_GREY, anchor="mt")
+        canvas.text(left + c * (thumb_w + gap) + thumb_w / 2, top, f"t = {t:g}", size=11, color=GREY, anchor="mt")
     boxes = []
     y = top + 15
     for row, (name, color) in zip(pictures, _ROW_NAMES):
         first, second = name.split(" ")
-        canvas.text(left - 8, y + thumb_h / 2 - 8, first, size=_TEXT, bold=True, color=color, anchor="rm")
-        canvas.text(left - 8, y + thumb_h / 2 + 8, second, size=_SMALL, color=color, anchor="rm")
+        canvas.text(left - 8, y + thumb_h / 2 - 8, first, size=TEXT, bold=True, color=color, anchor="rm")
+        canvas.text(left - 8, y + thumb_h / 2 + 8, second, size=SMALL, color=color, anchor="rm")
         for c, pic in enumerate(row):
-            canvas.paste(_upscale(_gray(pic, lo, hi), thumb_h, thumb_w), left + c * (thumb_w + gap), y)
+            canvas.paste(upscale(_gray(pic, lo, hi), thumb_h, thumb_w), left + c * (thumb_w + gap), y)
             boxes.append((left + c * (thumb_w + gap), y, thumb_w, thumb_h))
         y += thumb_h + 4
     return {"thumbs": boxes, "intensity": (lo, hi), "bottom": y}
@@ -1131,7 +818,7 @@ def _thumb_size(pictures: List[List[np.ndarray]], count: int, tallest: int) -> T
     return max(4, min(thumb_w, int(round(thumb_h * w0 / max(h0, 1))))), thumb_h
 
 
-def _thumbs_over_panels(canvas: _Canvas, pictures: List[List[np.ndarray]], ts: Sequence[float],
+def _thumbs_over_panels(canvas: Canvas, pictures: List[List[np.ndarray]], ts: Sequence[float],
                         panels: List[Dict[str, Any]], y: int, size: int) -> Dict[str, Any]:
     """Each generator's moved inputs in a row above its curves, each over its ``t`` on the panel's axis."""
     values = np.concatenate([p.reshape(-1) for row in pictures for p in row])
@@ -1145,12 +832,12 @@ def _thumbs_over_panels(canvas: _Canvas, pictures: List[List[np.ndarray]], ts: S
         for pic, t in zip(row, ts):
             centre = x0 + (t - tmin) / (tmax - tmin) * (x1 - x0) if tmax > tmin else (x0 + x1) / 2
             left = int(min(max(centre - size / 2, x0), x1 - size))
-            canvas.paste(_upscale(_gray(pic, lo, hi), size, size), left, y)
+            canvas.paste(upscale(_gray(pic, lo, hi), size, size), left, y)
             boxes.append((left, y, size, size))
     return {"thumbs": boxes, "intensity": (lo, hi)}
 
 
-def _orbit_curves(canvas: _Canvas, outputs: Dict[str, np.ndarray], top: int) -> List[Dict[str, Any]]:
+def _orbit_curves(canvas: Canvas, outputs: Dict[str, np.ndarray], top: int) -> List[Dict[str, Any]]:
     """The outputs along both orbits, side by side on one y scale; returns each panel's layout."""
     t_arr, most_v, least_v = outputs["ts"], outputs["most"], outputs["least"]
     both = np.concatenate([most_v, least_v], axis=0)
@@ -1164,7 +851,7 @@ def _orbit_curves(canvas: _Canvas, outputs: Dict[str, np.ndarray], top: int) -> 
     pad = 0.08 * (hi - lo)
     ylim = (lo - pad, hi + pad)
     centre = int(np.argmin(np.abs(t_arr)))
-    tick_w = max(canvas.text_width(_short(ylim[0] + (ylim[1] - ylim[0]) * f), _SMALL) for f in (0.1, 0.5, 0.9))
+    tick_w = max(canvas.text_width(short(ylim[0] + (ylim[1] - ylim[0]) * f), SMALL) for f in (0.1, 0.5, 0.9))
     left, panel_gap = tick_w + 10, 26
     panel_w = (canvas.width - left - 14 - panel_gap) / 2
     box_top, bottom = top + 38, canvas.height - 18
@@ -1179,7 +866,7 @@ def _orbit_curves(canvas: _Canvas, outputs: Dict[str, np.ndarray], top: int) -> 
 
 def _orbit_picture(action: GroupAction, x: Tensor, most: Tensor, least: Tensor, ts: Sequence[float],
                    orbit: Optional[Dict[str, Any]],
-                   caption: Optional[str] = None) -> Tuple[Optional[np.ndarray], Dict[str, Any]]:
+                   caption: Optional[str] = None) -> Tuple[Optional[Canvas], Dict[str, Any]]:
     """The orbit picture (``None`` for a vector input without outputs) and its layout for tests."""
     ts = [float(t) for t in ts]
     if not ts:
@@ -1189,25 +876,25 @@ def _orbit_picture(action: GroupAction, x: Tensor, most: Tensor, least: Tensor, 
     if not is_image and outputs is None:
         return None, {}  # a vector's orbit says nothing without the outputs along it
     title = "orbit of an input"
-    top = _header_height(title, caption)
+    top = header_height(title, caption)
     pictures = _moved_pictures(action, x, (most, least), ts) if is_image else []
     layout: Dict[str, Any] = {"thumbs": [], "panels": [], "intensity": None}
     if outputs is None:  # images alone: a row of thumbnails per generator
         thumb = _thumb_size(pictures, len(ts), 64)
-        canvas = _Canvas(CARD_WIDTH, top + 15 + 2 * (thumb[1] + 4) + 6)
-        _header(canvas, title, caption)
+        canvas = Canvas(CARD_WIDTH, top + 15 + 2 * (thumb[1] + 4) + 6)
+        header(canvas, title, caption)
         drawn = _thumbnails(canvas, pictures, ts, top, thumb)
         layout.update(thumbs=drawn["thumbs"], intensity=drawn["intensity"])
-        return canvas.to_array(), layout
-    canvas = _Canvas(CARD_WIDTH, CARD_HEIGHT)
-    _header(canvas, title, caption)
+        return canvas, layout
+    canvas = Canvas(CARD_WIDTH, CARD_HEIGHT)
+    header(canvas, title, caption)
     size = 36 if is_image else 0
     layout["panels"] = _orbit_curves(canvas, outputs, top + (size + 2 if is_image else 0))
     if is_image:  # over the curves, room for three: the ends and the input itself
         ends = sorted({0, int(np.argmin(np.abs(np.asarray(ts)))), len(ts) - 1})
         chosen = [[row[i] for i in ends] for row in pictures]
         layout.update(_thumbs_over_panels(canvas, chosen, [ts[i] for i in ends], layout["panels"], top, size))
-    return canvas.to_array(), layout
+    return canvas, layout
 
 
 def orbit_image(
@@ -1242,7 +929,8 @@ def orbit_image(
     Returns:
         An ``(H, W, 3)`` uint8 array, or ``None`` for a vector input without ``orbit``.
     """
-    return _orbit_picture(action, x, most_invariant, least_invariant, ts, orbit, caption)[0]
+    canvas = _orbit_picture(action, x, most_invariant, least_invariant, ts, orbit, caption)[0]
+    return None if canvas is None else canvas.to_array()
 
 
 # --------------------------------------------------------------------------------------------- text
@@ -1258,19 +946,19 @@ def generators_text(report: SymmetryReport, k: int = 4, decimals: int = 3) -> st
     """
     count = max(0, min(int(k), report.generators.shape[0]))
     stderr = _stderr(report)
-    head = f"**LieGG**: nullity {report.nullity}, symmetry variance {_short(report.symmetry_variance, 3)}"
+    head = f"**LieGG**: nullity {report.nullity}, symmetry variance {short(report.symmetry_variance, 3)}"
     if stderr is not None and stderr.size:
-        head += f" ± {_short(float(stderr[0]), 2)}"
+        head += f" ± {short(float(stderr[0]), 2)}"
     if report.symmetry_bias is not None:
-        head += f", bias {_short(report.symmetry_bias, 3)}"
+        head += f", bias {short(report.symmetry_bias, 3)}"
     if report.closure_error is not None:
-        head += f", closure error {_short(report.closure_error, 3)}"
+        head += f", closure error {short(report.closure_error, 3)}"
     lines = [head + f", {report.num_samples} samples"]
-    biases = _as_numpy(report.biases).reshape(-1) if report.biases is not None else None
+    biases = as_numpy(report.biases).reshape(-1) if report.biases is not None else None
     for i in range(count):
-        line = f"**h{i}**: variance {_short(float(report.variances[i]), 3)}"
+        line = f"**h{i}**: variance {short(float(report.variances[i]), 3)}"
         if biases is not None:
-            line += f", bias {_short(float(biases[i]), 3)}"
+            line += f", bias {short(float(biases[i]), 3)}"
         mat = _as_matrix(report.generators[i])
         cols = mat.shape[1]
         lines += ["", line, "", "| " + " | ".join(f"c{j}" for j in range(cols)) + " |", "|" + "---:|" * cols]
@@ -1360,94 +1048,12 @@ def render_pictures(
     if orbit is not None:
         images["orbit"] = orbit
     if opts.layers:
-        from liegg_lightning.rendering_layers import layers_image
-
         images["layers"] = layers_image(opts.layers, known=list(report.known_variances) or None,
                                         caption=opts.caption)
     return images
 
 
 # --------------------------------------------------------------------------------------------- matplotlib
-
-
-def _array_figure(rgb: np.ndarray) -> Figure:
-    """A figure outside pyplot (Agg canvas) showing ``rgb`` pixel for pixel."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(rgb.shape[1] / _DPI, rgb.shape[0] / _DPI), dpi=_DPI)
-    FigureCanvasAgg(fig)
-    fig.figimage(rgb, 0, 0, origin="upper")
-    return fig
-
-
-def generators_figure(report: SymmetryReport, k: int = 4) -> Figure:
-    """:func:`generators_image` in a matplotlib figure (outside pyplot), for notebooks.
-
-    Args:
-        report: The report to draw.
-        k: How many leading generators to draw.
-    """
-    return _array_figure(generators_image(report, k))
-
-
-def spectrum_figure(report: SymmetryReport) -> Figure:
-    """:func:`spectrum_image` in a matplotlib figure (outside pyplot), for notebooks.
-
-    Args:
-        report: The report to draw.
-    """
-    return _array_figure(spectrum_image(report))
-
-
-def spectrum_history_figure(spectra: Sequence[Tensor], labels: Optional[Sequence[str]] = None) -> Figure:
-    """:func:`spectrum_history_image` in a matplotlib figure (outside pyplot), for notebooks.
-
-    Args:
-        spectra: Variance spectra ``(m,)``, oldest first.
-        labels: One label per spectrum.
-    """
-    return _array_figure(spectrum_history_image(spectra, labels))
-
-
-def orbit_figure(action: GroupAction, x: Tensor, most_invariant: Tensor, least_invariant: Tensor,
-                 ts: Sequence[float] = ORBIT_TS, orbit: Optional[Dict[str, Any]] = None) -> Figure:
-    """:func:`orbit_image` in a matplotlib figure (outside pyplot), for notebooks.
-
-    Args:
-        action: The group action.
-        x: One input without the batch dimension.
-        most_invariant: The most invariant generator.
-        least_invariant: The least invariant generator.
-        ts: Group parameters ``t`` of the thumbnails.
-        orbit: :func:`orbit_outputs` along the two generators; required for vector inputs.
-
-    Raises:
-        ValueError: A vector input without ``orbit`` (its picture is the outputs along the orbit).
-    """
-    picture = orbit_image(action, x, most_invariant, least_invariant, ts, orbit=orbit)
-    if picture is None:
-        raise ValueError(
-            "Expected `orbit` (from orbit_outputs) for a vector input: its picture is the model's outputs."
-        )
-    return _array_figure(picture)
-
-
-def figure_to_array(fig: Figure) -> np.ndarray:
-    """Render a figure to an ``(H, W, 3)`` uint8 RGB array and close it.
-
-    For TensorBoard: ``writer.add_image(tag, array, step, dataformats="HWC")``.
-
-    Args:
-        fig: The figure.
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
-    canvas.draw()
-    rgb = np.array(canvas.buffer_rgba(), dtype=np.uint8)[..., :3]
-    _close(fig)
-    return np.ascontiguousarray(rgb)
 
 
 def figure_to_png(fig: Figure) -> bytes:

@@ -68,8 +68,20 @@ def _assert_picture(arr: np.ndarray) -> None:
     assert len(colours) > 10, "image has almost no distinct colours"
 
 
-def _images(fig) -> list:
-    return [im for ax in fig.axes for im in ax.get_images()]
+def _drawn(picture):
+    """A picture's canvas drawn as an array, and its layout."""
+    canvas, layout = picture
+    return canvas.to_array(), layout
+
+
+def _figure_array(fig) -> np.ndarray:
+    """A matplotlib figure drawn by Agg as an ``(H, W, 3)`` uint8 array; closed where pyplot holds it."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
+    canvas.draw()
+    plt.close(fig)
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
 # ---------------------------------------------------------------- card pictures: shared checks
@@ -101,7 +113,7 @@ def test_generators_image_cells_have_the_colour_of_their_entries():
     eigs = [0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]
     q = _orthogonal(9, seed=1)
     report = _report(eigs, action, num_samples=5, reference=_so_reference(3), basis=q)
-    picture, layout = R._generators_picture(report, 4)
+    picture, layout = _drawn(R._generators_picture(report, 4))
     _assert_picture(picture)
     # one scale for all panels, from the largest entry of the shown unit generators (sign-free)
     limit = np.abs(q[:, :4]).max()
@@ -126,7 +138,7 @@ def test_generators_image_symmetric_scale_for_one_signed_generator():
     report = _report([0.0, 1.0, 2.0, 3.0], action, num_samples=4, basis=basis)
     lead = report.generators[0].numpy()
     assert np.all(lead > 0) or np.all(lead < 0)
-    picture, layout = R._generators_picture(report, 1)
+    picture, layout = _drawn(R._generators_picture(report, 1))
     assert layout["limit"] == pytest.approx(0.5)
     x0, y0, _, _ = layout["panels"][0]["box"]
     # +-0.5 is an end of the diverging map, not its centre: a saturated red or blue cell
@@ -139,7 +151,7 @@ def test_generators_image_other_generator_shapes(shape, drawn):
     m = int(np.prod(shape))
     action = TangentAction(lambda x: x[:, None].expand(-1, m, *x.shape[1:]), generator_shape=shape)
     report = _report(np.arange(m, dtype=float), action)
-    picture, layout = R._generators_picture(report, 2)
+    picture, layout = _drawn(R._generators_picture(report, 2))
     assert [p["shape"] for p in layout["panels"]] == [drawn, drawn]
     _assert_picture(picture)
 
@@ -147,7 +159,7 @@ def test_generators_image_other_generator_shapes(shape, drawn):
 def test_generators_image_large_generators_wrap_and_drop_numbers():
     action = VectorAction(dim=16)
     report = _report(np.arange(256, dtype=float), action)
-    picture, layout = R._generators_picture(report, 4)
+    picture, layout = _drawn(R._generators_picture(report, 4))
     assert not layout["numbers"]  # 16 columns in a card: colour only
     boxes = [p["box"] for p in layout["panels"]]
     assert len({b[1] for b in boxes}) == 2, "4 panels of 16x16 wrap onto two rows"
@@ -165,7 +177,7 @@ def test_generators_image_k_larger_than_m_and_zero():
 
 
 def test_cell_text_is_short_and_rounded():
-    assert [R._cell_text(v) for v in (0.7071, -0.5, 0.001, -0.004, 1.0, -0.999)] == [".71", "-.5", "0", "0", "1.0",
+    assert [R._entry_text(v) for v in (0.7071, -0.5, 0.001, -0.004, 1.0, -0.999)] == [".71", "-.5", "0", "0", "1.0",
                                                                                       "-1.0"]
 
 
@@ -177,7 +189,7 @@ def test_spectrum_image_markers_sit_at_the_log_variances_with_error_bars():
     eigs = np.array([0.0, 1e-6, 2e-6] + [10.0 * (i + 1) for i in range(6)])
     report = _report(eigs, action, num_samples=10, reference=_so_reference(3))
     report.variance_stderr = torch.from_numpy(np.where(eigs > 0, 0.5 * eigs / 10, 0.0))  # as a newer report has
-    picture, layout = R._spectrum_picture(report)
+    picture, layout = _drawn(R._spectrum_picture(report))
     _assert_picture(picture)
     (x0, y0, x1, y1), (lo, hi) = layout["box"], layout["ylim"]
 
@@ -216,8 +228,7 @@ def test_spectrum_title_holds_the_numbers_and_survives_nan():
     assert "bias n/a" in second
     assert "±0.2" in second
     _assert_picture(R.spectrum_image(report))  # NaN biases are left out, not drawn at 0
-    fig, _ = R.plot_spectrum(report)
-    R.figure_to_array(fig)
+    _assert_picture(_figure_array(R.plot_spectrum(report)[0]))
 
 
 def test_spectrum_image_empty_and_all_zero():
@@ -227,31 +238,37 @@ def test_spectrum_image_empty_and_all_zero():
     assert R.spectrum_image(empty).shape[1] == R.CARD_WIDTH
 
 
-def test_plot_spectrum_log_floor_nullity_and_biases():
+def test_plot_spectrum_draws_the_card_picture_with_matplotlib():
     action = VectorAction(dim=3)
     # three exact zeros, then a gap of 1e8 to the rest: the nullity is 3
-    eigs = [0.0, 0.0, 0.0] + [10.0 * (i + 1) for i in range(6)]
+    eigs = np.array([0.0, 0.0, 0.0] + [10.0 * (i + 1) for i in range(6)])
     report = _report(eigs, action, num_samples=10, reference=_so_reference(3))
     assert report.nullity == 3
-    assert report.biases is not None
-
     fig, ax = R.plot_spectrum(report)  # no ax: a pyplot figure, as TorchMetrics' plot() makes
     assert plt.fignum_exists(fig.number)
-    assert ax.get_yscale() == "log"
-    line = ax.get_lines()[0]
-    y = np.asarray(line.get_ydata(), dtype=float)
-    assert np.all(y > 0), "zero variances must be clamped to a positive floor"
-    expected = np.asarray(eigs) / 10.0  # variances = eigenvalues / N
-    assert np.allclose(y[3:], expected[3:], rtol=1e-9)
-    assert np.all(y[:3] < 1e-10)
-    boundaries = [ln for ln in ax.get_lines() if list(ln.get_xdata()) == [2.5, 2.5]]
-    assert len(boundaries) == 1
-    assert len(fig.axes) == 2
-    bias_y = np.asarray(fig.axes[1].get_lines()[0].get_ydata(), dtype=float)
-    assert np.allclose(bias_y, report.biases.numpy())
-    assert all(float(t).is_integer() for t in ax.get_xticks())
-    _assert_picture(R.figure_to_array(fig))
+    assert fig is ax.figure
+    assert round(fig.get_figwidth() * fig.dpi) == R.CARD_WIDTH
+    texts = " ".join(t.get_text() for t in ax.texts)
+    assert "nullity 3" in texts
+    assert "bias" in texts
+    picture = _figure_array(fig)
     assert plt.get_fignums() == []
+    _assert_picture(picture)
+    layout = R._spectrum_picture(report)[1]
+    (x0, y0, x1, y1), (lo, hi) = layout["box"], layout["ylim"]
+
+    def at(i, fraction):
+        return int(round(y1 - fraction * (y1 - y0))), int(round(x0 + (i + 0.5) / eigs.size * (x1 - x0)))
+
+    blue = np.array([31, 119, 180], dtype=float)
+    for i, v in enumerate(eigs / 10):  # variances = eigenvalues / N, on the log axis
+        if v > 0:
+            assert _close(picture[at(i, (np.log10(v) - lo) / (hi - lo))], blue, tol=40), i
+    # zeros sit at the floor: a hollow marker, white inside
+    assert picture[at(0, (np.log10(layout["floor"]) - lo) / (hi - lo))].min() > 200
+    orange = np.array([230, 120, 20], dtype=float)
+    for i, b in enumerate(report.biases.numpy()):  # the bias axis runs from -0.05 to 1.05
+        assert _close(picture[at(i, (b + 0.05) / 1.1)], orange, tol=40), i
 
 
 def test_plot_spectrum_into_given_axes_without_biases():
@@ -262,8 +279,9 @@ def test_plot_spectrum_into_given_axes_without_biases():
     out_fig, out_ax = R.plot_spectrum(report, ax=ax)
     assert out_fig is fig
     assert out_ax is ax
-    assert len(fig.axes) == 1, "no bias axis without biases"
-    _assert_picture(R.figure_to_array(fig))
+    assert len(fig.axes) == 1
+    assert not any("bias" in t.get_text() for t in ax.texts), "no bias axis without biases"
+    _assert_picture(_figure_array(fig))
 
 
 # ---------------------------------------------------------------- history
@@ -280,7 +298,7 @@ def test_history_scales_each_row_so_the_untrained_row_does_not_dominate():
     # scaling a row does not change it: the picture shows the spectrum's shape, not the outputs' size
     assert np.allclose(R.spectrum_history_table([1e6 * untrained, trained]), table)
 
-    picture, layout = R._history_picture([untrained, trained], ["epoch 1", "epoch 2"])
+    picture, layout = _drawn(R._history_picture([untrained, trained], ["epoch 1", "epoch 2"]))
     x0, y0, x1, _ = layout["box"]
     row_h = layout["row_height"]
     col_w = (x1 - x0) / 6
@@ -301,7 +319,7 @@ def test_history_scales_each_row_so_the_untrained_row_does_not_dominate():
 def test_history_labels_and_integer_ticks():
     spectra = [torch.linspace(1.0, 2.0, 7) * (i + 1) for i in range(40)]
     labels = [f"epoch {i + 1}" for i in range(39)] + ["validate"]
-    picture, layout = R._history_picture(spectra, labels)
+    picture, layout = _drawn(R._history_picture(spectra, labels))
     _assert_picture(picture)
     shown = layout["labelled_rows"]
     assert shown[-1] == 39, "the newest analysis is always labelled"
@@ -392,7 +410,7 @@ def test_orbit_image_thumbnails_are_the_transformed_input(channels):
     action = ImageAction()
     x = _square_image(1)[0] if channels is None else _square_image(channels)
     ts = (-0.5, 0.0, 0.5)
-    picture, layout = R._orbit_picture(action, x, ROTATION, SCALING, ts, None)
+    picture, layout = _drawn(R._orbit_picture(action, x, ROTATION, SCALING, ts, None))
     _assert_picture(picture)
     assert len(layout["thumbs"]) == 2 * len(ts)
     assert layout["panels"] == []
@@ -418,7 +436,7 @@ def test_orbit_image_with_outputs_draws_both_orbits_on_one_scale():
     x = _square_image(1)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(320, 3)).eval()
     orbit = R.orbit_outputs(model, action, x, ROTATION, SCALING)
-    picture, layout = R._orbit_picture(action, x, ROTATION, SCALING, R.ORBIT_TS, orbit)
+    picture, layout = _drawn(R._orbit_picture(action, x, ROTATION, SCALING, R.ORBIT_TS, orbit))
     _assert_picture(picture)
     most, least = layout["panels"]
     assert most["ylim"] == least["ylim"]  # one scale: a flat line looks flat next to a moving one
@@ -434,14 +452,12 @@ def test_orbit_image_vectors_need_outputs_and_keep_the_most_moving_components():
     x = torch.tensor([1.0, -0.5, 0.25, 0.3, 2.0, -1.0])
     rot = torch.tensor([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
     assert R.orbit_image(action, x, rot, torch.eye(3)) is None
-    with pytest.raises(ValueError, match="orbit_outputs"):
-        R.orbit_figure(action, x, rot, torch.eye(3))
     ts = np.linspace(-0.6, 0.6, 5)
     still = np.ones((5, 12))
     moving = np.ones((5, 12))
     moving[:, 3] += ts  # only component 3 moves
-    picture, layout = R._orbit_picture(action, x, rot, torch.eye(3), R.ORBIT_TS,
-                                       {"ts": ts, "most": still, "least": moving})
+    picture, layout = _drawn(R._orbit_picture(action, x, rot, torch.eye(3), R.ORBIT_TS,
+                                       {"ts": ts, "most": still, "least": moving}))
     _assert_picture(picture)
     shown = layout["panels"][0]["shown"]
     assert len(shown) == R._MAX_CURVES
@@ -504,14 +520,7 @@ def test_generators_text_without_biases_and_vector_generators():
 # ---------------------------------------------------------------- conversion
 
 
-def test_figure_to_array_and_png_close_pyplot_figures():
-    fig, ax = plt.subplots(figsize=(2, 1), dpi=100)
-    ax.plot([0, 1], [1, 0])
-    arr = R.figure_to_array(fig)
-    assert arr.shape == (100, 200, 3)
-    assert arr.dtype == np.uint8
-    assert plt.get_fignums() == []
-
+def test_figure_to_png_closes_pyplot_figures():
     fig, ax = plt.subplots(figsize=(2, 1), dpi=100)
     ax.plot([0, 1], [1, 0])
     png = R.figure_to_png(fig)
@@ -519,14 +528,27 @@ def test_figure_to_array_and_png_close_pyplot_figures():
     assert plt.get_fignums() == []
 
 
-def test_figures_show_the_card_pictures_pixel_for_pixel_outside_pyplot():
-    report = _report([0.0, 1.0, 2.0, 3.0], VectorAction(dim=2))
-    pairs = [(R.spectrum_figure(report), R.spectrum_image(report)),
-             (R.generators_figure(report), R.generators_image(report)),
-             (R.spectrum_history_figure([report.variances]), R.spectrum_history_image([report.variances]))]
+def test_matplotlib_draws_each_card_picture_as_the_array_does():
+    from liegg_lightning.rendering_layers import _layers_picture
+
+    model, x, report = _image_report()
+    action = ImageAction()
+    orbit = R.orbit_outputs(model, action, x[0], report.generators[0], report.generators[-1])
+    canvases = [R._generators_picture(report, 4)[0], R._spectrum_picture(report, "fit · epoch 4")[0],
+                R._history_picture([report.variances] * 3, None)[0],
+                R._orbit_picture(action, x[0], report.generators[0], report.generators[-1], R.ORBIT_TS, orbit)[0],
+                _layers_picture({"0": report, "": report})[0]]
+    for canvas in canvases:
+        fig = canvas.to_figure()  # outside pyplot: nothing for pyplot to keep
+        assert [t.get_text() for t in fig.axes[0].texts] == [t.text for t in canvas.texts]
+        # glyphs are rasterised differently; without the text, the two drawings agree up to the
+        # anti-aliasing of lines (a line's edge pixel a shade lighter or darker)
+        canvas.texts.clear()
+        array, drawn = canvas.to_array(), _figure_array(canvas.to_figure())
+        assert drawn.shape == array.shape
+        differs = np.abs(drawn.astype(int) - array.astype(int)).max(axis=2) > 150
+        assert differs.mean() < 0.002, differs.mean()
     assert plt.get_fignums() == []
-    for fig, picture in pairs:
-        assert np.array_equal(R.figure_to_array(fig), picture)
 
 
 def _image_report():
@@ -584,19 +606,30 @@ def test_a_full_set_of_pictures_makes_no_matplotlib_figure():
     assert proc.stdout.strip().splitlines()[-1] == "0"
 
 
-def test_rendering_imports_matplotlib_lazily():
-    # no module-level matplotlib import, except under TYPE_CHECKING
-    tree = ast.parse(Path(R.__file__).read_text())
-    for node in tree.body:
-        if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING":
-            continue
-        for sub in ast.walk(node):
-            if isinstance(sub, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                break
-            if isinstance(sub, ast.Import):
-                assert not any(a.name.startswith(("matplotlib", "PIL")) for a in sub.names)
-            if isinstance(sub, ast.ImportFrom):
-                assert not (sub.module or "").startswith(("matplotlib", "PIL"))
+def _package_imports(module) -> list:
+    """Every ``liegg_lightning`` module ``module`` imports, at its top or inside its functions."""
+    tree = ast.parse(Path(module.__file__).read_text())
+    found = [node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
+    found += [a.name for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names]
+    return [name for name in found if name and name.startswith("liegg_lightning")]
+
+
+def test_picture_modules_import_matplotlib_lazily_and_each_other_one_way():
+    from liegg_lightning import canvas, rendering_layers
+
+    for module in (canvas, rendering_layers, R):
+        tree = ast.parse(Path(module.__file__).read_text())
+        for node in tree.body:  # no module-level matplotlib or Pillow import, except under TYPE_CHECKING
+            if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING":
+                continue
+            if isinstance(node, ast.Import):
+                assert not any(a.name.startswith(("matplotlib", "PIL")) for a in node.names), module
+            if isinstance(node, ast.ImportFrom):
+                assert not (node.module or "").startswith(("matplotlib", "PIL")), module
+    # the canvas is the ground floor, the layers stand on it, rendering on both: no circle
+    assert not any(name.startswith(("liegg_lightning.rendering", "liegg_lightning.rendering_layers"))
+                   for name in _package_imports(canvas))
+    assert "liegg_lightning.rendering" not in _package_imports(rendering_layers)
 
 
 def test_a_caption_changes_only_the_title_of_each_picture():
@@ -631,7 +664,7 @@ def test_the_layers_picture_is_a_card_and_names_each_maps_border_share():
     _, _, report = _image_report()
     ringed = build_report(torch.eye(4, dtype=torch.float64), 10, 10, 0, ImageAction())
     ringed.border_share = 0.69
-    picture, layout = _layers_picture({"conv1": report, "conv2": ringed}, known=None, k=4, caption="epoch 3")
+    picture, layout = _drawn(_layers_picture({"conv1": report, "conv2": ringed}, known=None, k=4, caption="epoch 3"))
     assert picture.shape[0] <= R.CARD_HEIGHT
     assert picture.shape[1] <= R.CARD_WIDTH
     assert layout["row_labels"][1].endswith("ring 69%")
