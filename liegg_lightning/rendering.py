@@ -75,7 +75,7 @@ from liegg_lightning.canvas import (
     short,
     upscale,
 )
-from liegg_lightning.rendering_layers import layers_image
+from liegg_lightning.rendering_layers import layers_canvas
 from liegg_lightning.report import SymmetryReport
 
 if TYPE_CHECKING:  # pragma: no cover - only for annotations
@@ -93,6 +93,7 @@ __all__ = [
     "generators_text",
     "orbit_image",
     "orbit_outputs",
+    "picture_canvases",
     "plot_spectra",
     "plot_spectrum",
     "render_pictures",
@@ -1003,15 +1004,48 @@ class PictureOptions:
         return dataclasses.replace(options if options is not None else cls(), **changes)
 
 
-def _orbit_card(report: SymmetryReport, action: GroupAction, options: PictureOptions) -> Optional[np.ndarray]:
+def _orbit_card(report: SymmetryReport, action: GroupAction, options: PictureOptions) -> Optional[Canvas]:
     """The orbit picture, or ``None`` without an input, with one generator, or for an action without transforms."""
     if options.example_input is None or len(report.generators) < 2:
         return None
     try:
-        return orbit_image(action, options.example_input, report.generators[0], report.generators[-1],
-                           orbit=options.orbit, caption=options.caption)
+        return _orbit_picture(action, options.example_input, report.generators[0], report.generators[-1],
+                              ORBIT_TS, options.orbit, options.caption)[0]
     except NotImplementedError:  # the action cannot apply finite transformations
         return None
+
+
+def picture_canvases(
+    report: SymmetryReport,
+    action: GroupAction,
+    options: Optional[PictureOptions] = None,
+    **keywords: Any,
+) -> Dict[str, Canvas]:
+    """All of a report's pictures laid out, not yet drawn: ``tag -> Canvas`` (tags as :func:`render_pictures`).
+
+    Each :class:`~liegg_lightning.canvas.Canvas` draws as the logged array
+    (:meth:`~liegg_lightning.canvas.Canvas.to_array`) or with matplotlib
+    (:meth:`~liegg_lightning.canvas.Canvas.to_figure`, e.g. ``picture_canvases(...)["orbit"].to_figure()``
+    in a notebook). Arguments as :func:`render_pictures`.
+
+    Raises:
+        TypeError: A keyword that is not a field of :class:`PictureOptions`.
+    """
+    opts = PictureOptions.of(options, **keywords)
+    canvases: Dict[str, Canvas] = {}
+    for first, count in generator_pages(report, opts.num_generators):
+        tag = "generators" if first == 0 else f"generators_h{first}"
+        canvases[tag] = _generators_picture(report, count, first, opts.caption)[0]
+    canvases["spectrum"] = _spectrum_picture(report, opts.caption)[0]
+    if opts.spectra:
+        canvases["spectrum_history"] = _history_picture(list(opts.spectra), opts.labels, opts.caption)[0]
+    orbit = _orbit_card(report, action, opts)
+    if orbit is not None:
+        canvases["orbit"] = orbit
+    if opts.layers:
+        canvases["layers"] = layers_canvas(opts.layers, known=list(report.known_variances) or None,
+                                           caption=opts.caption)
+    return canvases
 
 
 def render_pictures(
@@ -1036,21 +1070,7 @@ def render_pictures(
     Raises:
         TypeError: A keyword that is not a field of :class:`PictureOptions`.
     """
-    opts = PictureOptions.of(options, **keywords)
-    images: Dict[str, np.ndarray] = {}
-    for first, count in generator_pages(report, opts.num_generators):
-        images["generators" if first == 0 else f"generators_h{first}"] = generators_image(
-            report, count, first=first, caption=opts.caption)
-    images["spectrum"] = spectrum_image(report, caption=opts.caption)
-    if opts.spectra:
-        images["spectrum_history"] = spectrum_history_image(list(opts.spectra), opts.labels, caption=opts.caption)
-    orbit = _orbit_card(report, action, opts)
-    if orbit is not None:
-        images["orbit"] = orbit
-    if opts.layers:
-        images["layers"] = layers_image(opts.layers, known=list(report.known_variances) or None,
-                                        caption=opts.caption)
-    return images
+    return {tag: canvas.to_array() for tag, canvas in picture_canvases(report, action, options, **keywords).items()}
 
 
 # --------------------------------------------------------------------------------------------- matplotlib

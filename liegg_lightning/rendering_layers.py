@@ -37,7 +37,7 @@ from liegg_lightning.report import SymmetryReport
 if TYPE_CHECKING:  # pragma: no cover - only for annotations
     from matplotlib.figure import Figure
 
-__all__ = ["layer_label", "layers_figure", "layers_image", "layers_table"]
+__all__ = ["layer_label", "layers_canvas", "layers_figure", "layers_image", "layers_table"]
 
 
 
@@ -193,6 +193,22 @@ def _layers_picture(reports: Mapping[str, SymmetryReport], known: Optional[Seque
                                "row_labels": row_labels}
 
 
+def layers_canvas(reports: Mapping[str, SymmetryReport], known: Optional[Sequence[str]] = None, k: int = 4,
+                  caption: Optional[str] = None) -> Canvas:
+    """The picture of depth laid out, not yet drawn: :func:`layers_image` and :func:`layers_figure` draw it.
+
+    Args:
+        reports: ``layer name -> report``, in depth order (as ``analyze(..., layers=...)`` returns).
+        known: Known generator names for the columns; ``None`` shows the leading generators.
+        k: How many leading generators, when ``known`` is ``None``.
+        caption: Where the reports come from (e.g. ``"fit · epoch 4"``), written in the title.
+
+    Raises:
+        ValueError: For no reports, or a known generator a report does not hold (:func:`layers_table`).
+    """
+    return _layers_picture(reports, known, k, caption)[0]
+
+
 def layers_image(reports: Mapping[str, SymmetryReport], known: Optional[Sequence[str]] = None, k: int = 4,
                  caption: Optional[str] = None) -> np.ndarray:
     """The picture of depth as an ``(H, W, 3)`` uint8 card picture (:func:`layers_figure` draws it with matplotlib).
@@ -208,7 +224,7 @@ def layers_image(reports: Mapping[str, SymmetryReport], known: Optional[Sequence
         k: How many leading generators, when ``known`` is ``None``.
         caption: Where the reports come from (e.g. ``"fit · epoch 4"``), written in the title.
     """
-    return _layers_picture(reports, known, k, caption)[0].to_array()
+    return layers_canvas(reports, known, k, caption).to_array()
 
 
 def layers_figure(
@@ -239,4 +255,4 @@ def layers_figure(
         >>> round(fig.get_figwidth() * fig.dpi)
         330
     """
-    return _layers_picture(reports, known, k)[0].to_figure()
+    return layers_canvas(reports, known, k).to_figure()

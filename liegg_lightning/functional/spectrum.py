@@ -23,7 +23,6 @@ __all__ = [
     "subspace_bias",
     "closure_error",
     "known_variances",
-    "canonical_signs",
     "border_share",
 ]
 
@@ -35,13 +34,8 @@ def _signs(vectors: Tensor) -> Tensor:
     return signs
 
 
-def canonical_signs(vectors: Tensor) -> Tensor:
-    """Flip each column so its largest-magnitude entry is positive: eigenvectors are defined up to sign."""
-    return vectors * _signs(vectors)
-
-
 def _canonical_signs_(vectors: Tensor) -> Tensor:
-    """:func:`canonical_signs` in place, for a matrix of one's own (the same products: the same bits)."""
+    """Flip each column in place so its largest-magnitude entry is positive: eigenvectors are defined up to sign."""
     return vectors.mul_(_signs(vectors))
 
 
