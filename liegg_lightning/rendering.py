@@ -487,14 +487,17 @@ def spectrum_image(report: SymmetryReport, caption: Optional[str] = None) -> np.
     return _spectrum_picture(report, caption)[0].to_array()
 
 
-def _new_axes(ax: Optional[Axes], size: Tuple[float, float] = (6.5, 3.6)) -> Tuple[Figure, Axes]:
-    """``ax`` and its figure, or a new pyplot figure of ``size`` inches as TorchMetrics' ``plot`` makes."""
+def _new_axes(ax: Optional[Axes], card: Optional[Canvas] = None) -> Tuple[Figure, Axes]:
+    """``ax`` and its figure, or a new pyplot figure as TorchMetrics' ``plot`` makes (of the card's size for a card)."""
     if ax is not None:
         return ax.figure, ax  # type: ignore[return-value]
     import matplotlib.pyplot as plt
 
-    fig = plt.figure(figsize=size, dpi=DPI)
-    return fig, fig.add_axes((0.0, 0.0, 1.0, 1.0))
+    if card is not None:  # the picture fills the figure, one pixel a pixel
+        fig = plt.figure(figsize=(card.width / DPI, card.height / DPI), dpi=DPI)
+        return fig, fig.add_axes((0.0, 0.0, 1.0, 1.0))
+    fig, new = plt.subplots(figsize=(6.5, 3.6), dpi=DPI, layout="constrained")
+    return fig, new
 
 
 def plot_spectrum(report: SymmetryReport, ax: Optional[Axes] = None) -> Tuple[Figure, Axes]:
@@ -512,7 +515,7 @@ def plot_spectrum(report: SymmetryReport, ax: Optional[Axes] = None) -> Tuple[Fi
         ``(figure, axes)``.
     """
     canvas = _spectrum_picture(report)[0]
-    fig, ax = _new_axes(ax, (canvas.width / DPI, canvas.height / DPI))
+    fig, ax = _new_axes(ax, canvas)
     canvas.draw_into(ax)
     return fig, ax
 

@@ -14,24 +14,7 @@ from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from liegg_lightning.canvas import (
-    CARD_HEIGHT,
-    CARD_WIDTH,
-    GREY,
-    INK,
-    ORANGE,
-    SEQUENTIAL,
-    SMALL,
-    Canvas,
-    colour,
-    decade_label,
-    decade_ticks,
-    fit_text,
-    font,
-    header,
-    header_height,
-    upscale,
-)
+from liegg_lightning import canvas as card
 from liegg_lightning.report import SymmetryReport
 
 if TYPE_CHECKING:  # pragma: no cover - only for annotations
@@ -103,7 +86,7 @@ def _ratio_text(value: float) -> str:
 
 
 def _log_range(values: np.ndarray) -> Tuple[float, float]:
-    """The colour range of the heat map in log10 units: its positive values, at least a decade."""
+    """The card.colour range of the heat map in log10 units: its positive values, at least a decade."""
     positive = values[np.isfinite(values) & (values > 0)]
     lo = float(positive.min()) if positive.size else 1e-3
     hi = float(positive.max()) if positive.size else 1.0
@@ -111,7 +94,7 @@ def _log_range(values: np.ndarray) -> Tuple[float, float]:
     return math.log10(lo), math.log10(hi)
 
 
-def _layer_rows(canvas: Canvas, values: np.ndarray, labels: Sequence[str], box: Tuple[int, int, int, int],
+def _layer_rows(canvas: card.Canvas, values: np.ndarray, labels: Sequence[str], box: Tuple[int, int, int, int],
                 limits: Tuple[float, float]) -> None:
     """The heat map: one row a layer, its values written in where the cells have room."""
     x0, y0, x1, y1 = box
@@ -119,50 +102,50 @@ def _layer_rows(canvas: Canvas, values: np.ndarray, labels: Sequence[str], box: 
     num_rows, num_cols = values.shape
     with np.errstate(divide="ignore", invalid="ignore"):
         logs = np.where(np.isfinite(values) & (values > 0), np.log10(values), np.nan)
-    heat = colour(np.clip(logs, lo, hi), lo, hi, SEQUENTIAL, bad=(211, 211, 211))
-    canvas.paste(upscale(heat, y1 - y0, x1 - x0), x0, y0)
+    heat = card.colour(np.clip(logs, lo, hi), lo, hi, card.SEQUENTIAL, bad=(211, 211, 211))
+    canvas.paste(card.upscale(heat, y1 - y0, x1 - x0), x0, y0)
     row_h, cell_w = (y1 - y0) / num_rows, (x1 - x0) / num_cols
-    size = min(SMALL, int(row_h * 0.75))
+    size = min(card.SMALL, int(row_h * 0.75))
     for r, label in enumerate(labels):
-        canvas.text(x0 - 6, y0 + (r + 0.5) * row_h, fit_text(label, size, x0 - 10), size=size, anchor="rm")
+        canvas.text(x0 - 6, y0 + (r + 0.5) * row_h, card.fit_text(label, size, x0 - 10), size=size, anchor="rm")
     if cell_w < 34 or row_h < 14:
         return
     for (r, c), value in np.ndenumerate(values):
         dark = math.isfinite(value) and value > 0 and math.log10(value) < (lo + hi) / 2
         canvas.text(x0 + (c + 0.5) * cell_w, y0 + (r + 0.5) * row_h, _ratio_text(value), size=11,
-                    color=(255, 255, 255) if dark else INK, anchor="mm")
+                    color=(255, 255, 255) if dark else card.INK, anchor="mm")
 
 
-def _bias_bars(canvas: Canvas, biases: np.ndarray, box: Tuple[int, int, int, int]) -> None:
+def _bias_bars(canvas: card.Canvas, biases: np.ndarray, box: Tuple[int, int, int, int]) -> None:
     """Each layer's symmetry bias as an orange bar (0 to 1 across ``box``), its value beside it."""
     x0, y0, x1, y1 = box
     if not np.isfinite(biases).any():
-        canvas.text((x0 + x1) / 2, (y0 + y1) / 2, "no reference", size=11, color=GREY, anchor="mm")
+        canvas.text((x0 + x1) / 2, (y0 + y1) / 2, "no reference", size=11, color=card.GREY, anchor="mm")
         return
     row_h, bar_w = (y1 - y0) / biases.size, (x1 - x0) * 0.6
     size = min(11, int(row_h * 0.75))
-    canvas.line([(x0, y0), (x0, y1)], GREY)
+    canvas.line([(x0, y0), (x0, y1)], card.GREY)
     for r, b in enumerate(biases):
         cy = y0 + (r + 0.5) * row_h
         length = bar_w * min(max(b, 0.0), 1.0) if math.isfinite(b) else 0.0
         if length > 0:
-            canvas.rect(x0, cy - 0.3 * row_h, x0 + length, cy + 0.3 * row_h, fill=ORANGE)
+            canvas.rect(x0, cy - 0.3 * row_h, x0 + length, cy + 0.3 * row_h, fill=card.ORANGE)
         text = f"{b:.2g}" if math.isfinite(b) else "n/a"
-        canvas.text(x0 + length + 3, cy, text, size=size, color=INK, anchor="lm")
+        canvas.text(x0 + length + 3, cy, text, size=size, color=card.INK, anchor="lm")
 
 
-def _log_key(canvas: Canvas, where: Tuple[int, int, int], limits: Tuple[float, float]) -> None:
-    """The colour key: decades of variance ÷ layer mean."""
+def _log_key(canvas: card.Canvas, where: Tuple[int, int, int], limits: Tuple[float, float]) -> None:
+    """The card.colour key: decades of variance ÷ layer mean."""
     x, y, w = where
     lo, hi = limits
-    canvas.paste(upscale(colour(np.linspace(lo, hi, 200)[None, :], lo, hi, SEQUENTIAL), 8, w), x, y)
-    for e in decade_ticks(lo, hi, max_ticks=5):
-        canvas.text(x + (e - lo) / (hi - lo) * w, y + 10, decade_label(e), size=11, color=GREY, anchor="mt")
+    canvas.paste(card.upscale(card.colour(np.linspace(lo, hi, 200)[None, :], lo, hi, card.SEQUENTIAL), 8, w), x, y)
+    for e in card.decade_ticks(lo, hi, max_ticks=5):
+        canvas.text(x + (e - lo) / (hi - lo) * w, y + 10, card.decade_label(e), size=11, color=card.GREY, anchor="mt")
 
 
 def _layers_picture(reports: Mapping[str, SymmetryReport], known: Optional[Sequence[str]] = None, k: int = 4,
-                    caption: Optional[str] = None) -> Tuple[Canvas, Dict[str, object]]:
-    """The picture of depth and its layout (heat-map box, bias box, colour limits) for tests."""
+                    caption: Optional[str] = None) -> Tuple[card.Canvas, Dict[str, object]]:
+    """The picture of depth and its layout (heat-map box, bias box, card.colour limits) for tests."""
     values, row_labels, col_labels = layers_table(reports, known, k)
     num_rows, num_cols = values.shape
     # a feature map's border ring (zero padding breaks equivariance there): its share of the variance
@@ -170,23 +153,23 @@ def _layers_picture(reports: Mapping[str, SymmetryReport], known: Optional[Seque
     row_labels = [f"{label} ring {share:.0%}" if math.isfinite(share) else label
                   for label, share in zip(row_labels, shares)]
     title = "symmetry by layer" + (" (ring: border share)" if any(map(math.isfinite, shares)) else "")
-    top = header_height(title, caption) + 16
-    row_h = int(min(28, max(6, (CARD_HEIGHT - top - 16 - 34) // num_rows)))
-    canvas = Canvas(CARD_WIDTH, top + 16 + row_h * num_rows + 34)
-    header(canvas, title, caption)
-    label_w = min(max(font(SMALL).getlength(t) for t in row_labels), 0.3 * CARD_WIDTH)
-    x0, bias_x0 = int(label_w + 12), CARD_WIDTH - 92
+    top = card.header_height(title, caption) + 16
+    row_h = int(min(28, max(6, (card.CARD_HEIGHT - top - 16 - 34) // num_rows)))
+    canvas = card.Canvas(card.CARD_WIDTH, top + 16 + row_h * num_rows + 34)
+    card.header(canvas, title, caption)
+    label_w = min(max(card.font(card.SMALL).getlength(t) for t in row_labels), 0.3 * card.CARD_WIDTH)
+    x0, bias_x0 = int(label_w + 12), card.CARD_WIDTH - 92
     box = (x0, top + 16, bias_x0 - 14, top + 16 + row_h * num_rows)
-    canvas.text(x0, top - 14, "variance ÷ layer mean", size=SMALL, color=GREY, anchor="lt")
-    canvas.text(bias_x0, top - 14, "symmetry bias", size=SMALL, color=ORANGE, anchor="lt")
+    canvas.text(x0, top - 14, "variance ÷ layer mean", size=card.SMALL, color=card.GREY, anchor="lt")
+    canvas.text(bias_x0, top - 14, "symmetry bias", size=card.SMALL, color=card.ORANGE, anchor="lt")
     cell_w = (box[2] - box[0]) / num_cols
     for c, label in enumerate(col_labels):
-        canvas.text(x0 + (c + 0.5) * cell_w, top + 14, fit_text(label, 11, cell_w - 2), size=11, color=GREY,
+        canvas.text(x0 + (c + 0.5) * cell_w, top + 14, card.fit_text(label, 11, cell_w - 2), size=11, color=card.GREY,
                     anchor="mb")
     limits = _log_range(values)
     _layer_rows(canvas, values, row_labels, box, limits)
     biases = np.array([np.nan if r.symmetry_bias is None else float(r.symmetry_bias) for r in reports.values()])
-    bias_box = (bias_x0, box[1], CARD_WIDTH - 8, box[3])
+    bias_box = (bias_x0, box[1], card.CARD_WIDTH - 8, box[3])
     _bias_bars(canvas, biases, bias_box)
     _log_key(canvas, (x0, box[3] + 8, box[2] - x0), limits)
     return canvas, {"box": box, "bias_box": bias_box, "limits": limits, "row_height": row_h,
@@ -194,7 +177,7 @@ def _layers_picture(reports: Mapping[str, SymmetryReport], known: Optional[Seque
 
 
 def layers_canvas(reports: Mapping[str, SymmetryReport], known: Optional[Sequence[str]] = None, k: int = 4,
-                  caption: Optional[str] = None) -> Canvas:
+                  caption: Optional[str] = None) -> card.Canvas:
     """The picture of depth laid out, not yet drawn: :func:`layers_image` and :func:`layers_figure` draw it.
 
     Args:
@@ -215,7 +198,7 @@ def layers_image(reports: Mapping[str, SymmetryReport], known: Optional[Sequence
 
     Rows are the analysed layers in the given order (depth), columns the ``k`` leading generators
     of each layer or the named ``known`` generators; a cell is the variance divided by the mean of
-    its layer's spectrum (:func:`layers_table`) on a log colour scale, dark where the layer is
+    its layer's spectrum (:func:`layers_table`) on a log card.colour scale, dark where the layer is
     invariant (or equivariant). Beside it, each layer's ``symmetry_bias`` as a bar.
 
     Args:
