@@ -10,7 +10,7 @@ and drawn from that one layout in two ways:
   high, the box TensorBoard's Time Series tab gives an image, so they read there without shrinking.
   Each title can carry a caption saying where the report comes from (``"fit · epoch 4"``). They are
   drawn directly as arrays (numpy colour look-ups and Pillow for lines and text): matplotlib drawing
-  the same marks takes 10 to 40 times as long (``docs/time_pictures.py``).
+  the same marks takes 10 to 47 times as long (``docs/time_pictures.py``).
 - **matplotlib** (:func:`plot_spectrum`, and
   :func:`~liegg_lightning.rendering_layers.layers_figure`): the same pictures drawn into matplotlib
   axes, following TorchMetrics' ``plot``, for notebooks and papers. :func:`plot_spectra` draws

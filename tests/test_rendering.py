@@ -568,6 +568,9 @@ def test_render_pictures_all_four_and_orbit_only_with_what_it_needs():
     pictures = R.render_pictures(report, action, spectra=[report.variances] * 3, labels=["epoch 1", "epoch 2",
                                  "validate"], example_input=x[0], orbit=orbit)
     assert set(pictures) == {"generators", "spectrum", "spectrum_history", "orbit"}
+    laid_out = R.picture_canvases(report, action, spectra=[report.variances] * 3, labels=["epoch 1", "epoch 2",
+                                  "validate"], example_input=x[0], orbit=orbit)
+    assert all(np.array_equal(laid_out[tag].to_array(), pictures[tag]) for tag in pictures)  # one layout, drawn
     for picture in pictures.values():
         _assert_picture(picture)
     without = R.render_pictures(report, action, spectra=[], example_input=None, num_generators=0)
