@@ -26,6 +26,7 @@ import functools
 import importlib.util
 import inspect
 import statistics
+import sys
 import tempfile
 import time
 from types import ModuleType
@@ -45,6 +46,7 @@ def _load(path: str) -> ModuleType:
     if spec is None or spec.loader is None:
         raise SystemExit(f"cannot load {path}")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
