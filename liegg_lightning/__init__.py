@@ -21,6 +21,7 @@ from liegg_lightning.actions import (
 from liegg_lightning.analyze import analyze
 from liegg_lightning.metric import LieGGMetric
 from liegg_lightning.report import SymmetryReport
+from liegg_lightning.vector_fields import VectorFieldAction
 
 if TYPE_CHECKING:  # pragma: no cover
     from liegg_lightning.callback import LieGGCallback
@@ -36,6 +37,7 @@ __all__ = [
     "SymmetryReport",
     "TangentAction",
     "VectorAction",
+    "VectorFieldAction",
     "VolumeAction",
     "algebras",
     "analyze",

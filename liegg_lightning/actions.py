@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -162,6 +162,20 @@ class GroupAction(ABC):
                 raise ValueError(f"The known generator {name!r} is zero.")
             out[str(name)] = vec
         return out
+
+    def closure_error(self, generators: Tensor) -> Optional[float]:
+        """How far generators ``(k, *generator_shape)`` are from closing under this algebra's bracket.
+
+        Matrices: the commutator (:func:`~liegg_lightning.functional.spectrum.closure_error`);
+        actions whose generators are not matrices override it (vector fields: their Lie bracket).
+        """
+        from liegg_lightning.functional.spectrum import closure_error
+
+        return closure_error(generators)
+
+    def pictures(self, report: Any, num_generators: int = 4, caption: Optional[str] = None) -> Dict[str, Any]:
+        """Pictures of a report that only this action can draw, ``tag -> (H, W, 3) uint8``; none by default."""
+        return {}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(generator_shape={self.generator_shape})"

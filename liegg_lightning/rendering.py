@@ -1359,6 +1359,7 @@ def render_pictures(
     orbit = _orbit_card(report, action, opts)
     if orbit is not None:
         images["orbit"] = orbit
+    images.update(action.pictures(report, opts.num_generators, opts.caption))  # e.g. a vector field's arrows
     if opts.layers:
         from liegg_lightning.rendering_layers import layers_image
 
