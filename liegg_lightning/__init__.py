@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from liegg_lightning import algebras
+from liegg_lightning import algebras, transforms
 from liegg_lightning.actions import (
     GroupAction,
     ImageAction,
@@ -41,6 +41,7 @@ __all__ = [
     "VolumeAction",
     "algebras",
     "analyze",
+    "transforms",
 ]
 
 
