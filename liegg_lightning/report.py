@@ -121,7 +121,10 @@ class SymmetryReport:
         normalized_variances: ``(m,)`` ``lambda_i / mean(lambda)``, scale-free.
         generators: ``(m, *generator_shape)`` generators of unit Frobenius norm.
         symmetry_variance: ``variances[0]``.
-        nullity: Estimated number of learned symmetries.
+        nullity: Estimated number of learned symmetries: the generators the spectrum separates from
+            the rest by a gap. For a vector-field library it counts fields, not the symmetries of the
+            system (products of a symmetry with conserved quantities blur the gap), and is 0 when no
+            gap passes the test even if the leading field is right.
         biases: ``(m,)`` distance of each generator to the reference algebra, or ``None``.
         symmetry_bias: ``biases[0]`` or ``None``.
         subspace_bias: Sine of the largest principal angle between the ``k`` most invariant

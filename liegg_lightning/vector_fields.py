@@ -30,7 +30,7 @@ from typing_extensions import override
 from liegg_lightning import algebras
 from liegg_lightning._checks import check_int
 from liegg_lightning._errors import InputError
-from liegg_lightning.actions import GroupAction, _check_floating
+from liegg_lightning.actions import GroupAction, validate_points
 
 __all__ = ["VectorFieldAction", "FieldLike"]
 
@@ -152,22 +152,11 @@ class VectorFieldAction(GroupAction):
 
     # ------------------------------------------------------------------------------------ inputs
 
-    def _expected(self) -> str:
-        c = "c" if self.components is None else str(self.components)
-        flat = f"c*{self.dim}" if self.components is None else str(self.components * self.dim)
-        return f"of shape (B, {flat}) or (B, {c}, {self.dim})"
-
     @override
     def validate_input(self, x: Tensor) -> None:
-        _check_floating(x, self._expected())
-        c = self.components
-        ok = False
-        if x.ndim == 2:
-            ok = x.shape[1] % self.dim == 0 and (c is None or x.shape[1] == c * self.dim)
-        elif x.ndim == 3:
-            ok = x.shape[2] == self.dim and (c is None or x.shape[1] == c)
-        if not ok or x.shape[0] == 0 or x.shape[1] == 0:
-            raise InputError(f"Expected an input {self._expected()} for {self!r}, got shape {tuple(x.shape)}.")
+        validate_points(self, x, self.dim, self.components)
+        if x.shape[0] == 0:
+            raise InputError(f"Expected at least one sample for {self!r}, got shape {tuple(x.shape)}.")
 
     def draws_input_as(self, x: Tensor) -> str:
         """Points are drawn as vectors."""
