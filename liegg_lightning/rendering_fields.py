@@ -85,6 +85,9 @@ def field_figure(
 ) -> Figure:
     """Arrows of each field ``(k, m)`` on the plane of two coordinates (the others at 0).
 
+    The arrows have one length and show the direction; their colour is the speed relative to the
+    fastest point of the slice (viridis: dark slow, yellow fast).
+
     Args:
         action: The library (``dim >= 2``).
         fields: Coefficient vectors ``(k, m)``.
@@ -110,10 +113,12 @@ def field_figure(
         arrows = action.field(coeffs, grid)
         u, v = arrows[:, a].numpy(), arrows[:, b].numpy()
         speed = np.hypot(u, v)
-        top = max(float(speed.max(initial=0.0)), 1e-300)
-        # arrows scaled by the largest one: directions everywhere, lengths relative
-        ax.quiver(grid[:, a].numpy(), grid[:, b].numpy(), u / top, v / top, speed, cmap="viridis",
-                  angles="xy", scale_units="xy", scale=1.0 / (0.9 * float(line[1] - line[0])), width=0.006)
+        # arrows of one length show the direction everywhere (a cubic field dwarfs the rest by its
+        # corners otherwise); the colour shows the speed, relative to the fastest
+        unit = np.maximum(speed, 1e-300)
+        ax.quiver(grid[:, a].numpy(), grid[:, b].numpy(), u / unit, v / unit, speed / unit.max(), cmap="viridis",
+                  angles="xy", scale_units="xy", scale=1.0 / (0.8 * float(line[1] - line[0])), width=0.006,
+                  clim=(0.0, 1.0))
         ax.set_aspect("equal")
         ax.set_xlabel(action.coordinates[a], fontsize=8)
         ax.set_ylabel(action.coordinates[b], fontsize=8)
