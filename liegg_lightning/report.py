@@ -131,7 +131,8 @@ class SymmetryReport:
             generators and the ``k``-dimensional reference algebra, or ``None``.
         closure_error: How far the ``nullity`` leading generators are from closing under the
             commutator (0 for a Lie subalgebra); NaN (undefined) with fewer than two symmetries;
-            ``None`` for non-square generators.
+            ``None`` for non-square generators. For vector fields: under their Lie bracket, the
+            terms beyond the library's degree counted as error.
         known_variances: ``name -> vec(h)^T G vec(h) / (N ||h||^2)``.
         transform_errors: ``name -> E||F(g x) - F(x)||^2 / E||F(x) - E F(x)||^2`` for each of the
             metric's ``known_transforms`` (0: invariant; about 2: unrelated to the output).
