@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from liegg_lightning import algebras
+from liegg_lightning import algebras, transforms
 from liegg_lightning.actions import (
     GroupAction,
     ImageAction,
@@ -21,6 +21,7 @@ from liegg_lightning.actions import (
 from liegg_lightning.analyze import analyze
 from liegg_lightning.metric import LieGGMetric
 from liegg_lightning.report import SymmetryReport
+from liegg_lightning.vector_fields import VectorFieldAction
 
 if TYPE_CHECKING:  # pragma: no cover
     from liegg_lightning.callback import LieGGCallback
@@ -36,9 +37,11 @@ __all__ = [
     "SymmetryReport",
     "TangentAction",
     "VectorAction",
+    "VectorFieldAction",
     "VolumeAction",
     "algebras",
     "analyze",
+    "transforms",
 ]
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -163,6 +163,20 @@ class GroupAction(ABC):
             out[str(name)] = vec
         return out
 
+    def closure_error(self, generators: Tensor) -> Optional[float]:
+        """How far generators ``(k, *generator_shape)`` are from closing under this algebra's bracket.
+
+        Matrices: the commutator (:func:`~liegg_lightning.functional.spectrum.closure_error`);
+        actions whose generators are not matrices override it (vector fields: their Lie bracket).
+        """
+        from liegg_lightning.functional.spectrum import closure_error
+
+        return closure_error(generators)
+
+    def pictures(self, report: Any, num_generators: int = 4, caption: Optional[str] = None) -> Dict[str, Any]:
+        """Pictures of a report that only this action can draw, ``tag -> (H, W, 3) uint8``; none by default."""
+        return {}
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(generator_shape={self.generator_shape})"
 
@@ -207,6 +221,23 @@ def _homogeneous_generator(generator: Tensor, n: int) -> Tensor:
             f"Expected a generator of shape ({n}, {n}) or ({n + 1}, {n + 1}), got shape {tuple(gen.shape)}."
         )
     return gen
+
+
+def validate_points(action: GroupAction, x: Tensor, dim: int, components: Optional[int]) -> None:
+    """Raise :class:`InputError` unless ``x`` is ``components`` points of ``R^dim`` a sample.
+
+    Accepted: ``(B, c * dim)`` or ``(B, c, dim)``, ``c = components`` (any ``c >= 1`` when ``None``).
+    """
+    flat, c = ("c*" + str(dim), "c") if components is None else (str(components * dim), str(components))
+    expected = f"of shape (B, {flat}) or (B, {c}, {dim})"
+    _check_floating(x, expected)
+    ok = False
+    if x.ndim == 2:
+        ok = x.shape[1] % dim == 0 and (components is None or x.shape[1] == components * dim)
+    elif x.ndim == 3:
+        ok = x.shape[2] == dim and (components is None or x.shape[1] == components)
+    if not ok or x.shape[1] == 0:
+        raise InputError(f"Expected an input {expected} for {action!r}, got shape {tuple(x.shape)}.")
 
 
 class _AffineLayout(GroupAction):
@@ -286,23 +317,9 @@ class VectorAction(_AffineLayout):
         """Vector inputs are drawn as vectors, one block per component."""
         return "vector"
 
-    def _expected(self) -> str:
-        if self.components is None:
-            return f"of shape (B, c*{self.dim}) or (B, c, {self.dim})"
-        c = self.components
-        return f"of shape (B, {c * self.dim}) or (B, {c}, {self.dim})"
-
     @override
     def validate_input(self, x: Tensor) -> None:
-        _check_floating(x, self._expected())
-        c = self.components
-        ok = False
-        if x.ndim == 2:
-            ok = x.shape[1] % self.dim == 0 and (c is None or x.shape[1] == c * self.dim)
-        elif x.ndim == 3:
-            ok = x.shape[2] == self.dim and (c is None or x.shape[1] == c)
-        if not ok or x.shape[1] == 0:
-            raise InputError(f"Expected an input {self._expected()} for {self!r}, got shape {tuple(x.shape)}.")
+        validate_points(self, x, self.dim, self.components)
 
     def _vectors(self, x: Tensor) -> Tensor:
         return x.reshape(x.shape[0], -1, self.dim)

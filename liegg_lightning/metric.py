@@ -48,6 +48,13 @@ from liegg_lightning.functional.symmetry import (
     _symmetry_update,
 )
 from liegg_lightning.report import SymmetryReport
+from liegg_lightning.transforms import (
+    TransformLike,
+    TransformSums,
+    check_transforms,
+    transform_errors,
+    transform_update,
+)
 
 __all__ = ["LieGGMetric", "DEFAULT_MEMORY_BUDGET"]
 
@@ -179,6 +186,11 @@ class LieGGMetric(Metric):
             all from one pass per batch: a list (each analysed with ``output_action``), or a dict
             ``name -> output action`` (``None``: invariance). :meth:`update` then needs the model as
             an ``nn.Module`` and :meth:`compute` returns ``{name: SymmetryReport}``.
+        known_transforms: Finite transformations ``name -> map of a batch of inputs`` (or
+            ``name -> (input map, output map)`` for equivariance), e.g. from
+            :mod:`liegg_lightning.transforms`; the report's ``transform_errors[name]`` is
+            ``E||F(g x) - F(x)||^2 / E||F(x) - E F(x)||^2`` with a jackknife standard error. Each costs
+            one forward pass per batch in :meth:`update` (none in :meth:`update_rows`). Not with ``layers``.
         kwargs: Passed to :class:`torchmetrics.Metric`.
 
     Example:
@@ -215,6 +227,9 @@ class LieGGMetric(Metric):
     layer_num_skipped: Tensor
     layer_border_gram: Tensor
     layer_border_samples: Tensor
+    # finite transformations (only with `known_transforms`)
+    transform_moments: Tensor
+    transform_sums: Tensor
 
     def __init__(
         self,
@@ -231,6 +246,7 @@ class LieGGMetric(Metric):
         seed: int = 0,
         output_action: Optional[GroupAction] = None,
         layers: Optional[Union[List[str], Mapping[str, Optional[GroupAction]]]] = None,
+        known_transforms: Optional[Mapping[str, TransformLike]] = None,
         **kwargs: Any,
     ) -> None:
         options = RowOptions(action, output_mode, num_projections, output_transform, output_action, derivative)
@@ -264,6 +280,7 @@ class LieGGMetric(Metric):
         self._resolved_derivative: Optional[str] = None
         self._add_model_states(0 if layer_actions is not None else m, groups, border)
         self._add_layer_states(layers, layer_actions, m)
+        self._add_transform_states(check_transforms(known_transforms), layer_actions is not None)
 
     def _state(self, name: str, shape: Sequence[int], reduce: str, fill: float = 0.0) -> None:
         """A float64 state of ``shape`` filled with ``fill``, summed (or maxed) across processes.
@@ -326,6 +343,27 @@ class LieGGMetric(Metric):
         for name in ("layer_num_samples", "layer_num_rows", "layer_num_skipped", "layer_border_samples"):
             self._state(name, (num,), "sum")
         self._state("layer_border_gram", (num, size, size), "sum")
+
+    def _add_transform_states(self, transforms: Dict[str, Any], layers: bool) -> None:
+        """Sums per jackknife group for ``known_transforms`` (the output's width is set by the first batch)."""
+        if transforms and layers:
+            raise ValueError("Expected `known_transforms` without `layers`: they measure the model's own output.")
+        self.known_transforms = transforms
+        groups = max(self.num_groups, 1)
+        self._state("transform_moments", (groups, 0), "sum")
+        self._state("transform_sums", (len(transforms), groups), "sum")
+
+    def _add_transforms(self, model: Callable[[Tensor], Tensor], inputs: Tensor) -> None:
+        sums = transform_update(model, inputs, self.known_transforms, self.output_transform,
+                                self.transform_moments.shape[0])
+        with torch.inference_mode(False):
+            if self.transform_moments.shape[1] == 0:  # the first batch sets the output's width
+                self.transform_moments = torch.zeros_like(sums.moments, dtype=self.gram.dtype, device=self.gram.device)
+            if self.transform_moments.shape != sums.moments.shape:
+                raise ValueError(f"Expected outputs of {self.transform_moments.shape[1] - 2} values for "
+                                 f"`known_transforms`, got {sums.moments.shape[1] - 2}.")
+            self.transform_moments += self._here(sums.moments)
+            self.transform_sums += self._here(sums.errors)
 
     @property
     def output_mode(self) -> OutputMode:
@@ -434,6 +472,8 @@ class LieGGMetric(Metric):
         result = self._batch_rows(model, inputs, None)
         rows = result.rows if self.layer_actions is not None else result.rows[MODEL_OUTPUT]
         self._add_rows(rows, inputs, result.border_rows)
+        if self.known_transforms:
+            self._add_transforms(model, inputs)
 
     def forward(self, model: Callable[[Tensor], Tensor], inputs: Tensor) -> None:  # type: ignore[override]
         """``metric(model, inputs)`` is :meth:`update`: a per-batch solve would cost an eigendecomposition each."""
@@ -695,6 +735,11 @@ class LieGGMetric(Metric):
             border_in_gram=_border_in_gram(self.output_action),
         )
         self._warned_constant = self._warned_constant or constant
+        if self.known_transforms:
+            sums = TransformSums(self.transform_moments, self.transform_sums)
+            errors = transform_errors(sums, list(self.known_transforms))
+            report.transform_errors = {name: value for name, (value, _) in errors.items()}
+            report.transform_errors_stderr = {name: stderr for name, (_, stderr) in errors.items()}
         return report
 
     def plot(

@@ -87,6 +87,7 @@ __all__ = [
     "CARD_WIDTH",
     "PictureOptions",
     "SpectrumView",
+    "figure_to_array",
     "figure_to_png",
     "generator_pages",
     "generators_image",
@@ -1061,7 +1062,8 @@ def render_pictures(
 
     Tags: ``generators`` (and ``generators_h2``, ... where the generators take more than one
     picture, see :func:`generator_pages`), ``spectrum``, ``spectrum_history`` (with ``spectra``),
-    ``orbit`` (with ``example_input``), ``layers`` (with ``layers``). Pure drawing: it never calls
+    ``orbit`` (with ``example_input``), ``layers`` (with ``layers``), and what the action adds
+    (a vector field's ``field_terms`` and ``field``). Pure drawing: it never calls
     the model, so it may run in a background thread.
 
     Args:
@@ -1073,10 +1075,30 @@ def render_pictures(
     Raises:
         TypeError: A keyword that is not a field of :class:`PictureOptions`.
     """
-    return {tag: canvas.to_array() for tag, canvas in picture_canvases(report, action, options, **keywords).items()}
+    images = {tag: canvas.to_array() for tag, canvas in picture_canvases(report, action, options, **keywords).items()}
+    opts = PictureOptions.of(options, **keywords)
+    images.update(action.pictures(report, opts.num_generators, opts.caption))  # e.g. a vector field's arrows
+    return images
 
 
 # --------------------------------------------------------------------------------------------- matplotlib
+
+
+def figure_to_array(fig: Figure) -> np.ndarray:
+    """Render a figure to an ``(H, W, 3)`` uint8 RGB array and close it.
+
+    For TensorBoard: ``writer.add_image(tag, array, step, dataformats="HWC")``.
+
+    Args:
+        fig: The figure.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
+    canvas.draw()
+    rgb = np.array(canvas.buffer_rgba(), dtype=np.uint8)[..., :3]
+    _close(fig)
+    return np.ascontiguousarray(rgb)
 
 
 def figure_to_png(fig: Figure) -> bytes:

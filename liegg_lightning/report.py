@@ -61,7 +61,7 @@ def _read_field(name: str, value: Any) -> Any:
             return torch.tensor(_nan_for_none(value), dtype=torch.float64)
         except (TypeError, ValueError) as err:
             raise ValueError(f"Expected `{name}` to be a (nested) list of numbers: {err}") from None
-    if name == "known_variances":
+    if name in ("known_variances", "transform_errors", "transform_errors_stderr"):
         return {str(k): float("nan") if v is None else float(v) for k, v in dict(value or {}).items()}
     if name in ("num_samples", "num_rows", "num_skipped") and not is_int(value):
         raise ValueError(f"Expected `{name}` to be an int, got {value!r}.")
@@ -121,15 +121,22 @@ class SymmetryReport:
         normalized_variances: ``(m,)`` ``lambda_i / mean(lambda)``, scale-free.
         generators: ``(m, *generator_shape)`` generators of unit Frobenius norm.
         symmetry_variance: ``variances[0]``.
-        nullity: Estimated number of learned symmetries.
+        nullity: Estimated number of learned symmetries: the generators the spectrum separates from
+            the rest by a gap. For a vector-field library it counts fields, not the symmetries of the
+            system (products of a symmetry with conserved quantities blur the gap), and is 0 when no
+            gap passes the test even if the leading field is right.
         biases: ``(m,)`` distance of each generator to the reference algebra, or ``None``.
         symmetry_bias: ``biases[0]`` or ``None``.
         subspace_bias: Sine of the largest principal angle between the ``k`` most invariant
             generators and the ``k``-dimensional reference algebra, or ``None``.
         closure_error: How far the ``nullity`` leading generators are from closing under the
             commutator (0 for a Lie subalgebra); NaN (undefined) with fewer than two symmetries;
-            ``None`` for non-square generators.
+            ``None`` for non-square generators. For vector fields: under their Lie bracket, the
+            terms beyond the library's degree counted as error.
         known_variances: ``name -> vec(h)^T G vec(h) / (N ||h||^2)``.
+        transform_errors: ``name -> E||F(g x) - F(x)||^2 / E||F(x) - E F(x)||^2`` for each of the
+            metric's ``known_transforms`` (0: invariant; about 2: unrelated to the output).
+        transform_errors_stderr: ``name ->`` the jackknife standard error of ``transform_errors[name]``.
         num_samples: Input samples behind the spectrum (after dropping non-finite ones).
         num_rows: Rows of ``E``.
         num_skipped: Samples dropped because their rows were not finite.
@@ -179,6 +186,8 @@ class SymmetryReport:
     relative_variances: Optional[Tensor] = None
     relative_generators: Optional[Tensor] = None
     border_share: float = float("nan")
+    transform_errors: Dict[str, float] = field(default_factory=dict)
+    transform_errors_stderr: Dict[str, float] = field(default_factory=dict)
 
     @property
     def generator_shape(self) -> Tuple[int, ...]:
@@ -275,8 +284,8 @@ class SymmetryReport:
 
         Keys: ``symmetry_variance``, ``symmetry_variance_stderr``, ``normalized_variance``,
         ``relative_variance`` (the smallest relative variance), ``nullity``, ``closure_error``,
-        ``symmetry_bias``, ``subspace_bias``, ``border_share`` (feature maps) and ``variance/<name>``
-        for each known generator.
+        ``symmetry_bias``, ``subspace_bias``, ``border_share`` (feature maps), ``variance/<name>``
+        for each known generator and ``transform/<name>`` for each known transformation.
         """
         values: List[Tuple[str, Optional[float]]] = [
             ("symmetry_variance", float(self.symmetry_variance)),
@@ -291,6 +300,7 @@ class SymmetryReport:
             ("border_share", self.border_share),
         ]
         values += [(f"variance/{name}", value) for name, value in self.known_variances.items()]
+        values += [(f"transform/{name}", value) for name, value in self.transform_errors.items()]
         return {name: float(value) for name, value in values if value is not None and not math.isnan(float(value))}
 
     def __repr__(self) -> str:

@@ -159,3 +159,23 @@ def test_lorentz_target_and_boost_are_lorentz_invariant() -> None:
     s = p[..., 0].sum(1) ** 2 - p[..., 1:].sum(1).pow(2).sum(-1)
     torch.testing.assert_close(y.double().squeeze(1), s.sqrt(), rtol=1e-6, atol=1e-6)
     assert float(rapidities(x).max()) > 1.0
+
+
+@pytest.mark.slow
+def test_nonlinear_quick(tmp_path: Path) -> None:
+    result = run_example("nonlinear.py", ["--quick", "--threads", "1"], tmp_path)
+    assert_finite(result, ["oscillator_cosine", "oscillator_gap", "oscillator_nullity", "digits_hflip",
+                           "digits_rot90", "digits_rotation_30deg", "digits_hflip_untrained"])
+    assert 0 <= result["oscillator_cosine"] <= 1 + 1e-9
+    assert result["oscillator_gap"] >= 1 - 1e-9  # variances are sorted ascending
+    assert 0 <= result["oscillator_nullity"] <= 20
+    assert all(result[f"digits_{name}"] >= 0 for name in ("hflip", "vflip", "rot90", "rotation_30deg"))
+
+
+def test_hamiltonian_field_conserves_the_energy() -> None:
+    from nonlinear import energy, hamiltonian_field
+
+    z = torch.randn(50, 2, dtype=torch.float64, requires_grad=True)
+    (grad,) = torch.autograd.grad(energy(z).sum(), z)
+    # dH/dt along X_H is grad H . X_H = 0 (by hand: q^3 p - p q^3)
+    assert float((grad * hamiltonian_field(z)).sum(1).abs().max()) < 1e-12

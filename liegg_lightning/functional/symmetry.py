@@ -411,7 +411,7 @@ def _symmetry_compute(
         biases=biases,
         symmetry_bias=symmetry_bias,
         subspace_bias=sub_bias,
-        closure_error=S.closure_error(generators[:nullity]),
+        closure_error=action.closure_error(generators[:nullity]),
         known_variances=known_var,
         num_samples=int(num_samples),
         num_rows=int(num_rows),
