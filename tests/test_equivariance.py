@@ -36,6 +36,11 @@ def _gram_value(metric: LieGGMetric) -> Tensor:
     return torch.ldexp(metric.gram, 2 * metric.scale_exponent)
 
 
+def _layer_values(metric: LieGGMetric) -> Tensor:
+    """The value of each layer's Gram matrix ``(L, m, m)``: stored scaled, one exponent per layer."""
+    return torch.ldexp(metric.layer_gram, 2 * metric.layer_scale_exponent[:, None, None])
+
+
 def seeded(module: nn.Module, seed: int) -> nn.Module:
     """``module`` in float64 with seeded weights, the global RNG left alone."""
     gen = torch.Generator().manual_seed(seed)
@@ -283,7 +288,8 @@ def test_one_pass_over_layers_equals_each_layer_alone(small_images: Tensor, deri
         alone = LieGGMetric(ImageAction(), output_action=out_action, derivative="reverse")
         alone.update(single_layer_model(model, name), small_images)
         alone_gram = _gram_value(alone)
-        assert torch.allclose(metric.layer_gram[i], alone_gram, rtol=1e-10, atol=1e-12 * float(alone_gram.abs().max()))
+        tol = 1e-12 * float(alone_gram.abs().max())
+        assert torch.allclose(_layer_values(metric)[i], alone_gram, rtol=1e-10, atol=tol)
         assert float(metric.layer_num_samples[i]) == 6
         assert float(metric.layer_num_rows[i]) == float(alone.num_rows)
     reports = metric.compute()
@@ -313,9 +319,9 @@ def test_output_transform_applies_to_the_model_output_only(small_images: Tensor)
     plain.update(model, small_images)
     head = LieGGMetric(ImageAction())
     head.update(model, small_images)  # the head is the last module: its output is the raw logits
-    assert torch.allclose(metric.layer_gram[1], _gram_value(plain), rtol=1e-10)
-    assert torch.allclose(metric.layer_gram[0], _gram_value(head), rtol=1e-10)
-    assert not torch.allclose(metric.layer_gram[0], metric.layer_gram[1], rtol=1e-3)
+    assert torch.allclose(_layer_values(metric)[1], _gram_value(plain), rtol=1e-10)
+    assert torch.allclose(_layer_values(metric)[0], _gram_value(head), rtol=1e-10)
+    assert not torch.allclose(_layer_values(metric)[0], _layer_values(metric)[1], rtol=1e-3)
 
 
 def test_auto_derivative_for_layers_picks_fewer_passes(small_images: Tensor) -> None:
@@ -357,12 +363,12 @@ def test_layer_states_merge_like_one_metric(small_images: Tensor) -> None:
     a.update(model, small_images[:2])
     b.update(model, small_images[2:])
     a.merge_state(b)
-    assert torch.allclose(a.layer_gram, whole.layer_gram, rtol=1e-10)
+    assert torch.allclose(_layer_values(a), _layer_values(whole), rtol=1e-10)
     assert torch.equal(a.layer_num_samples, whole.layer_num_samples)
     # precomputed rows go in as a dict
     c = LieGGMetric(ImageAction(), layers=LAYERS)
     c.update_rows(whole.rows(model, small_images))
-    assert torch.allclose(c.layer_gram, whole.layer_gram, rtol=1e-10)
+    assert torch.allclose(_layer_values(c), _layer_values(whole), rtol=1e-10)
     with pytest.raises(ValueError, match="dict"):
         c.update_rows(torch.zeros(2, 1, 4, dtype=torch.float64))
     assert not hasattr(LieGGMetric(ImageAction()), "layer_gram")  # no layers: today's states only

@@ -69,6 +69,8 @@ class RowOptions:
         derivative: ``"reverse"``, ``"forward"`` or ``"auto"`` (:func:`choose_derivative` by count,
             from a plain forward pass's output sizes).
         generator: Random generator for ``"random"`` (the global RNG is never consumed when given).
+        tangents_per_pass: Forward mode carries at most this many tangents through the network at
+            once (``None``: all ``m``), which bounds its memory (see ``LieGGMetric.pass_budget``).
 
     Example:
         >>> from liegg_lightning import VectorAction
@@ -83,6 +85,7 @@ class RowOptions:
     output_action: Optional[GroupAction] = None
     derivative: DerivativeMode = "auto"
     generator: Optional[torch.Generator] = None
+    tangents_per_pass: Optional[int] = None
 
     def __post_init__(self) -> None:
         _check_options(self.action, self.output_mode, self.num_projections, self.derivative, self.output_transform)
@@ -431,6 +434,21 @@ def jvp_through(
         return tuple(primals), tuple(torch.stack([r[1][j] for r in results]) for j in range(len(primals)))
 
 
+def jvp_in_chunks(
+    f: Callable[[Tensor], Tuple[Tensor, ...]], x: Tensor, tangents: Tensor, per_pass: Optional[int]
+) -> Tuple[Tuple[Tensor, ...], Tuple[Tensor, ...]]:
+    """:func:`jvp_through` with at most ``per_pass`` of the ``m`` tangents ``(B, m, ...)`` in each pass.
+
+    The tangents of the outputs are concatenated in order: the same numbers as one pass, with the
+    memory of ``per_pass`` tangents (``None``: all at once).
+    """
+    m = tangents.shape[1]
+    if per_pass is None or per_pass >= m:
+        return jvp_through(f, x, tangents)
+    parts = [jvp_through(f, x, tangents[:, i:i + per_pass]) for i in range(0, m, per_pass)]
+    return parts[0][0], tuple(torch.cat([p[1][j] for p in parts]) for j in range(len(parts[0][1])))
+
+
 def _float64_rows(jvp: Tensor) -> Tensor:
     """Rows ``(B, K, m)`` in float64 from the tangents ``(m, B, ...)`` of an output."""
     flat = jvp.reshape(jvp.shape[0], jvp.shape[1], -1)
@@ -499,7 +517,7 @@ def _forward_rows(
     with derivative_context(x.device), torch.no_grad():
         xd = x.detach().clone()
         tangents = options.action.tangents(xd).to(xd.dtype)
-        outs, jvps = jvp_through(outputs_fn, xd, tangents)
+        outs, jvps = jvp_in_chunks(outputs_fn, xd, tangents, options.tangents_per_pass)
         for (name, output_action), out, jvp in zip(outputs.items(), outs, jvps):
             full = _float64_rows(jvp)
             if output_action is not None:
