@@ -527,3 +527,42 @@ def test_layerwise_example_runs_and_reports_every_layer(tmp_path) -> None:
             assert ("equivariance_defect" in row) == name.startswith("features")
     # a 2x2 average of smooth images moves with them: small defect for every generator
     assert max(result["untrained"]["features.0"]["equivariance_defect"].values()) < 0.1
+
+
+def _weighted_jackknife(estimate: Tensor, replicates: Tensor, counts: Tensor) -> Tensor:
+    """The delete-a-group jackknife for unequal groups, written out (Busing et al.), empty groups left out."""
+    keep = counts > 0
+    reps, n_j = replicates[keep], counts[keep]
+    total, g = n_j.sum(), n_j.numel()
+    h = (total / n_j)[:, None]
+    pseudo = h * estimate - (h - 1) * reps
+    centre = g * estimate - ((1 - n_j / total)[:, None] * reps).sum(0)
+    return (((pseudo - centre) ** 2 / (h - 1)).sum(0) / g).sqrt()
+
+
+def test_every_layer_report_has_the_jackknife_standard_errors_of_its_groups() -> None:
+    from liegg_lightning.functional.symmetry import _sample_groups
+
+    model, images = SmallCNN(), gaussian_blobs(24, 16, 16, seed=5, sigma=(1.5, 2.0), border=2, channels=1)
+    reports = analyze(model, images, ImageAction(), layers=LAYERS, derivative="reverse")
+    rows = layer_rows(model, images, ImageAction(), LAYERS, derivative="reverse")
+    groups = _sample_groups(images, 8)  # a sample's group: a hash of its bits, whatever the batch
+    counts = torch.bincount(groups, minlength=8).to(torch.float64)
+    assert int((counts > 0).sum()) >= 2
+    for name, r in rows.items():
+        flat = [r[groups == g].reshape(-1, r.shape[-1]) for g in range(8)]
+        parts = torch.stack([f.T @ f for f in flat])  # each group's Gram matrix, by brute force
+        total = parts.sum(0)
+        estimate = torch.linalg.eigvalsh(total).clamp_min(0) / 24
+        replicates = torch.stack([torch.linalg.eigvalsh(total - p).clamp_min(0) / (24 - n)
+                                  for p, n in zip(parts, counts)])
+        expected = _weighted_jackknife(estimate, replicates, counts)
+        got = reports[name].variance_stderr  # type: ignore[index]
+        torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-9 * float(estimate.max()))
+        first = reports[name].symmetry_variance_stderr  # type: ignore[index]
+        assert first == pytest.approx(float(expected[0]), rel=1e-6)
+    # the model's own output as a layer is reported as the model alone is: same scale, same errors
+    alone = analyze(model, images, ImageAction(), derivative="reverse")
+    output = reports[""]  # type: ignore[index]
+    torch.testing.assert_close(output.variances, alone.variances, rtol=1e-10, atol=0)  # type: ignore[union-attr]
+    torch.testing.assert_close(output.variance_stderr, alone.variance_stderr, rtol=1e-8, atol=0)  # type: ignore[union-attr]

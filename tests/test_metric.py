@@ -268,3 +268,69 @@ def test_kronecker_tangents_give_the_dense_tangent_gram(action: VectorAction) ->
     assert torch.equal(blocks, dense)
     x[0, 0] = float("inf")  # kron would spread NaN over the zero blocks: the dense form is used
     assert _kronecker_tangents(action, x, None) is None
+
+
+# ----------------------------------------------------------------------------- memory: derivative passes in chunks
+
+
+class _Counting(torch.nn.Module):
+    """A float64 MLP that records the batch size of every call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(7)
+        self.w1 = torch.nn.Parameter(torch.randn(10, 16, generator=gen, dtype=torch.float64) / 3)
+        self.w2 = torch.nn.Parameter(torch.randn(16, 3, generator=gen, dtype=torch.float64) / 4)
+        self.sizes: list = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.sizes.append(x.shape[0])
+        return torch.tanh(x @ self.w1) @ self.w2
+
+
+@pytest.mark.parametrize("derivative", ["reverse", "forward"])
+def test_chunked_analysis_equals_the_unchunked_one(derivative: str) -> None:
+    x = _data(40).double()
+    whole = LieGGMetric(ACTION, derivative=derivative, memory_budget=None)
+    whole.update(_Counting(), x)
+    chunked = LieGGMetric(ACTION, derivative=derivative)
+    chunked.cap_pass_memory(1)  # nothing fits: one sample (and in forward mode one tangent) per pass
+    chunked.update(_Counting(), x)
+    assert whole.pass_chunks == (40, 25)
+    assert chunked.pass_chunks == (1, 1 if derivative == "forward" else 25)
+    for name in ("gram", "group_grams", "tangent_gram"):
+        exponent = "tangent_exponent" if name == "tangent_gram" else "scale_exponent"
+        a = torch.ldexp(getattr(whole, name), 2 * getattr(whole, exponent))
+        b = torch.ldexp(getattr(chunked, name), 2 * getattr(chunked, exponent))
+        torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-15 * float(a.abs().max()))
+    r1, r2 = whole.compute(), chunked.compute()
+    torch.testing.assert_close(r2.variances, r1.variances, rtol=1e-10, atol=1e-14 * float(r1.variances.max()))
+    torch.testing.assert_close(r2.variance_stderr, r1.variance_stderr, rtol=1e-8, atol=1e-14)
+    # the leading generator is the same direction (eigenvectors are defined up to sign)
+    u, v = r1.generators[0].flatten(), r2.generators[0].flatten()
+    assert float((u @ v).abs() / (u.norm() * v.norm())) == pytest.approx(1.0, abs=1e-10)
+
+
+def test_a_budget_splits_the_batch_into_passes_that_fit() -> None:
+    from liegg_lightning._memory import analysis_bytes
+
+    m, x = ACTION.num_generators, _data(12).double()
+    # the default budget holds the whole batch: the derivative pass sees all 12 samples at once
+    roomy, model = LieGGMetric(ACTION, derivative="reverse"), _Counting()
+    roomy.update(model, x)
+    assert 12 in model.sizes
+    assert roomy.pass_chunks == (12, m)
+    # a budget that the Gram matrices fill exactly leaves nothing for the passes: one sample each
+    exact = {"jackknife_groups": 0, "memory_budget": analysis_bytes(m)}
+    tight, model = LieGGMetric(ACTION, derivative="reverse", **exact), _Counting()
+    assert tight.pass_budget == 0
+    tight.update(model, x)
+    assert tight.pass_chunks == (1, m)
+    assert max(model.sizes) <= 2  # two probe calls of 2 samples
+    assert model.sizes.count(1) == 12  # and 12 passes of 1
+    # forward mode splits the tangents as well: one JVP pass per sample and per basis tangent
+    forward, model = LieGGMetric(ACTION, derivative="forward", **exact), _Counting()
+    forward.update(model, x)
+    assert forward.pass_chunks == (1, 1)
+    assert model.sizes.count(1) == 12 * m
+    assert float(forward.num_samples) == float(tight.num_samples) == 12
