@@ -117,51 +117,73 @@ class PassFootprint(NamedTuple):
             forward-mode pass carries through the network.
         input_bytes: One sample's input in its dtype (a reverse pass's gradients are that per row).
         rows: Rows one sample gives (all analysed outputs together).
+        element_size: Bytes of one input element (the gradients are formed in float64 from them).
     """
 
     activation_bytes: int
     input_bytes: int
     rows: int
+    element_size: int = 4
 
 
 class PassChunks(NamedTuple):
-    """How a batch's derivative passes are split: samples per pass, and forward-mode tangents per pass."""
+    """How a batch's derivative passes are split.
+
+    Attributes:
+        samples: Samples per pass.
+        tangents: Tangents per forward-mode pass (all ``m`` in reverse mode).
+        rows: Rows whose input gradients a reverse-mode pass forms at once (``None``: all of them).
+    """
 
     samples: int
     tangents: int
+    rows: Optional[int] = None
 
 
-def pass_bytes(footprint: PassFootprint, num_generators: int, forward: bool, samples: int, tangents: int) -> int:
-    """Estimated peak bytes of one pass over ``samples`` samples (and ``tangents`` tangents in forward mode).
+#: Bytes per input element and row of a reverse pass: the gradient in the model's dtype's place
+#: counted as float64, twice (the gradient and the action's product with it).
+_GRADIENT_COPIES = 2
 
-    Forward mode carries the primal and each tangent through the network (an activation each);
-    reverse mode keeps one graph and forms, per row, a gradient of the input in float64 (twice: the
-    gradient and the action's product with it). Both keep the rows in float64.
+
+def pass_bytes(
+    footprint: PassFootprint, num_generators: int, forward: bool, samples: int, tangents: int,
+    rows: Optional[int] = None,
+) -> int:
+    """Estimated peak bytes of one pass over ``samples`` samples.
+
+    Forward mode carries the primal and each of ``tangents`` tangents through the network (an
+    activation each); reverse mode keeps one graph and forms the input gradients of ``rows`` rows
+    (default: all) at once. Both keep every row in float64.
     """
-    rows = ROW_COPIES * 8 * footprint.rows * num_generators
+    row_bytes = ROW_COPIES * 8 * footprint.rows * num_generators
     if forward:
-        per_sample = (tangents + 1) * footprint.activation_bytes + rows
+        per_sample = (tangents + 1) * footprint.activation_bytes + row_bytes
     else:
-        per_sample = footprint.activation_bytes + 2 * 2 * footprint.input_bytes * footprint.rows + rows
+        at_once = footprint.rows if rows is None else rows
+        gradients = _GRADIENT_COPIES * 8 * footprint.input_bytes // max(footprint.element_size, 1) * at_once
+        per_sample = footprint.activation_bytes + gradients + row_bytes
     return samples * per_sample
 
 
 def pass_chunks(
     footprint: PassFootprint, num_generators: int, forward: bool, batch_size: int, pass_budget: Optional[int]
 ) -> PassChunks:
-    """The largest passes within ``pass_budget`` bytes: all tangents first, then as many samples as fit.
+    """The largest passes within ``pass_budget`` bytes: every tangent (row) first, then as many samples as fit.
 
-    Without a budget the whole batch is one pass. A pass of one sample and one tangent is the least
-    there is: it is used when not even that fits.
+    Without a budget the whole batch is one pass. When not even one sample fits, forward mode
+    carries fewer tangents, reverse mode forms fewer rows' gradients at once, down to one: a pass of
+    one sample and one tangent (row) is the least there is, used when not even that fits.
     """
     m = num_generators
     if pass_budget is None:
         return PassChunks(batch_size, m)
     one = pass_bytes(footprint, m, forward, 1, m)
-    if one > pass_budget:
-        if not forward:
-            return PassChunks(1, m)
-        per_tangent = pass_bytes(footprint, m, forward, 1, 2) - pass_bytes(footprint, m, forward, 1, 1)
+    if one <= pass_budget:
+        return PassChunks(max(1, min(batch_size, int(pass_budget // max(one, 1)))), m)
+    if forward:
         base = pass_bytes(footprint, m, forward, 1, 0)
-        return PassChunks(1, max(1, min(m, int((pass_budget - base) // max(per_tangent, 1)))))
-    return PassChunks(max(1, min(batch_size, int(pass_budget // max(one, 1)))), m)
+        step = pass_bytes(footprint, m, forward, 1, 1) - base
+        return PassChunks(1, max(1, min(m, int((pass_budget - base) // max(step, 1)))))
+    base = pass_bytes(footprint, m, forward, 1, m, rows=0)
+    step = pass_bytes(footprint, m, forward, 1, m, rows=1) - base
+    return PassChunks(1, m, max(1, min(footprint.rows, int((pass_budget - base) // max(step, 1)))))

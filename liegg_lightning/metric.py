@@ -402,8 +402,11 @@ class LieGGMetric(Metric):
     def _batch_rows(self, model: Callable[[Tensor], Tensor], inputs: Tensor, derivative: Optional[str]) -> BatchRows:
         """One functional call for a batch; an ``"auto"`` mode is decided on the first batch and kept."""
         mode = derivative or self._resolved_derivative or self.derivative
-        tangents = None if self._last_chunks is None else self._last_chunks.tangents
-        options = self.row_options.replace(derivative=mode, generator=self.generator, tangents_per_pass=tangents)
+        chunks = self._last_chunks
+        options = self.row_options.replace(
+            derivative=mode, generator=self.generator, tangents_per_pass=None if chunks is None else chunks.tangents,
+            rows_per_pass=None if chunks is None else chunks.rows,
+        )
         result = batch_rows(model, inputs, options, self.layer_actions)
         if derivative is None and self._resolved_derivative is None:
             self._resolved_derivative = result.derivative
@@ -462,7 +465,7 @@ class LieGGMetric(Metric):
         return self._last_chunks
 
     def _passes(self, model: Callable[[Tensor], Tensor], inputs: Tensor) -> Iterator[Tensor]:
-        """The batch in passes that fit :attr:`pass_budget` (samples split; forward-mode tangents too)."""
+        """The batch in passes that fit :attr:`pass_budget`: fewer samples, then fewer tangents (rows) per pass."""
         budget, size = self.pass_budget, inputs.shape[0]
         m = self.action.num_generators
         if budget is None:

@@ -294,10 +294,11 @@ def test_chunked_analysis_equals_the_unchunked_one(derivative: str) -> None:
     whole = LieGGMetric(ACTION, derivative=derivative, memory_budget=None)
     whole.update(_Counting(), x)
     chunked = LieGGMetric(ACTION, derivative=derivative)
-    chunked.cap_pass_memory(1)  # nothing fits: one sample (and in forward mode one tangent) per pass
+    chunked.cap_pass_memory(1)
     chunked.update(_Counting(), x)
-    assert whole.pass_chunks == (40, 25)
-    assert chunked.pass_chunks == (1, 1 if derivative == "forward" else 25)
+    assert whole.pass_chunks == (40, 25, None)
+    # nothing fits: one sample per pass, and one tangent (forward) or one row's gradients (reverse) at a time
+    assert chunked.pass_chunks == ((1, 1, None) if derivative == "forward" else (1, 25, 1))
     for name in ("gram", "group_grams", "tangent_gram"):
         exponent = "tangent_exponent" if name == "tangent_gram" else "scale_exponent"
         a = torch.ldexp(getattr(whole, name), 2 * getattr(whole, exponent))
@@ -319,18 +320,18 @@ def test_a_budget_splits_the_batch_into_passes_that_fit() -> None:
     roomy, model = LieGGMetric(ACTION, derivative="reverse"), _Counting()
     roomy.update(model, x)
     assert 12 in model.sizes
-    assert roomy.pass_chunks == (12, m)
+    assert roomy.pass_chunks == (12, m, None)
     # a budget that the Gram matrices fill exactly leaves nothing for the passes: one sample each
     exact = {"jackknife_groups": 0, "memory_budget": analysis_bytes(m)}
     tight, model = LieGGMetric(ACTION, derivative="reverse", **exact), _Counting()
     assert tight.pass_budget == 0
     tight.update(model, x)
-    assert tight.pass_chunks == (1, m)
+    assert tight.pass_chunks == (1, m, 1)  # and the 3 rows' input gradients one at a time
     assert max(model.sizes) <= 2  # two probe calls of 2 samples
     assert model.sizes.count(1) == 12  # and 12 passes of 1
     # forward mode splits the tangents as well: one JVP pass per sample and per basis tangent
     forward, model = LieGGMetric(ACTION, derivative="forward", **exact), _Counting()
     forward.update(model, x)
-    assert forward.pass_chunks == (1, 1)
+    assert forward.pass_chunks == (1, 1, None)
     assert model.sizes.count(1) == 12 * m
     assert float(forward.num_samples) == float(tight.num_samples) == 12

@@ -236,7 +236,7 @@ def pass_footprint(
     count = max(x.shape[0], 1)
     saved = activation_bytes(fn, x, module_storages(model))
     rows = sum(rows_per_sample(model, x, options, layers).values())
-    return PassFootprint(-(-saved // count), x[0].numel() * x.element_size(), int(rows))
+    return PassFootprint(-(-saved // count), x[0].numel() * x.element_size(), int(rows), x.element_size())
 
 
 def layer_rows(

@@ -71,6 +71,8 @@ class RowOptions:
         generator: Random generator for ``"random"`` (the global RNG is never consumed when given).
         tangents_per_pass: Forward mode carries at most this many tangents through the network at
             once (``None``: all ``m``), which bounds its memory (see ``LieGGMetric.pass_budget``).
+        rows_per_pass: Reverse mode forms the input gradients of at most this many rows of an
+            output at once (``None``: all), which bounds its memory likewise.
 
     Example:
         >>> from liegg_lightning import VectorAction
@@ -86,6 +88,7 @@ class RowOptions:
     derivative: DerivativeMode = "auto"
     generator: Optional[torch.Generator] = None
     tangents_per_pass: Optional[int] = None
+    rows_per_pass: Optional[int] = None
 
     def __post_init__(self) -> None:
         _check_options(self.action, self.output_mode, self.num_projections, self.derivative, self.output_transform)
@@ -551,15 +554,48 @@ def _reverse_rows(
             selected = out.reshape(out.shape[0], -1) if parts.ring is not None else _select(
                 out.reshape(out.shape[0], -1), parts.kept)
             projections = _draw_projections(options, selected.shape[1])
-            grads = output_gradients(selected, xg, projections, retain_graph=i < len(names) - 1)
             tangents = out_tangents[i]
             if tangents is not None and parts.ring is None:
                 tangents = _project(_select(tangents, parts.kept), projections)
-            full = _rows_from_gradients(x, grads, options.action, tangents)
+            full = reverse_rows_in_chunks(selected, xg, x, projections, options.action, tangents,
+                                          options.rows_per_pass, retain_graph=i < len(names) - 1)
             rows[name] = _select(full, parts.kept) if parts.ring is not None else full
             if parts.ring is not None:
                 border[name] = _select(full, parts.ring)
     return rows, border
+
+
+def reverse_rows_in_chunks(
+    out: Tensor,
+    xg: Tensor,
+    x: Tensor,
+    projections: Optional[Tensor],
+    action: GroupAction,
+    out_tangents: Optional[Tensor],
+    per_pass: Optional[int],
+    *,
+    retain_graph: bool,
+) -> Tensor:
+    """Reverse-mode rows ``(B, R, m)`` of the outputs ``(B, K)``, the input gradients of ``per_pass`` rows at a time.
+
+    The gradients ``(B, R, *in)`` are the largest tensors of a reverse pass (a row per output
+    component, each the size of the input): formed ``per_pass`` rows at a time (``None``: all at
+    once) and turned into rows at once, they never take more than that. The same numbers either way.
+    """
+    num = out.shape[1] if projections is None else projections.shape[0]
+    if per_pass is None or per_pass >= num:
+        grads = output_gradients(out, xg, projections, retain_graph=retain_graph)
+        return _rows_from_gradients(x, grads, action, out_tangents)
+    # one-hot projections pick the components one by one, as the Jacobian's own rows
+    rows_of = torch.eye(num, dtype=torch.float64) if projections is None else projections
+    parts = []
+    for start in range(0, num, per_pass):
+        stop = min(start + per_pass, num)
+        grads = output_gradients(out, xg, rows_of[start:stop], retain_graph=retain_graph or stop < num)
+        tangents = None if out_tangents is None else out_tangents[:, start:stop]
+        parts.append(_rows_from_gradients(x, grads, action, tangents))
+        del grads
+    return torch.cat(parts, dim=1)
 
 
 def _rows_from_gradients(x: Tensor, grads: Tensor, action: GroupAction, out_tangents: Optional[Tensor]) -> Tensor:
