@@ -118,12 +118,20 @@ class PassFootprint(NamedTuple):
         input_bytes: One sample's input in its dtype (a reverse pass's gradients are that per row).
         rows: Rows one sample gives (all analysed outputs together).
         element_size: Bytes of one input element (the gradients are formed in float64 from them).
+        largest_bytes: The largest of those tensors: a layer's output, which a forward-mode pass
+            holds a few times over per tangent (input, output and the operation's temporaries).
     """
 
     activation_bytes: int
     input_bytes: int
     rows: int
     element_size: int = 4
+    largest_bytes: int = 0
+
+
+#: Copies of the largest activation a forward-mode pass holds per tangent at its peak (a layer's
+#: input and output tangents and one temporary, e.g. an activation's derivative).
+LIVE_COPIES = 3
 
 
 class PassChunks(NamedTuple):
@@ -151,13 +159,18 @@ def pass_bytes(
 ) -> int:
     """Estimated peak bytes of one pass over ``samples`` samples.
 
-    Forward mode carries the primal and each of ``tangents`` tangents through the network (an
-    activation each); reverse mode keeps one graph and forms the input gradients of ``rows`` rows
+    Forward mode carries the primal and each of ``tangents`` tangents through the network (the
+    activations, or :data:`LIVE_COPIES` of the largest, and the input tangent in float64, each);
+    reverse mode keeps one graph and forms the input gradients of ``rows`` rows
     (default: all) at once. Both keep every row in float64.
     """
     row_bytes = ROW_COPIES * 8 * footprint.rows * num_generators
     if forward:
-        per_sample = (tangents + 1) * footprint.activation_bytes + row_bytes
+        # per tangent: every activation, or a few copies of the largest where one layer dominates;
+        # the input tangents themselves are formed in float64
+        activation = max(footprint.activation_bytes, LIVE_COPIES * footprint.largest_bytes)
+        inputs = 2 * 8 * footprint.input_bytes // max(footprint.element_size, 1)
+        per_sample = (tangents + 1) * (activation + inputs) + row_bytes
     else:
         at_once = footprint.rows if rows is None else rows
         gradients = _GRADIENT_COPIES * 8 * footprint.input_bytes // max(footprint.element_size, 1) * at_once

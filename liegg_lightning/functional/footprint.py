@@ -2,8 +2,9 @@
 
 Autograd keeps, for the backward pass, the tensors each operation saves: their sum is the
 activation memory a reverse pass holds per sample, and about what each tangent of a forward-mode
-pass carries through the network. :func:`activation_bytes` counts them once per storage, leaving
-out the parameters and buffers (they exist whether or not a pass runs).
+pass carries through the network. :func:`saved_storages` lists them once per storage, leaving
+out the parameters and buffers (they exist whether or not a pass runs); the largest of them says
+what one layer's output costs, which forward mode holds a few times over per tangent.
 """
 
 from __future__ import annotations
@@ -15,27 +16,20 @@ from torch import Tensor
 
 from liegg_lightning.functional.polarization import derivative_context
 
-__all__ = ["activation_bytes"]
+__all__ = ["activation_bytes", "module_storages", "saved_storages"]
 
 
 def _storage(t: Tensor) -> Any:
     return t.untyped_storage()
 
 
-def activation_bytes(fn: Callable[[Tensor], Any], x: Tensor, exclude: Set[int]) -> int:
-    """Bytes of the distinct storages autograd saves while ``fn`` runs on ``x`` (all of its samples).
+def saved_storages(fn: Callable[[Tensor], Any], x: Tensor, exclude: Set[int]) -> Dict[int, int]:
+    """Bytes of each distinct storage autograd saves while ``fn`` runs on ``x`` (all of its samples).
 
     Args:
         fn: From a batch of inputs to the analysed outputs.
         x: The inputs (detached and cloned here, with gradients required).
         exclude: ``data_ptr`` of storages not to count (the model's parameters and buffers).
-
-    Example:
-        >>> import torch
-        >>> lin = torch.nn.Linear(4, 3)
-        >>> keep = {p.untyped_storage().data_ptr() for p in lin.parameters()}
-        >>> activation_bytes(lambda x: lin(x).tanh(), torch.randn(2, 4), keep)  # the input and tanh's output
-        56
     """
     saved: Dict[int, int] = {}
 
@@ -50,7 +44,20 @@ def activation_bytes(fn: Callable[[Tensor], Any], x: Tensor, exclude: Set[int]) 
         xg = x.detach().clone().requires_grad_(True)
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             fn(xg)
-    return sum(saved.values())
+    return saved
+
+
+def activation_bytes(fn: Callable[[Tensor], Any], x: Tensor, exclude: Set[int]) -> int:
+    """Bytes of the distinct storages autograd saves while ``fn`` runs on ``x``: :func:`saved_storages` summed.
+
+    Example:
+        >>> import torch
+        >>> lin = torch.nn.Linear(4, 3)
+        >>> keep = {p.untyped_storage().data_ptr() for p in lin.parameters()}
+        >>> activation_bytes(lambda x: lin(x).tanh(), torch.randn(2, 4), keep)  # the input and tanh's output
+        56
+    """
+    return sum(saved_storages(fn, x, exclude).values())
 
 
 def module_storages(model: Any) -> Set[int]:

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from liegg_lightning._errors import InputError
 from liegg_lightning._memory import PassFootprint
 from liegg_lightning.actions import GroupAction
-from liegg_lightning.functional.footprint import activation_bytes, module_storages
+from liegg_lightning.functional.footprint import module_storages, saved_storages
 from liegg_lightning.functional.polarization import (
     MODEL_OUTPUT,
     BatchRows,
@@ -234,9 +234,12 @@ def pass_footprint(
     outputs = _analysed(options, layers)
     fn = outputs_function(model, list(outputs), options.output_transform)
     count = max(x.shape[0], 1)
-    saved = activation_bytes(fn, x, module_storages(model))
+    saved = saved_storages(fn, x, module_storages(model))
     rows = sum(rows_per_sample(model, x, options, layers).values())
-    return PassFootprint(-(-saved // count), x[0].numel() * x.element_size(), int(rows), x.element_size())
+    return PassFootprint(
+        -(-sum(saved.values()) // count), x[0].numel() * x.element_size(), int(rows), x.element_size(),
+        -(-max(saved.values(), default=0) // count),
+    )
 
 
 def layer_rows(
