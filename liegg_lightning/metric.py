@@ -468,7 +468,7 @@ class LieGGMetric(Metric):
         """The batch in passes that fit :attr:`pass_budget`: fewer samples, then fewer tangents (rows) per pass."""
         budget, size = self.pass_budget, inputs.shape[0]
         m = self.action.num_generators
-        if budget is None:
+        if budget is None or size == 0:
             self._last_chunks = _memory.PassChunks(size, m)
             yield inputs
             return
