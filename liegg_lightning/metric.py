@@ -149,7 +149,11 @@ class LieGGMetric(Metric):
       hash of its input's bits, so the groups, and the standard errors, do not depend on the
       batch size or on how many processes share the data;
     * ``tangent_gram`` ``(m, m)``: the Gram matrix of the tangents, for the relative variances;
-    * the sample, row, skip and tangent-sample counts.
+    * the sample, row, skip and tangent-sample counts;
+    * with ``layers``, each analysed output's states stacked over the layers (``layer_gram``
+      ``(L, m, m)``, ``layer_group_grams`` ``(L, G, m, m)``, ``layer_scale_exponent`` ``(L,)``, ...),
+      grown by the same accumulation as the model's, so every layer's report has its standard
+      errors; the tangents' states are shared.
 
     Scale: the Gram matrices are stored divided by ``4^e`` for a power of two ``2^e`` taken from
     the largest row seen (``scale_exponent``, and ``tangent_exponent`` for ``tangent_gram``;
@@ -176,12 +180,15 @@ class LieGGMetric(Metric):
         jackknife_groups: Groups of samples ``G`` for the standard errors (0 disables them). The
             partial Gram matrices take ``G * m^2 * 8`` bytes; when they do not fit the memory
             budget beside the rest, fewer groups are kept (none below 2), with a warning.
-        memory_budget: Bytes the whole analysis may take at its peak: the states (TorchMetrics'
-            copies of the defaults included), an update's temporaries, the solve and the jackknife,
-            about ``(2 + G + 5) * 8 * m^2`` (one more ``m x m`` with a border ring; with ``layers``,
-            two per layer, three with rings, plus 5). Larger algebras are refused before anything
-            is allocated. ``None`` disables the check. A batch's rows ``(B, K, m)`` are not counted,
-            nor, under DDP, the copies gathered from the other processes.
+        memory_budget: Bytes the whole analysis may take at its peak. First the ``m x m`` float64
+            matrices: the states (TorchMetrics' copies of the defaults included), an update's
+            temporaries, the solve and the jackknife, about ``(2 + G + 5) * 8 * m^2`` (one more
+            ``m x m`` with a border ring; with ``layers``, ``1 + G`` per layer, ``2 + G`` with
+            rings, plus the tangents', one report per layer and 5); larger algebras are refused
+            before anything is allocated. What they leave bounds the derivative passes: a batch
+            runs in passes of fewer samples (in forward mode fewer tangents, in reverse mode fewer
+            rows' gradients, when one sample does not fit), see :attr:`pass_budget`. ``None``
+            disables both. Not counted: under DDP, the copies gathered from the other processes.
         seed: Seed of the metric's own generator for random projections.
         output_action: How the algebra acts on the output (after ``output_transform``), with the
             input action's generator shape: the metric then measures *equivariance*, rows
