@@ -306,19 +306,22 @@ class LieGGMetric(Metric):
         with them each is stacked over the layers as ``layer_gram`` ``(L, m, m)``, ``layer_group_grams``
         ``(L, G, m, m)``, ... (the model's are then left empty). The exponents are maxed, not summed.
         """
-        size = m if matrices.border else 0
-        for prefix, lead, mm in (("", (), 0 if self.layer_actions else m), ("layer_", (matrices.outputs,), m)):
-            if prefix and self.layer_actions is None:
-                continue
-            groups = matrices.groups if mm else 0
-            shapes = ((mm, mm), (groups, mm, mm), (groups,), (), (size, size) if mm else (0, 0), (), (), (), ())
-            for name, shape in zip(_STATE_NAMES, shapes):
-                exponent = name == "scale_exponent"
-                self._state(prefix + name, lead + shape, "max" if exponent else "sum",
-                            EMPTY_EXPONENT if exponent else 0.0)
+        if self.layer_actions is None:
+            self._add_output_states("", (), m, matrices.groups, matrices.border)
+        else:
+            self._add_output_states("", (), 0, 0, False)  # the model's own: empty
+            self._add_output_states("layer_", (matrices.outputs,), m, matrices.groups, matrices.border)
         self._state("tangent_gram", (m, m), "sum")
         self._state("tangent_exponent", (), "max", EMPTY_EXPONENT)
         self._state("tangent_samples", (), "sum")
+
+    def _add_output_states(self, prefix: str, lead: Tuple[int, ...], m: int, groups: int, border: bool) -> None:
+        """The states of :class:`GramState` named ``prefix + name``, each with the leading axes ``lead``."""
+        size = m if border else 0
+        shapes = ((m, m), (groups, m, m), (groups,), (), (size, size), (), (), (), ())
+        for name, shape in zip(_STATE_NAMES, shapes):
+            exponent = name == "scale_exponent"
+            self._state(prefix + name, lead + shape, "max" if exponent else "sum", EMPTY_EXPONENT if exponent else 0.0)
 
     def reset(self) -> None:
         """TorchMetrics' reset, then each one-number default expanded to its state's shape.
