@@ -335,3 +335,22 @@ def test_a_budget_splits_the_batch_into_passes_that_fit() -> None:
     assert forward.pass_chunks == (1, 1, None)
     assert model.sizes.count(1) == 12 * m
     assert float(forward.num_samples) == float(tight.num_samples) == 12
+
+
+def test_pass_chunks_arithmetic_on_hand_counted_footprints() -> None:
+    from liegg_lightning._memory import PassFootprint, pass_chunks
+
+    # 100 bytes of activations, a 2-element float32 input, 1 row per sample, m = 2: a forward pass
+    # holds per sample 3 activation-sized tensors (primal + 2 tangents), each with its float64 input
+    # tangent (2 * 8 * 2 = 32 bytes), and 3 float64 copies of the 1 x 2 rows: 3 * 132 + 48 = 444 bytes
+    fp = PassFootprint(activation_bytes=100, input_bytes=8, rows=1, element_size=4, largest_bytes=10)
+    assert pass_chunks(fp, 2, True, 10, None) == (10, 2, None)  # no budget: one pass
+    assert pass_chunks(fp, 2, True, 10, 444 * 3 + 443) == (3, 2, None)
+    assert pass_chunks(fp, 2, True, 10, 10**9) == (10, 2, None)  # never more samples than the batch
+    # one sample does not fit: fewer tangents (the primal 132 + 48, then 132 per tangent)
+    assert pass_chunks(fp, 2, True, 10, 132 * 2 + 48) == (1, 1, None)
+    # reverse: the graph (100) + per row 2 float64 gradients of the input (32) + the rows (48) = 180
+    wide = PassFootprint(activation_bytes=100, input_bytes=8, rows=5, element_size=4)
+    assert pass_chunks(wide, 2, False, 10, 100 + 5 * 32 + 5 * 48) == (1, 2, None)
+    assert pass_chunks(wide, 2, False, 10, 100 + 2 * 32 + 5 * 48) == (1, 2, 2)  # two rows' gradients at once
+    assert pass_chunks(wide, 2, False, 10, 0) == (1, 2, 1)  # the least there is
