@@ -152,9 +152,9 @@ def _stages(metric: Any, model: Callable[[Tensor], Tensor], batches: List[Tensor
 
 def _compute(metric: Any) -> Any:
     """What ``metric.compute()`` does, without TorchMetrics' cache of the last result."""
-    from liegg_lightning.functional.symmetry import _symmetry_compute
+    from liegg_lightning.functional.symmetry import symmetry_compute
 
-    return _symmetry_compute(metric.gram, int(metric.num_samples), int(metric.num_rows), int(metric.num_skipped),
+    return symmetry_compute(metric.gram, int(metric.num_samples), int(metric.num_rows), int(metric.num_skipped),
                              metric.action, reference=metric.reference, known=metric.known)
 
 

@@ -5,8 +5,8 @@ so(d)-invariant network is solved: eigenvalue ``delta`` on the antisymmetric mat
 them), order one on the symmetric ones, so ``nullity = d(d-1)/2``, the report's worst case (its
 closure error works on the null space, in bounded chunks over at most 4096 sampled pairs).
 
-Timed: ``torch.linalg.eigh`` alone and the whole report (``_symmetry_compute``: nullity, biases
-against so(d), closure error). Then the guard: ``_check_memory_budget`` and ``LieGGMetric``
+Timed: ``torch.linalg.eigh`` alone and the whole report (``symmetry_compute``: nullity, biases
+against so(d), closure error). Then the guard: ``check_memory_budget`` and ``LieGGMetric``
 refusing m = 16384 at the default 1 GiB budget, with the time the refusal takes and its message.
 """
 
@@ -46,8 +46,8 @@ def closure_pairs(nullity: int, max_pairs: int = 4096) -> int:
 def run(device: torch.device, quick: bool, repeats: int, log: Callable[[str], None]) -> Dict[str, Any]:
     """Solve times against m, then the guard; returns the JSON section."""
     from liegg_lightning import LieGGMetric, VectorAction
-    from liegg_lightning.functional.symmetry import GRAM_BYTES_PER_ENTRY, _symmetry_compute
-    from liegg_lightning.functional.symmetry import _check_memory_budget as check_memory_budget
+    from liegg_lightning._memory import GRAM_BYTES_PER_ENTRY, check_memory_budget
+    from liegg_lightning.functional.symmetry import symmetry_compute
     from liegg_lightning.metric import DEFAULT_MEMORY_BUDGET
 
     dims = [5, 10, 20] if quick else [5, 10, 20, 32, 64]
@@ -61,7 +61,7 @@ def run(device: torch.device, quick: bool, repeats: int, log: Callable[[str], No
         found: Dict[str, Any] = {}
 
         def report(g: torch.Tensor = gram, a: Any = action, r: Any = reference, out: Dict = found) -> None:
-            out["report"] = _symmetry_compute(g, 1000, 1000, 0, a, reference=r)
+            out["report"] = symmetry_compute(g, 1000, 1000, 0, a, reference=r)
 
         variants = {"eigh": lambda g=gram: torch.linalg.eigh(g), "report": report}
         if m <= 1024:
@@ -107,7 +107,7 @@ def render(section: Dict[str, Any]) -> str:
     g = section["guard"]
     text += (f"\n\nGuard at the default budget ({g['budget_bytes'] / 2**20:.0f} MiB; largest m accepted: "
              f"{g['largest_m_within_default_budget']}):\n"
-             f"- `_check_memory_budget(16384)` refused in {g['check_memory_budget_s'] * 1e6:.0f} us: "
+             f"- `check_memory_budget(16384)` refused in {g['check_memory_budget_s'] * 1e6:.0f} us: "
              f"{g['check_memory_budget']}\n"
              f"- `LieGGMetric(VectorAction(128))` refused in {g['LieGGMetric_s'] * 1e3:.2f} ms: {g['LieGGMetric']}")
     return text

@@ -1,10 +1,29 @@
-"""``LieGGMetric``: a TorchMetrics metric that streams polarization rows into a float64 Gram matrix."""
+"""``LieGGMetric``: a TorchMetrics metric that streams polarization rows into float64 Gram matrices.
+
+A thin stateful shell over the functional core (:mod:`liegg_lightning.functional.symmetry`): one
+:class:`~liegg_lightning.functional.symmetry.GramState` per analysed output (the model's, or each
+layer's) kept as TorchMetrics states, grown by the same ``accumulate`` and solved by the same
+``solve_states``; the memory arithmetic is :mod:`liegg_lightning._memory`'s.
+"""
 
 from __future__ import annotations
 
 import copy
-import math
-from typing import Any, Callable, Dict, List, Literal, Mapping, Optional, Sequence, Union, cast
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    Iterator,
+    List,
+    Literal,
+    Mapping,
+    NamedTuple,
+    Optional,
+    Sequence,
+    Tuple,
+    Union,
+    cast,
+)
 
 import torch
 from torch import Tensor
@@ -12,40 +31,34 @@ from torchmetrics import Metric
 from torchmetrics.utilities import rank_zero_warn
 from torchmetrics.utilities.distributed import gather_all_tensors
 
+from liegg_lightning import _memory
 from liegg_lightning._checks import check_int
 from liegg_lightning.actions import GroupAction, ImageAction
-from liegg_lightning.functional.layers import MODEL_OUTPUT, Layers, batch_rows, check_layers, rows_per_sample
+from liegg_lightning.functional.layers import (
+    MODEL_OUTPUT,
+    batch_rows,
+    check_layers,
+    pass_footprint,
+    rows_per_sample,
+)
 from liegg_lightning.functional.polarization import (
     DERIVATIVE_MODES,
     BatchRows,
     DerivativeMode,
     OutputMode,
     RowOptions,
-    float64_device,
+    choose_derivative,
     tracks_border,
 )
 from liegg_lightning.functional.symmetry import (
-    BASE_STATES,
     EMPTY_EXPONENT,
-    WORK_MATRICES,
-    ScaledRows,
-    SymmetryUpdate,
-    _add_scaled,
-    _bytes,
-    _check_memory_budget,
-    _diagonal_blocks,
-    _gram,
-    _group_products,
-    _groups,
-    _input_independent,
-    _jackknife_groups,
-    _kronecker_tangents,
-    _rescale,
-    _rescale_,
-    _scaled,
-    _scaled_rows,
-    _symmetry_compute,
-    _symmetry_update,
+    GramState,
+    TangentState,
+    accumulate,
+    accumulate_tangents,
+    input_independent,
+    rescale,
+    solve_states,
 )
 from liegg_lightning.report import SymmetryReport
 from liegg_lightning.transforms import (
@@ -58,47 +71,55 @@ from liegg_lightning.transforms import (
 
 __all__ = ["LieGGMetric", "DEFAULT_MEMORY_BUDGET"]
 
-#: Default cap on the peak memory of an analysis (states, update, solve and jackknife): 1 GiB. That is
-#: m up to about 4,370 (seven m x m float64 matrices); the jackknife's eight partial Gram matrices fit
-#: up to m of about 2,990, fewer of them up to about 3,860, none above.
+#: Default cap on the peak memory of an analysis (states, derivative passes, solve and jackknife): 1 GiB.
+#: The matrices alone fit m up to about 4,370 (seven m x m float64 matrices); the jackknife's eight
+#: partial Gram matrices fit up to m of about 2,990, fewer of them up to about 3,860, none above.
+#: What the matrices leave bounds the derivative passes: a batch is analysed in passes that fit it.
 DEFAULT_MEMORY_BUDGET = 2**30
 
 KnownGenerators = Union[Sequence[str], Mapping[str, Tensor]]
 
+#: The states of one analysed output, in :class:`GramState`'s order: the model's own names; a layer's
+#: are these with ``layer_`` in front, stacked over the layers.
+_STATE_NAMES = ("gram", "group_grams", "group_counts", "scale_exponent", "border_gram", "border_samples",
+                "num_samples", "num_rows", "num_skipped")
+#: The scaled matrices of each family and the exponent they share.
+_MODEL_FAMILY = (("gram", "group_grams", "border_gram"), "scale_exponent")
+_TANGENT_FAMILY = (("tangent_gram",), "tangent_exponent")
+_LAYER_FAMILY = (("layer_gram", "layer_group_grams", "layer_border_gram"), "layer_scale_exponent")
 
-def _model_groups(m: int, requested: int, memory_budget: Optional[int], border: bool) -> int:
-    """The jackknife groups that fit the budget beside the rest (with a warning when fewer than asked).
 
-    Raises :class:`ValueError` when not even the smallest analysis fits (see
-    :func:`~liegg_lightning.functional.symmetry._analysis_bytes`).
+class _Matrices(NamedTuple):
+    """The ``m x m`` matrices of a configuration: states, jackknife groups per output and their bytes."""
+
+    outputs: int
+    border: bool
+    groups: int
+    bytes: int
+
+
+def _plan_matrices(
+    m: int, outputs: Mapping[str, Optional[GroupAction]], output_mode: str, requested: int,
+    memory_budget: Optional[int], layered: bool,
+) -> _Matrices:
+    """Refuse, before allocating, an algebra whose matrices do not fit; the jackknife groups that do (warned).
+
+    Every analysed output has a Gram state (two with a border ring) and its groups; the tangents
+    have one; with layers each report keeps its generators while the next is solved.
     """
-    states = BASE_STATES + int(border)
-    _check_memory_budget(m, memory_budget, states)
-    groups = _jackknife_groups(m, requested, memory_budget, states)
-    if groups < requested:
+    count = len(outputs)
+    border = any(tracks_border(a, output_mode) for a in outputs.values())
+    states = count * (2 if border else 1) + 1
+    reports = count if layered else 0
+    _memory.check_memory_budget(m, memory_budget, states, reports)
+    groups = _memory.jackknife_groups(m, requested, memory_budget, states, count, reports)
+    if groups < requested and requested >= 2:
         rank_zero_warn(
-            f"LieGGMetric: the jackknife's {requested} partial Gram matrices for m={m} do not fit the "
+            f"LieGGMetric: the jackknife's {requested} partial Gram matrices per output for m={m} do not fit the "
             f"memory budget beside the rest; "
             + (f"using {groups} groups." if groups else "standard errors are disabled (NaN).")
         )
-    return groups
-
-
-def _check_layers_budget(
-    m: int, layer_actions: Mapping[str, Optional[GroupAction]], output_mode: str, memory_budget: Optional[int]
-) -> None:
-    """Refuse, before allocating, layers whose states, reports and solve would not fit the budget."""
-    num = len(layer_actions)
-    ring = any(tracks_border(a, output_mode) for a in layer_actions.values())  # type: ignore[arg-type]
-    states = num * (2 if ring else 1)
-    # each layer's report keeps its generators (m x m) while the next layer is solved
-    matrices = states + num + WORK_MATRICES
-    if memory_budget is not None and 8 * matrices * m * m > memory_budget:
-        raise ValueError(
-            f"{num} layers of m={m} generators need {states} float64 Gram matrices, their reports and a solve, "
-            f"about {_bytes(8 * matrices * m * m)}, over the memory budget of {_bytes(memory_budget)}. "
-            "Analyse fewer layers or raise `memory_budget`."
-        )
+    return _Matrices(count, border, groups, _memory.analysis_bytes(m, states, count * groups, reports))
 
 
 def _check_settings(
@@ -114,20 +135,13 @@ def _check_settings(
     check_int("seed", seed)
 
 
-def _ring_update(ring: Tensor, finite: Tensor) -> SymmetryUpdate:
-    """The border ring's update, over the samples whose rows were kept (and whose ring rows are finite)."""
-    kept = finite.to(ring.device)[:, None, None]
-    return _symmetry_update(torch.where(kept, ring.to(torch.float64), math.nan))
-
-
-def _unscaled(update: SymmetryUpdate) -> Tensor:
-    """The update's Gram matrix at its true scale."""
-    return torch.ldexp(update.gram, (2 * update.exponent).clamp_min(-2000).to(update.gram.dtype))
-
-
 def _border_in_gram(output_action: Optional[GroupAction]) -> bool:
     """Whether the report's own Gram matrix holds the border ring (``border=0``) or leaves it out."""
     return not (isinstance(output_action, ImageAction) and output_action.border > 0)
+
+
+def _label(name: str) -> str:
+    return "" if name == MODEL_OUTPUT else f" for layer {name!r}"
 
 
 class LieGGMetric(Metric):
@@ -142,7 +156,11 @@ class LieGGMetric(Metric):
       hash of its input's bits, so the groups, and the standard errors, do not depend on the
       batch size or on how many processes share the data;
     * ``tangent_gram`` ``(m, m)``: the Gram matrix of the tangents, for the relative variances;
-    * the sample, row, skip and tangent-sample counts.
+    * the sample, row, skip and tangent-sample counts;
+    * with ``layers``, each analysed output's states stacked over the layers (``layer_gram``
+      ``(L, m, m)``, ``layer_group_grams`` ``(L, G, m, m)``, ``layer_scale_exponent`` ``(L,)``, ...),
+      grown by the same accumulation as the model's, so every layer's report has its standard
+      errors; the tangents' states are shared.
 
     Scale: the Gram matrices are stored divided by ``4^e`` for a power of two ``2^e`` taken from
     the largest row seen (``scale_exponent``, and ``tangent_exponent`` for ``tangent_gram``;
@@ -169,12 +187,15 @@ class LieGGMetric(Metric):
         jackknife_groups: Groups of samples ``G`` for the standard errors (0 disables them). The
             partial Gram matrices take ``G * m^2 * 8`` bytes; when they do not fit the memory
             budget beside the rest, fewer groups are kept (none below 2), with a warning.
-        memory_budget: Bytes the whole analysis may take at its peak: the states (TorchMetrics'
-            copies of the defaults included), an update's temporaries, the solve and the jackknife,
-            about ``(2 + G + 5) * 8 * m^2`` (one more ``m x m`` with a border ring; with ``layers``,
-            two per layer, three with rings, plus 5). Larger algebras are refused before anything
-            is allocated. ``None`` disables the check. A batch's rows ``(B, K, m)`` are not counted,
-            nor, under DDP, the copies gathered from the other processes.
+        memory_budget: Bytes the whole analysis may take at its peak. First the ``m x m`` float64
+            matrices: the states (TorchMetrics' copies of the defaults included), an update's
+            temporaries, the solve and the jackknife, about ``(2 + G + 5) * 8 * m^2`` (one more
+            ``m x m`` with a border ring; with ``layers``, ``1 + G`` per layer, ``2 + G`` with
+            rings, plus the tangents', one report per layer and 5); larger algebras are refused
+            before anything is allocated. What they leave bounds the derivative passes: a batch
+            runs in passes of fewer samples (in forward mode fewer tangents, in reverse mode fewer
+            rows' gradients, when one sample does not fit), see :attr:`pass_budget`. ``None``
+            disables both. Not counted: under DDP, the copies gathered from the other processes.
         seed: Seed of the metric's own generator for random projections.
         output_action: How the algebra acts on the output (after ``output_transform``), with the
             input action's generator shape: the metric then measures *equivariance*, rows
@@ -249,17 +270,13 @@ class LieGGMetric(Metric):
         known_transforms: Optional[Mapping[str, TransformLike]] = None,
         **kwargs: Any,
     ) -> None:
+        # every option is checked (and names resolved) before anything is allocated
         options = RowOptions(action, output_mode, num_projections, output_transform, output_action, derivative)
         layer_actions = None if layers is None else check_layers(action, layers, output_action)
         _check_settings(nullity_tolerance, jackknife_groups, memory_budget, seed)
         m = action.num_generators
-        border = tracks_border(output_action, output_mode)
-        if layer_actions is None:
-            groups = _model_groups(m, jackknife_groups, memory_budget, border)
-        else:  # the layers have their own states (and no jackknife): the model's are left empty
-            _check_layers_budget(m, layer_actions, output_mode, memory_budget)
-            groups = 0
-        # resolve names now: a bad name fails here, not after an epoch of work
+        outputs = layer_actions if layer_actions is not None else {MODEL_OUTPUT: output_action}
+        matrices = _plan_matrices(m, outputs, output_mode, jackknife_groups, memory_budget, layers is not None)
         reference = None if reference_algebra is None else action.reference_vectors(reference_algebra)
         known = action.known_vectors(known_generators)
         super().__init__(**kwargs)
@@ -271,78 +288,80 @@ class LieGGMetric(Metric):
         self.known = known
         self.nullity_tolerance = float(nullity_tolerance)
         self.jackknife_groups = jackknife_groups
-        self.num_groups = groups
-        self._warned_constant = False
+        self.num_groups = matrices.groups
         self.memory_budget = memory_budget
         self.seed = seed
+        self.layers = layers
+        self.layer_actions = layer_actions
+        self.outputs: Dict[str, Optional[GroupAction]] = dict(outputs)
+        self.layer_names: List[str] = [] if layer_actions is None else list(layer_actions)
+        self._matrix_bytes = matrices.bytes
+        self._pass_cap: Optional[int] = None
+        self._footprints: Dict[Tuple[Any, ...], _memory.PassFootprint] = {}
+        self._last_chunks: Optional[_memory.PassChunks] = None
+        self._warned_constant = False
         # made on first use: a torch.Generator cannot be pickled to ddp_spawn workers
         self._generator: Optional[torch.Generator] = None
         self._resolved_derivative: Optional[str] = None
-        self._add_model_states(0 if layer_actions is not None else m, groups, border)
-        self._add_layer_states(layers, layer_actions, m)
+        self._add_states(m, matrices)
         self._add_transform_states(check_transforms(known_transforms), layer_actions is not None)
 
     def _state(self, name: str, shape: Sequence[int], reduce: str, fill: float = 0.0) -> None:
         """A float64 state of ``shape`` filled with ``fill``, summed (or maxed) across processes.
 
-        TorchMetrics keeps a deep copy of every state's default for :meth:`reset`; here the default
-        is the one number ``fill`` (:meth:`reset` fills the states in place), so an ``m x m`` state
-        costs its own memory once, not twice.
+        TorchMetrics keeps a copy of every state's default for :meth:`reset`; here the default is
+        the one number ``fill`` (:meth:`reset` expands it to the state's shape), so an ``m x m``
+        state costs its own memory once, not twice.
         """
         self.add_state(name, torch.tensor(fill, dtype=torch.float64), dist_reduce_fx=reduce)
         setattr(self, name, torch.full(tuple(shape), fill, dtype=torch.float64))
 
-    def _add_model_states(self, m: int, groups: int, border: bool) -> None:
-        """States of the model's own output, all summed across processes (the exponents: their maximum)."""
-        self._state("gram", (m, m), "sum")
-        self._state("group_grams", (groups, m, m), "sum")
-        self._state("group_counts", (groups,), "sum")
-        self._state("scale_exponent", (), "max", EMPTY_EXPONENT)
+    def _add_states(self, m: int, matrices: _Matrices) -> None:
+        """The Gram states of every analysed output and the tangents', all summed across processes.
+
+        Without ``layers`` the model's states are ``gram`` ``(m, m)``, ``group_grams`` ``(G, m, m)``, ...;
+        with them each is stacked over the layers as ``layer_gram`` ``(L, m, m)``, ``layer_group_grams``
+        ``(L, G, m, m)``, ... (the model's are then left empty). The exponents are maxed, not summed.
+        """
+        if self.layer_actions is None:
+            self._add_output_states("", (), m, matrices.groups, matrices.border)
+        else:
+            self._add_output_states("", (), 0, 0, False)  # the model's own: empty
+            self._add_output_states("layer_", (matrices.outputs,), m, matrices.groups, matrices.border)
         self._state("tangent_gram", (m, m), "sum")
         self._state("tangent_exponent", (), "max", EMPTY_EXPONENT)
-        for name in ("tangent_samples", "num_samples", "num_rows", "num_skipped"):
-            self._state(name, (), "sum")
-        # the border ring's Gram matrix (at `scale_exponent`), empty where the output has no ring
+        self._state("tangent_samples", (), "sum")
+
+    def _add_output_states(self, prefix: str, lead: Tuple[int, ...], m: int, groups: int, border: bool) -> None:
+        """The states of :class:`GramState` named ``prefix + name``, each with the leading axes ``lead``."""
         size = m if border else 0
-        self._state("border_gram", (size, size), "sum")
-        self._state("border_samples", (), "sum")
+        shapes = ((m, m), (groups, m, m), (groups,), (), (size, size), (), (), (), ())
+        for name, shape in zip(_STATE_NAMES, shapes):
+            exponent = name == "scale_exponent"
+            self._state(prefix + name, lead + shape, "max" if exponent else "sum", EMPTY_EXPONENT if exponent else 0.0)
 
     def reset(self) -> None:
-        """Empty the states in place (no new ``m x m`` matrices, no second copy of them alive meanwhile)."""
-        self._update_count = 0
-        self._forward_cache = None
-        self._computed = None
-        self._cache = None
-        self._is_synced = False
-        for name, default in self._defaults.items():
-            state = getattr(self, name)
-            if isinstance(state, Tensor) and isinstance(default, Tensor) and default.ndim == 0:
-                state.fill_(default.to(state.dtype))
-            else:  # a state not made by `_state`: as TorchMetrics resets it
-                setattr(self, name, torch.as_tensor(default).detach().clone().to(state.device))
+        """TorchMetrics' reset, then each one-number default expanded to its state's shape.
 
-    def _add_layer_states(
-        self,
-        layers: Optional[Layers],
-        layer_actions: Optional[Dict[str, Optional[GroupAction]]],
-        m: int,
-    ) -> None:
-        """Per-layer options and states (none without ``layers``).
-
-        The states are a stacked ``(L, m, m)`` Gram matrix and ``(L,)`` counts, summed across
-        processes, and the border rings' Gram matrices where a layer's output action has a ring.
+        TorchMetrics sets every state to a copy of its default (here one number) and frees the old
+        one first, so no second copy of an ``m x m`` state is ever alive.
         """
-        self.layers = layers
-        self.layer_actions = layer_actions
-        self.layer_names: List[str] = [] if layer_actions is None else list(layer_actions)
-        if layer_actions is None:
-            return
-        num = len(self.layer_names)
-        size = m if any(tracks_border(a, self.output_mode) for a in layer_actions.values()) else 0
-        self._state("layer_gram", (num, m, m), "sum")
-        for name in ("layer_num_samples", "layer_num_rows", "layer_num_skipped", "layer_border_samples"):
-            self._state(name, (num,), "sum")
-        self._state("layer_border_gram", (num, size, size), "sum")
+        shapes = {name: getattr(self, name).shape for name in self._defaults}
+        super().reset()
+        for name, shape in shapes.items():
+            state = getattr(self, name)
+            if state.shape != shape:
+                setattr(self, name, state.expand(shape).contiguous())
+
+    def _output_states(self) -> List[GramState]:
+        """The :class:`GramState` of every analysed output, in order: views of the metric's states."""
+        if self.layer_actions is None:
+            return [GramState(*(getattr(self, name) for name in _STATE_NAMES))]
+        stacked = [getattr(self, "layer_" + name) for name in _STATE_NAMES]
+        return [GramState(*(t[i] for t in stacked)) for i in range(len(self.layer_names))]
+
+    def _tangent_state(self) -> TangentState:
+        return TangentState(self.tangent_gram, self.tangent_exponent, self.tangent_samples)
 
     def _add_transform_states(self, transforms: Dict[str, Any], layers: bool) -> None:
         """Sums per jackknife group for ``known_transforms`` (the output's width is set by the first batch)."""
@@ -362,8 +381,9 @@ class LieGGMetric(Metric):
             if self.transform_moments.shape != sums.moments.shape:
                 raise ValueError(f"Expected outputs of {self.transform_moments.shape[1] - 2} values for "
                                  f"`known_transforms`, got {sums.moments.shape[1] - 2}.")
-            self.transform_moments += self._here(sums.moments)
-            self.transform_sums += self._here(sums.errors)
+            # dtype first: a float64 tensor cannot move to a device without float64 (MPS, float32 states)
+            self.transform_moments += sums.moments.to(self.gram.dtype).to(self.gram.device)
+            self.transform_sums += sums.errors.to(self.gram.dtype).to(self.gram.device)
 
     @property
     def output_mode(self) -> OutputMode:
@@ -393,7 +413,7 @@ class LieGGMetric(Metric):
     def place_on(self, device: Union[str, torch.device]) -> LieGGMetric:
         """Move the states to ``device``; where it has no float64 (MPS), keep them in float32 with a warning."""
         device = torch.device(device)
-        if device.type == "mps" and self.gram.dtype == torch.float64:
+        if device.type == "mps" and self.tangent_gram.dtype == torch.float64:
             rank_zero_warn("MPS has no float64: LieGGMetric accumulates in float32, which limits accuracy.")
             self.set_dtype(torch.float32)
         return self.to(device)
@@ -431,7 +451,11 @@ class LieGGMetric(Metric):
     def _batch_rows(self, model: Callable[[Tensor], Tensor], inputs: Tensor, derivative: Optional[str]) -> BatchRows:
         """One functional call for a batch; an ``"auto"`` mode is decided on the first batch and kept."""
         mode = derivative or self._resolved_derivative or self.derivative
-        options = self.row_options.replace(derivative=mode, generator=self.generator)
+        chunks = self._last_chunks
+        options = self.row_options.replace(
+            derivative=mode, generator=self.generator, tangents_per_pass=None if chunks is None else chunks.tangents,
+            rows_per_pass=None if chunks is None else chunks.rows,
+        )
         result = batch_rows(model, inputs, options, self.layer_actions)
         if derivative is None and self._resolved_derivative is None:
             self._resolved_derivative = result.derivative
@@ -467,11 +491,57 @@ class LieGGMetric(Metric):
         """The strategy later batches use, once known (``None`` before the first batch with ``"auto"``)."""
         return self._resolved_derivative
 
+    @property
+    def pass_budget(self) -> Optional[int]:
+        """Bytes one derivative pass may take: what the Gram matrices leave of ``memory_budget``.
+
+        Lowered by :meth:`cap_pass_memory`; ``None`` (no ``memory_budget``, no cap) analyses a batch
+        in one pass.
+        """
+        left = None if self.memory_budget is None else max(self.memory_budget - self._matrix_bytes, 0)
+        if self._pass_cap is None:
+            return left
+        return self._pass_cap if left is None else min(left, self._pass_cap)
+
+    def cap_pass_memory(self, nbytes: Optional[int]) -> None:
+        """Bound each derivative pass by ``nbytes`` as well (e.g. what a training step used); ``None`` lifts it."""
+        check_int("nbytes", nbytes, minimum=1, allow_none=True)
+        self._pass_cap = nbytes
+
+    @property
+    def pass_chunks(self) -> Optional[_memory.PassChunks]:
+        """Samples and forward-mode tangents per derivative pass of the last :meth:`update` (``None`` before one)."""
+        return self._last_chunks
+
+    def _passes(self, model: Callable[[Tensor], Tensor], inputs: Tensor) -> Iterator[Tensor]:
+        """The batch in passes that fit :attr:`pass_budget`: fewer samples, then fewer tangents (rows) per pass."""
+        budget, size = self.pass_budget, inputs.shape[0]
+        m = self.action.num_generators
+        if budget is None or size == 0:
+            self._last_chunks = _memory.PassChunks(size, m)
+            yield inputs
+            return
+        key = (tuple(inputs.shape[1:]), inputs.dtype, inputs.device)
+        footprint = self._footprints.get(key)
+        if footprint is None:
+            footprint = pass_footprint(model, inputs[:2], self.row_options, self.layer_actions)
+            self._footprints[key] = footprint
+        mode = self._resolved_derivative or choose_derivative(self.derivative, m, footprint.rows)
+        chunks = _memory.pass_chunks(footprint, m, mode == "forward", size, budget)
+        self._last_chunks = chunks
+        for start in range(0, size, chunks.samples):
+            yield inputs[start:start + chunks.samples]
+
     def update(self, model: Callable[[Tensor], Tensor], inputs: Tensor) -> None:  # type: ignore[override]
-        """Add the rows of ``model`` at a batch of ``inputs`` (and the inputs' tangent Gram matrix)."""
-        result = self._batch_rows(model, inputs, None)
-        rows = result.rows if self.layer_actions is not None else result.rows[MODEL_OUTPUT]
-        self._add_rows(rows, inputs, result.border_rows)
+        """Add the rows of ``model`` at a batch of ``inputs`` (and the inputs' tangent Gram matrix).
+
+        The batch is analysed in derivative passes that fit :attr:`pass_budget` (the same sums as
+        one pass, up to the order of the float64 additions).
+        """
+        self.action.validate_input(inputs)
+        for part in self._passes(model, inputs):
+            result = self._batch_rows(model, part, None)
+            self._accumulate(result.rows, part, result.border_rows)
         if self.known_transforms:
             self._add_transforms(model, inputs)
 
@@ -501,176 +571,75 @@ class LieGGMetric(Metric):
         # what TorchMetrics' wrapper does for `update`: forget a cached result, count the update
         self._computed = None
         self._update_count += 1
-        self._add_rows(rows, inputs, border_rows or {})
+        named = self._named_rows(rows)
+        self._check_inputs(named, inputs)
+        self._accumulate(named, inputs, border_rows or {})
 
-    def _add_rows(
-        self, rows: Union[Tensor, Mapping[str, Tensor]], inputs: Optional[Tensor], border_rows: Mapping[str, Tensor]
-    ) -> None:
+    def _named_rows(self, rows: Union[Tensor, Mapping[str, Tensor]]) -> Dict[str, Tensor]:
+        """``name -> rows`` of every analysed output, each checked to be ``(B, K, m)``."""
+        m = self.action.num_generators
         if self.layer_actions is not None:
             if not isinstance(rows, Mapping):
                 raise ValueError(f"Expected a dict layer name -> rows with `layers`, got {type(rows).__name__}.")
-            self._add_layer_rows(rows, border_rows)
-            return
-        if isinstance(rows, Mapping):
+            if set(rows) != set(self.layer_names):
+                raise ValueError(f"Expected rows for the layers {self.layer_names}, got them for {sorted(rows)}.")
+        elif isinstance(rows, Mapping):
             raise ValueError("Expected rows as a tensor (B, K, m); a dict of rows needs `layers`.")
-        if rows.ndim != 3 or rows.shape[-1] != self.gram.shape[0]:
-            raise ValueError(
-                f"Expected rows of shape (B, K, {self.gram.shape[0]}), got shape {tuple(rows.shape)}."
-            )
-        if inputs is not None and (
-            not isinstance(inputs, Tensor) or inputs.ndim < 1 or inputs.shape[0] != rows.shape[0]
-        ):
-            got = tuple(inputs.shape) if isinstance(inputs, Tensor) else type(inputs).__name__
-            raise ValueError(f"Expected `inputs` with batch size {rows.shape[0]} (that of the rows), got {got}.")
-        scaled = _scaled_rows(rows)
-        ring = border_rows.get(MODEL_OUTPUT) if self.border_gram.numel() else None
-        ring_rows = None
-        if ring is not None:  # the ring's rows of the samples kept (and whose ring rows are finite)
-            kept = scaled.finite.to(ring.device)[:, None, None]
-            ring_rows = _scaled_rows(torch.where(kept, ring.to(torch.float64), math.nan))
-        self._accumulate_model(scaled, rows if inputs is None else inputs, ring_rows)
-        if inputs is not None:
-            self._accumulate_tangents(inputs, scaled.finite)
-
-    def _here(self, t: Tensor) -> Tensor:
-        """``t`` in the states' dtype and on their device."""
-        # dtype first: a float64 tensor cannot move to a device without float64 (MPS, float32 states)
-        return t.to(self.gram.dtype).to(self.gram.device)
-
-    def _accumulate_model(self, scaled: ScaledRows, keys: Tensor, ring: Optional[ScaledRows]) -> None:
-        """Add a batch's scaled rows (and its border ring's) to the states, all brought to one scale.
-
-        Everything in place, one ``m x m`` product at a time (two with the jackknife: a group's and
-        the batch's sum), so an update needs two ``m x m`` temporaries whatever the number of groups;
-        and the states stay ordinary tensors when this runs under inference mode. The sums are
-        those of :func:`_symmetry_update` in the same order, so the states hold the same bits.
-        """
-        here = self._here
-        exponent = here(scaled.exponent)
-        common = torch.maximum(self.scale_exponent, exponent)
-        if ring is not None:
-            common = torch.maximum(common, here(ring.exponent))
-        for state in (self.gram, self.group_grams, self.border_gram):
-            _rescale_(state, self.scale_exponent, common)
-        self.scale_exponent.copy_(common)
-        if ring is not None:
-            _add_scaled(self.border_gram, here(_gram(ring.rows)), (2.0 * (here(ring.exponent) - common)))
-            self.border_samples += here(ring.finite.sum().to(torch.float64))
-        shift = 2.0 * (exponent - common)
-        batch = self._add_group_products(scaled, keys, shift) if self.num_groups else _gram(scaled.rows)
-        if batch is not None:
-            _add_scaled(self.gram, here(batch), shift)
-        kept = scaled.finite.sum().to(torch.float64)
-        self.num_samples += here(kept)
-        self.num_rows += here(kept * scaled.rows.shape[1])
-        self.num_skipped += here(scaled.finite.numel() - kept)
-
-    def _add_group_products(self, scaled: ScaledRows, keys: Tensor, shift: Tensor) -> Optional[Tensor]:
-        """Add each group's product to its partial Gram matrix; their sum (unscaled), ``None`` for no rows."""
-        ids, counts = _groups(keys, scaled.finite, self.num_groups)
-        total: Optional[Tensor] = None
-        for g, product in _group_products(scaled.rows, ids, self.num_groups):
-            # the batch's sum first, in the order `group_grams.sum(0)` adds them
-            total = product.clone() if total is None else total.add_(product)
-            _add_scaled(self.group_grams[g], self._here(product), shift)
-        self.group_counts += self._here(counts)
-        return total
-
-    def _accumulate_tangents(self, inputs: Tensor, finite: Tensor) -> None:
-        """Add the tangent Gram matrix of the kept inputs, for the relative variances.
-
-        A ``VectorAction``'s is ``kron(I, S)``: only ``S`` is formed and added to the diagonal blocks
-        (the other blocks would add exact zeros), which gives the same bits as the dense matrix.
-        """
-        here = self._here
-        with torch.inference_mode(False):
-            x = inputs.detach().to(float64_device(inputs.device))
-            mask = finite.to(x.device)
-            factor = _kronecker_tangents(self.action, x, mask)
-            tangent, t_exp = _scaled(self.action.tangent_gram(x, mask=mask) if factor is None else factor)
-        t_exp = here(t_exp)
-        t_common = torch.maximum(self.tangent_exponent, t_exp)
-        _rescale_(self.tangent_gram, self.tangent_exponent, t_common)
-        self.tangent_exponent.copy_(t_common)
-        target = self.tangent_gram
-        tangent = here(tangent)
-        if factor is not None and target.is_contiguous():
-            target, tangent = _diagonal_blocks(target, target.shape[0] // tangent.shape[0]), tangent[..., None]
-        elif factor is not None:
-            tangent = torch.kron(torch.eye(target.shape[0] // tangent.shape[0], dtype=tangent.dtype), tangent)
-        _add_scaled(target, tangent, 2.0 * (t_exp - t_common))
-        self.tangent_samples += here(finite.sum().to(torch.float64))
-
-    def _add_layer_rows(self, rows: Mapping[str, Tensor], border_rows: Mapping[str, Tensor]) -> None:
-        """Add each layer's rows ``(B, K_l, m)`` (and its border ring's) to its own Gram matrices."""
-        if set(rows) != set(self.layer_names):
-            raise ValueError(
-                f"Expected rows for the layers {self.layer_names}, got them for {sorted(rows)}."
-            )
-        m = self.layer_gram.shape[-1]
-        for i, name in enumerate(self.layer_names):
-            r = rows[name]
+        named = dict(rows) if isinstance(rows, Mapping) else {MODEL_OUTPUT: rows}
+        for name, r in named.items():
             if r.ndim != 3 or r.shape[-1] != m:
-                raise ValueError(f"Expected rows of shape (B, K, {m}) for layer {name!r}, got {tuple(r.shape)}.")
-            update = _symmetry_update(r)
-            # per-layer states are kept unscaled (no exponent state, no jackknife groups per layer yet)
-            self.layer_gram[i] += self._here(_unscaled(update))
-            self.layer_num_samples[i] += self._here(update.num_samples)
-            self.layer_num_rows[i] += self._here(update.num_rows)
-            self.layer_num_skipped[i] += self._here(update.num_skipped)
-            ring = border_rows.get(name)
-            if ring is not None and self.layer_border_gram.shape[-1] and tracks_border(
-                    self.layer_actions[name], self.output_mode):  # type: ignore[index]
-                ring_update = _ring_update(ring, update.finite)
-                self.layer_border_gram[i] += self._here(_unscaled(ring_update))
-                self.layer_border_samples[i] += self._here(ring_update.num_samples)
+                where = "" if name == MODEL_OUTPUT else f" for layer {name!r}"
+                raise ValueError(f"Expected rows of shape (B, K, {m}){where}, got shape {tuple(r.shape)}.")
+        return named
 
-    def _compute_layers(self) -> Dict[str, SymmetryReport]:
-        """One report per analysed layer, in the order of ``layers``."""
-        reports: Dict[str, SymmetryReport] = {}
-        m = self.layer_gram.shape[-1]
-        for i, name in enumerate(self.layer_names):
-            label = "the model output" if name == MODEL_OUTPUT else f"layer {name!r}"
-            samples, rows = int(self.layer_num_samples[i]), int(self.layer_num_rows[i])
-            if samples <= 0:
-                raise ValueError(
-                    f"LieGGMetric has no samples to solve for {label}: call `update` with at least one finite sample."
-                )
-            if rows < m:
-                rank_zero_warn(
-                    f"LieGGMetric: {rows} rows for m={m} generators at {label}; at least {m - rows} zero "
-                    "eigenvalues come from too little data, not from learned symmetries."
-                )
-            border = self.layer_actions[name]  # type: ignore[index]
-            whole = self.layer_border_gram.shape[-1] and int(self.layer_border_samples[i]) == samples
-            reports[name] = _symmetry_compute(
-                self.layer_gram[i],
-                samples,
-                rows,
-                int(self.layer_num_skipped[i]),
-                self.action,
-                reference=self.reference,
-                known=self.known,
-                nullity_tolerance=self.nullity_tolerance,
-                border_gram=self.layer_border_gram[i] if whole and tracks_border(border, self.output_mode) else None,
-                border_in_gram=_border_in_gram(border),
-            )
-        return reports
+    @staticmethod
+    def _check_inputs(rows: Mapping[str, Tensor], inputs: Optional[Tensor]) -> None:
+        batch = next(iter(rows.values())).shape[0]
+        if inputs is not None and (not isinstance(inputs, Tensor) or inputs.ndim < 1 or inputs.shape[0] != batch):
+            got = tuple(inputs.shape) if isinstance(inputs, Tensor) else type(inputs).__name__
+            raise ValueError(f"Expected `inputs` with batch size {batch} (that of the rows), got {got}.")
+
+    def _accumulate(
+        self, rows: Mapping[str, Tensor], inputs: Optional[Tensor], border_rows: Mapping[str, Tensor]
+    ) -> None:
+        """The one accumulation path: each output's rows into its :class:`GramState`, then the tangents.
+
+        The jackknife groups are keyed by the inputs when known (the rows otherwise); the tangents
+        are added over the samples every output kept.
+        """
+        kept: Optional[Tensor] = None
+        for (name, r), state in zip(rows.items(), self._ordered_states(rows)):
+            finite = accumulate(state, r, r if inputs is None else inputs, border_rows.get(name))
+            kept = finite if kept is None else kept & finite
+        if inputs is not None and kept is not None:
+            accumulate_tangents(self._tangent_state(), self.action, inputs, kept)
+
+    def _ordered_states(self, rows: Mapping[str, Tensor]) -> List[GramState]:
+        states = dict(zip(self.outputs, self._output_states()))
+        return [states[name] for name in rows]
+
+    def _families(self) -> List[Tuple[Tuple[str, ...], str]]:
+        """Each group of scaled states with the exponent it shares."""
+        return [_MODEL_FAMILY, _TANGENT_FAMILY] + ([_LAYER_FAMILY] if self.layer_actions is not None else [])
+
+    def _exponents(self) -> Tensor:
+        """Every exponent state, flattened into one vector (the order of :meth:`_families`)."""
+        return torch.cat([getattr(self, exponent).reshape(-1) for _, exponent in self._families()])
 
     def _align(self, exponents: Tensor) -> None:
-        """Rescale the states to the largest of ``exponents`` ``(P, 2)`` (scale, tangent), that of every process."""
-        scale, tangent = exponents[:, 0].max(), exponents[:, 1].max()
-        self.gram = _rescale(self.gram, self.scale_exponent, scale)
-        self.group_grams = _rescale(self.group_grams, self.scale_exponent, scale)
-        self.border_gram = _rescale(self.border_gram, self.scale_exponent, scale)
-        self.tangent_gram = _rescale(self.tangent_gram, self.tangent_exponent, tangent)
-        self.scale_exponent = scale.clone()
-        self.tangent_exponent = tangent.clone()
+        """Rescale the states to the largest of ``exponents`` ``(P, E)``, those of every process."""
+        top, start = exponents.max(0).values, 0
+        for names, exponent_name in self._families():
+            current = getattr(self, exponent_name)
+            target = top[start:start + current.numel()].reshape(current.shape).to(current)
+            start += current.numel()
+            for name in names:
+                setattr(self, name, rescale(getattr(self, name), current, target))
+            setattr(self, exponent_name, target.clone())
 
     def _sync_dist(self, dist_sync_fn: Callable = gather_all_tensors, process_group: Optional[Any] = None) -> None:
         """Bring every process's states to one scale, then let TorchMetrics sum them."""
-        local = torch.stack([self.scale_exponent, self.tangent_exponent])
-        gathered = dist_sync_fn(local, group=process_group or self.process_group)
+        gathered = dist_sync_fn(self._exponents(), group=process_group or self.process_group)
         self._align(torch.stack(list(gathered)))
         super()._sync_dist(dist_sync_fn, process_group=process_group)
 
@@ -679,67 +648,54 @@ class LieGGMetric(Metric):
         incoming: Dict[str, Any]
         if isinstance(incoming_state, LieGGMetric):
             incoming = dict(incoming_state.metric_state)
-        elif isinstance(incoming_state, dict) and "scale_exponent" in incoming_state:
+        elif isinstance(incoming_state, dict) and "tangent_exponent" in incoming_state:
             incoming = dict(incoming_state)
         else:
             super().merge_state(incoming_state)  # raises the TorchMetrics error for what it cannot merge
             return
-        device = self.gram.device
-        theirs = torch.stack([incoming["scale_exponent"], incoming["tangent_exponent"]]).to(device)
-        mine = torch.stack([self.scale_exponent, self.tangent_exponent])
-        self._align(torch.stack([mine, theirs.to(mine.dtype)]))
-        for name, exp_name in (("gram", "scale_exponent"), ("group_grams", "scale_exponent"),
-                               ("border_gram", "scale_exponent"), ("tangent_gram", "tangent_exponent")):
-            state, exponent = incoming[name], incoming[exp_name]
-            incoming[name] = _rescale(state.to(device), exponent.to(device), getattr(self, exp_name))
-        incoming["scale_exponent"], incoming["tangent_exponent"] = self.scale_exponent, self.tangent_exponent
+        mine = self._exponents()
+        theirs = torch.cat([incoming[e].reshape(-1) for _, e in self._families()]).to(mine)
+        self._align(torch.stack([mine, theirs]))
+        for names, exponent_name in self._families():
+            ours = getattr(self, exponent_name)
+            for name in names:
+                incoming[name] = rescale(incoming[name].to(ours.device), incoming[exponent_name].to(ours), ours)
+            incoming[exponent_name] = ours
         super().merge_state(incoming)
 
     def compute(self) -> Union[SymmetryReport, Dict[str, SymmetryReport]]:  # type: ignore[override]
-        """Solve the accumulated Gram matrix; raises ``ValueError`` when no sample was accumulated.
+        """Solve each analysed output's Gram matrix; raises ``ValueError`` when no sample was accumulated.
 
         Returns:
             A :class:`SymmetryReport`, or with ``layers`` a dict ``name -> SymmetryReport`` in the
-            order of ``layers``.
+            order of ``layers``; every one with its jackknife standard errors and at its true scale.
         """
-        if self.layer_actions is not None:
-            return self._compute_layers()
-        num_samples = int(self.num_samples)
-        if num_samples <= 0:
-            raise ValueError("LieGGMetric has no samples to solve: call `update` with at least one finite sample.")
-        m = self.gram.shape[0]
-        if float(self.num_rows) < m:
-            rank_zero_warn(
-                f"LieGGMetric: {int(self.num_rows)} rows for m={m} generators; at least {m - int(self.num_rows)} "
-                "zero eigenvalues come from too little data, not from learned symmetries."
+        reports = {name: self._solve(name, state) for name, state in zip(self.outputs, self._output_states())}
+        return reports if self.layer_actions is not None else reports[MODEL_OUTPUT]
+
+    def _solve(self, name: str, state: GramState) -> SymmetryReport:
+        samples, rows = int(state.num_samples), int(state.num_rows)
+        if samples <= 0:
+            raise ValueError(
+                f"LieGGMetric has no samples to solve{_label(name)}: call `update` with at least one finite sample."
             )
-        constant = _input_independent(self.gram, num_samples)
-        with_tangents = int(self.tangent_samples) == num_samples
-        whole_ring = int(self.border_samples) == num_samples
-        report = _symmetry_compute(
-            self.gram,
-            num_samples,
-            int(self.num_rows),
-            int(self.num_skipped),
-            self.action,
-            exponent=float(self.scale_exponent),
-            group_grams=self.group_grams if self.num_groups else None,
-            group_counts=self.group_counts if self.num_groups else None,
-            tangent_gram=self.tangent_gram if with_tangents else None,
-            tangent_exponent=float(self.tangent_exponent),
-            reference=self.reference,
-            known=self.known,
-            nullity_tolerance=self.nullity_tolerance,
-            warn=constant and not self._warned_constant,
-            border_gram=self.border_gram if self.border_gram.numel() and whole_ring else None,
-            border_in_gram=_border_in_gram(self.output_action),
+        m = self.action.num_generators
+        if rows < m:
+            rank_zero_warn(
+                f"LieGGMetric: {rows} rows for m={m} generators{_label(name)}; at least {m - rows} zero "
+                "eigenvalues come from too little data, not from learned symmetries."
+            )
+        report = solve_states(
+            state, self.action, self._tangent_state(), border_in_gram=_border_in_gram(self.outputs[name]),
+            reference=self.reference, known=self.known, nullity_tolerance=self.nullity_tolerance,
+            warn=not self._warned_constant,
         )
-        self._warned_constant = self._warned_constant or constant
+        self._warned_constant = self._warned_constant or input_independent(state.gram, samples)
         if self.known_transforms:
             sums = TransformSums(self.transform_moments, self.transform_sums)
             errors = transform_errors(sums, list(self.known_transforms))
-            report.transform_errors = {name: value for name, (value, _) in errors.items()}
-            report.transform_errors_stderr = {name: stderr for name, (_, stderr) in errors.items()}
+            report.transform_errors = {key: value for key, (value, _) in errors.items()}
+            report.transform_errors_stderr = {key: stderr for key, (_, stderr) in errors.items()}
         return report
 
     def plot(

@@ -25,9 +25,9 @@ importing ``liegg_lightning`` imports neither.
 Example:
     >>> import torch
     >>> from liegg_lightning import VectorAction
-    >>> from liegg_lightning.functional.symmetry import _symmetry_compute
+    >>> from liegg_lightning.functional.symmetry import symmetry_compute
     >>> gram = torch.diag(torch.arange(4.0, dtype=torch.float64))
-    >>> report = _symmetry_compute(gram, 4, 4, 0, VectorAction(dim=2))
+    >>> report = symmetry_compute(gram, 4, 4, 0, VectorAction(dim=2))
     >>> generators_image(report, k=2).dtype
     dtype('uint8')
 """

@@ -36,6 +36,11 @@ def _gram_value(metric: LieGGMetric) -> Tensor:
     return torch.ldexp(metric.gram, 2 * metric.scale_exponent)
 
 
+def _layer_values(metric: LieGGMetric) -> Tensor:
+    """The value of each layer's Gram matrix ``(L, m, m)``: stored scaled, one exponent per layer."""
+    return torch.ldexp(metric.layer_gram, 2 * metric.layer_scale_exponent[:, None, None])
+
+
 def seeded(module: nn.Module, seed: int) -> nn.Module:
     """``module`` in float64 with seeded weights, the global RNG left alone."""
     gen = torch.Generator().manual_seed(seed)
@@ -283,7 +288,8 @@ def test_one_pass_over_layers_equals_each_layer_alone(small_images: Tensor, deri
         alone = LieGGMetric(ImageAction(), output_action=out_action, derivative="reverse")
         alone.update(single_layer_model(model, name), small_images)
         alone_gram = _gram_value(alone)
-        assert torch.allclose(metric.layer_gram[i], alone_gram, rtol=1e-10, atol=1e-12 * float(alone_gram.abs().max()))
+        tol = 1e-12 * float(alone_gram.abs().max())
+        assert torch.allclose(_layer_values(metric)[i], alone_gram, rtol=1e-10, atol=tol)
         assert float(metric.layer_num_samples[i]) == 6
         assert float(metric.layer_num_rows[i]) == float(alone.num_rows)
     reports = metric.compute()
@@ -313,9 +319,9 @@ def test_output_transform_applies_to_the_model_output_only(small_images: Tensor)
     plain.update(model, small_images)
     head = LieGGMetric(ImageAction())
     head.update(model, small_images)  # the head is the last module: its output is the raw logits
-    assert torch.allclose(metric.layer_gram[1], _gram_value(plain), rtol=1e-10)
-    assert torch.allclose(metric.layer_gram[0], _gram_value(head), rtol=1e-10)
-    assert not torch.allclose(metric.layer_gram[0], metric.layer_gram[1], rtol=1e-3)
+    assert torch.allclose(_layer_values(metric)[1], _gram_value(plain), rtol=1e-10)
+    assert torch.allclose(_layer_values(metric)[0], _gram_value(head), rtol=1e-10)
+    assert not torch.allclose(_layer_values(metric)[0], _layer_values(metric)[1], rtol=1e-3)
 
 
 def test_auto_derivative_for_layers_picks_fewer_passes(small_images: Tensor) -> None:
@@ -357,12 +363,12 @@ def test_layer_states_merge_like_one_metric(small_images: Tensor) -> None:
     a.update(model, small_images[:2])
     b.update(model, small_images[2:])
     a.merge_state(b)
-    assert torch.allclose(a.layer_gram, whole.layer_gram, rtol=1e-10)
+    assert torch.allclose(_layer_values(a), _layer_values(whole), rtol=1e-10)
     assert torch.equal(a.layer_num_samples, whole.layer_num_samples)
     # precomputed rows go in as a dict
     c = LieGGMetric(ImageAction(), layers=LAYERS)
     c.update_rows(whole.rows(model, small_images))
-    assert torch.allclose(c.layer_gram, whole.layer_gram, rtol=1e-10)
+    assert torch.allclose(_layer_values(c), _layer_values(whole), rtol=1e-10)
     with pytest.raises(ValueError, match="dict"):
         c.update_rows(torch.zeros(2, 1, 4, dtype=torch.float64))
     assert not hasattr(LieGGMetric(ImageAction()), "layer_gram")  # no layers: today's states only
@@ -522,3 +528,42 @@ def test_layerwise_example_runs_and_reports_every_layer(tmp_path) -> None:
             assert ("equivariance_defect" in row) == name.startswith("features")
     # a 2x2 average of smooth images moves with them: small defect for every generator
     assert max(result["untrained"]["features.0"]["equivariance_defect"].values()) < 0.1
+
+
+def _weighted_jackknife(estimate: Tensor, replicates: Tensor, counts: Tensor) -> Tensor:
+    """The delete-a-group jackknife for unequal groups, written out (Busing et al.), empty groups left out."""
+    keep = counts > 0
+    reps, n_j = replicates[keep], counts[keep]
+    total, g = n_j.sum(), n_j.numel()
+    h = (total / n_j)[:, None]
+    pseudo = h * estimate - (h - 1) * reps
+    centre = g * estimate - ((1 - n_j / total)[:, None] * reps).sum(0)
+    return (((pseudo - centre) ** 2 / (h - 1)).sum(0) / g).sqrt()
+
+
+def test_every_layer_report_has_the_jackknife_standard_errors_of_its_groups() -> None:
+    from liegg_lightning.functional.symmetry import _sample_groups
+
+    model, images = SmallCNN(), gaussian_blobs(24, 16, 16, seed=5, sigma=(1.5, 2.0), border=2, channels=1)
+    reports = analyze(model, images, ImageAction(), layers=LAYERS, derivative="reverse")
+    rows = layer_rows(model, images, ImageAction(), LAYERS, derivative="reverse")
+    groups = _sample_groups(images, 8)  # a sample's group: a hash of its bits, whatever the batch
+    counts = torch.bincount(groups, minlength=8).to(torch.float64)
+    assert int((counts > 0).sum()) >= 2
+    for name, r in rows.items():
+        flat = [r[groups == g].reshape(-1, r.shape[-1]) for g in range(8)]
+        parts = torch.stack([f.T @ f for f in flat])  # each group's Gram matrix, by brute force
+        total = parts.sum(0)
+        estimate = torch.linalg.eigvalsh(total).clamp_min(0) / 24
+        replicates = torch.stack([torch.linalg.eigvalsh(total - p).clamp_min(0) / (24 - n)
+                                  for p, n in zip(parts, counts)])
+        expected = _weighted_jackknife(estimate, replicates, counts)
+        got = reports[name].variance_stderr  # type: ignore[index]
+        torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-9 * float(estimate.max()))
+        first = reports[name].symmetry_variance_stderr  # type: ignore[index]
+        assert first == pytest.approx(float(expected[0]), rel=1e-6)
+    # the model's own output as a layer is reported as the model alone is: same scale, same errors
+    alone = analyze(model, images, ImageAction(), derivative="reverse")
+    output = reports[""]  # type: ignore[index]
+    torch.testing.assert_close(output.variances, alone.variances, rtol=1e-10, atol=0)  # type: ignore[union-attr]
+    torch.testing.assert_close(output.variance_stderr, alone.variance_stderr, rtol=1e-8, atol=0)  # type: ignore[union-attr]

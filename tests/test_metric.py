@@ -163,7 +163,8 @@ def _state_bytes(metric: LieGGMetric) -> int:
 @pytest.mark.parametrize("output_action", [None, "ring"])
 def test_states_and_the_work_stay_within_the_memory_budget(output_action: object) -> None:
     from liegg_lightning import ImageAction
-    from liegg_lightning.functional.symmetry import WORK_MATRICES, _analysis_bytes
+    from liegg_lightning._memory import WORK_MATRICES
+    from liegg_lightning._memory import analysis_bytes as _analysis_bytes
 
     action: object = VectorAction(dim=6) if output_action is None else ImageAction()
     out = None if output_action is None else ImageAction(border=1)
@@ -192,18 +193,18 @@ def _tensors(metric: LieGGMetric) -> Dict[str, torch.Tensor]:
     return {name: t for name, t in metric.metric_state.items() if isinstance(t, torch.Tensor)}
 
 
-def test_defaults_are_single_numbers_and_reset_and_fresh_metric_allocate_nothing_new() -> None:
+def test_defaults_are_single_numbers_and_reset_and_fresh_metric_give_empty_states() -> None:
     metric = LieGGMetric(ACTION)
     defaults = [d for d in metric._defaults.values() if isinstance(d, torch.Tensor)]
     assert len(defaults) == len(metric._defaults)
     assert all(d.numel() == 1 for d in defaults)  # no second m x m copy per state
     metric.update(O5Model(extra_output=True), _data(40))
-    before = {name: state.data_ptr() for name, state in _tensors(metric).items()}
+    before = {name: tuple(state.shape) for name, state in _tensors(metric).items()}
     fresh = fresh_metric(metric)
     assert float(metric.num_samples) == 40  # the original is left as it was
-    metric.reset()
+    metric.reset()  # TorchMetrics' own reset: each state replaced (the old one freed first), not a second copy
     for name, state in _tensors(metric).items():
-        assert state.data_ptr() == before[name]  # emptied in place
+        assert state.shape == torch.Size(before[name])
         assert torch.equal(state, getattr(fresh, name))  # both empty, the same shapes and values
         assert state is not getattr(fresh, name)
     assert float(metric.scale_exponent) == float(fresh.tangent_exponent) == -4096.0
@@ -224,7 +225,7 @@ def _old_accumulate(state: torch.Tensor, state_exp: torch.Tensor, inc: torch.Ten
 
 @pytest.mark.parametrize("groups", [0, 3, 8])
 def test_streamed_update_gives_the_bits_of_the_reference_update(groups: int) -> None:
-    from liegg_lightning.functional.symmetry import _scaled, _symmetry_update
+    from liegg_lightning.functional.symmetry import _scaled, symmetry_update
 
     gen = torch.Generator().manual_seed(5)
     metric = LieGGMetric(ACTION, jackknife_groups=groups)
@@ -236,12 +237,13 @@ def test_streamed_update_gives_the_bits_of_the_reference_update(groups: int) -> 
         rows[4, 1, 3] = float("nan")
         x = torch.randn(9, 10, generator=gen, dtype=torch.float64) * scale
         metric.update_rows(rows, x)
-        upd = _symmetry_update(rows, groups, group_keys=x)
+        upd = symmetry_update(rows, groups, group_keys=x)
+        finite = torch.isfinite(rows).flatten(1).all(1)
         common = torch.maximum(exp, upd.exponent)
         gram = _old_accumulate(gram, exp, upd.gram, upd.exponent, common)
         group_grams = _old_accumulate(group_grams, exp, upd.group_grams, upd.exponent, common)
         exp = common
-        t, e = _scaled(ACTION.tangent_gram(x, mask=upd.finite))
+        t, e = _scaled(ACTION.tangent_gram(x, mask=finite))
         t_common = torch.maximum(t_exp, e)
         tangent, t_exp = _old_accumulate(tangent, t_exp, t, e, t_common), t_common
     assert torch.equal(metric.gram, gram)
@@ -266,3 +268,89 @@ def test_kronecker_tangents_give_the_dense_tangent_gram(action: VectorAction) ->
     assert torch.equal(blocks, dense)
     x[0, 0] = float("inf")  # kron would spread NaN over the zero blocks: the dense form is used
     assert _kronecker_tangents(action, x, None) is None
+
+
+# ----------------------------------------------------------------------------- memory: derivative passes in chunks
+
+
+class _Counting(torch.nn.Module):
+    """A float64 MLP that records the batch size of every call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(7)
+        self.w1 = torch.nn.Parameter(torch.randn(10, 16, generator=gen, dtype=torch.float64) / 3)
+        self.w2 = torch.nn.Parameter(torch.randn(16, 3, generator=gen, dtype=torch.float64) / 4)
+        self.sizes: list = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.sizes.append(x.shape[0])
+        return torch.tanh(x @ self.w1) @ self.w2
+
+
+@pytest.mark.parametrize("derivative", ["reverse", "forward"])
+def test_chunked_analysis_equals_the_unchunked_one(derivative: str) -> None:
+    x = _data(40).double()
+    whole = LieGGMetric(ACTION, derivative=derivative, memory_budget=None)
+    whole.update(_Counting(), x)
+    chunked = LieGGMetric(ACTION, derivative=derivative)
+    chunked.cap_pass_memory(1)
+    chunked.update(_Counting(), x)
+    assert whole.pass_chunks == (40, 25, None)
+    # nothing fits: one sample per pass, and one tangent (forward) or one row's gradients (reverse) at a time
+    assert chunked.pass_chunks == ((1, 1, None) if derivative == "forward" else (1, 25, 1))
+    for name in ("gram", "group_grams", "tangent_gram"):
+        exponent = "tangent_exponent" if name == "tangent_gram" else "scale_exponent"
+        a = torch.ldexp(getattr(whole, name), 2 * getattr(whole, exponent))
+        b = torch.ldexp(getattr(chunked, name), 2 * getattr(chunked, exponent))
+        torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-15 * float(a.abs().max()))
+    r1, r2 = whole.compute(), chunked.compute()
+    torch.testing.assert_close(r2.variances, r1.variances, rtol=1e-10, atol=1e-14 * float(r1.variances.max()))
+    torch.testing.assert_close(r2.variance_stderr, r1.variance_stderr, rtol=1e-8, atol=1e-14)
+    # the leading generator is the same direction (eigenvectors are defined up to sign)
+    u, v = r1.generators[0].flatten(), r2.generators[0].flatten()
+    assert float((u @ v).abs() / (u.norm() * v.norm())) == pytest.approx(1.0, abs=1e-10)
+
+
+def test_a_budget_splits_the_batch_into_passes_that_fit() -> None:
+    from liegg_lightning._memory import analysis_bytes
+
+    m, x = ACTION.num_generators, _data(12).double()
+    # the default budget holds the whole batch: the derivative pass sees all 12 samples at once
+    roomy, model = LieGGMetric(ACTION, derivative="reverse"), _Counting()
+    roomy.update(model, x)
+    assert 12 in model.sizes
+    assert roomy.pass_chunks == (12, m, None)
+    # a budget that the Gram matrices fill exactly leaves nothing for the passes: one sample each
+    exact = {"jackknife_groups": 0, "memory_budget": analysis_bytes(m)}
+    tight, model = LieGGMetric(ACTION, derivative="reverse", **exact), _Counting()
+    assert tight.pass_budget == 0
+    tight.update(model, x)
+    assert tight.pass_chunks == (1, m, 1)  # and the 3 rows' input gradients one at a time
+    assert max(model.sizes) <= 2  # two probe calls of 2 samples
+    assert model.sizes.count(1) == 12  # and 12 passes of 1
+    # forward mode splits the tangents as well: one JVP pass per sample and per basis tangent
+    forward, model = LieGGMetric(ACTION, derivative="forward", **exact), _Counting()
+    forward.update(model, x)
+    assert forward.pass_chunks == (1, 1, None)
+    assert model.sizes.count(1) == 12 * m
+    assert float(forward.num_samples) == float(tight.num_samples) == 12
+
+
+def test_pass_chunks_arithmetic_on_hand_counted_footprints() -> None:
+    from liegg_lightning._memory import PassFootprint, pass_chunks
+
+    # 100 bytes of activations, a 2-element float32 input, 1 row per sample, m = 2: a forward pass
+    # holds per sample 3 activation-sized tensors (primal + 2 tangents), each with its float64 input
+    # tangent (2 * 8 * 2 = 32 bytes), and 3 float64 copies of the 1 x 2 rows: 3 * 132 + 48 = 444 bytes
+    fp = PassFootprint(activation_bytes=100, input_bytes=8, rows=1, element_size=4, largest_bytes=10)
+    assert pass_chunks(fp, 2, True, 10, None) == (10, 2, None)  # no budget: one pass
+    assert pass_chunks(fp, 2, True, 10, 444 * 3 + 443) == (3, 2, None)
+    assert pass_chunks(fp, 2, True, 10, 10**9) == (10, 2, None)  # never more samples than the batch
+    # one sample does not fit: fewer tangents (the primal 132 + 48, then 132 per tangent)
+    assert pass_chunks(fp, 2, True, 10, 132 * 2 + 48) == (1, 1, None)
+    # reverse: the graph (100) + per row 2 float64 gradients of the input (32) + the rows (48) = 180
+    wide = PassFootprint(activation_bytes=100, input_bytes=8, rows=5, element_size=4)
+    assert pass_chunks(wide, 2, False, 10, 100 + 5 * 32 + 5 * 48) == (1, 2, None)
+    assert pass_chunks(wide, 2, False, 10, 100 + 2 * 32 + 5 * 48) == (1, 2, 2)  # two rows' gradients at once
+    assert pass_chunks(wide, 2, False, 10, 0) == (1, 2, 1)  # the least there is

@@ -19,7 +19,7 @@ import torch  # noqa: E402
 
 from liegg_lightning import ImageAction, TangentAction, VectorAction  # noqa: E402
 from liegg_lightning import rendering as R  # noqa: E402
-from liegg_lightning.functional.symmetry import _symmetry_compute as build_report  # noqa: E402
+from liegg_lightning.functional.symmetry import symmetry_compute as build_report  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

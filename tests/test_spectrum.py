@@ -11,8 +11,9 @@ import torch
 from conftest import O5Model, gaussian_blobs
 
 from liegg_lightning import ImageAction, LieGGMetric, VectorAction, analyze
+from liegg_lightning._memory import check_memory_budget as _check_memory_budget
 from liegg_lightning.functional import spectrum as S
-from liegg_lightning.functional.symmetry import _check_memory_budget, _sample_groups, _symmetry_update
+from liegg_lightning.functional.symmetry import _sample_groups, accumulate, new_state, symmetry_update
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -279,13 +280,14 @@ def test_gram_update_drops_and_counts_non_finite_samples() -> None:
     bad = rows.clone()
     bad[1, 2, 0] = float("nan")
     bad[3, 0, 3] = float("inf")
-    update = _symmetry_update(bad)
+    update = new_state(4)
+    finite = accumulate(update, bad)
     keep = rows[[0, 2, 4]].reshape(-1, 4)
     torch.testing.assert_close(torch.ldexp(update.gram, 2 * update.exponent), keep.T @ keep)
     assert (int(update.num_samples), int(update.num_rows), int(update.num_skipped)) == (3, 9, 2)
-    assert update.finite.tolist() == [True, False, True, False, True]
+    assert finite.tolist() == [True, False, True, False, True]
     # jackknife groups: the partial Gram matrices sum to the whole, non-finite samples count nowhere
-    update = _symmetry_update(bad, num_groups=3)
+    update = symmetry_update(bad, num_groups=3)
     torch.testing.assert_close(torch.ldexp(update.group_grams.sum(0), 2 * update.exponent), keep.T @ keep)
     assert float(update.group_counts.sum()) == 3.0
 
@@ -296,7 +298,7 @@ def test_jackknife_groups_depend_on_the_sample_alone() -> None:
     rows = torch.randn(600, 2, 5, generator=gen, dtype=torch.float64)
 
     def partials(idx: torch.Tensor) -> torch.Tensor:
-        upd = _symmetry_update(rows[idx], num_groups=8, group_keys=x[idx])
+        upd = symmetry_update(rows[idx], num_groups=8, group_keys=x[idx])
         return torch.ldexp(upd.group_grams, 2 * upd.exponent)
 
     whole = partials(torch.arange(600))

@@ -6,6 +6,11 @@ for those who assemble their own pipeline:
 * rows: :func:`polarization_rows` (and its two strategies :func:`input_gradients` with an action's
   ``rows``, and :func:`forward_rows`), with the options of a metric as one :class:`RowOptions`;
   :func:`choose_derivative`, the one rule for forward against reverse mode;
+* the accumulation and the solve, the one path :class:`~liegg_lightning.LieGGMetric` runs for the
+  model and every layer: :func:`new_state` and :func:`accumulate` (rows into a :class:`GramState`,
+  in place), :func:`new_tangent_state` and :func:`accumulate_tangents` (the inputs'
+  :class:`TangentState`), :func:`solve_states` (states to a report) through the public solve
+  :func:`symmetry_compute` (a Gram matrix and its counts to a report);
 * the spectrum's measures: :func:`solve_spectrum`, :func:`estimate_nullity` (with :func:`log_gaps`),
   :func:`jackknife_stderr`, :func:`relative_spectrum`, :func:`reference_biases`, :func:`subspace_bias`,
   :func:`closure_error`, :func:`known_variances`, :func:`border_share`.
@@ -30,10 +35,24 @@ from liegg_lightning.functional.spectrum import (
     solve_spectrum,
     subspace_bias,
 )
-from liegg_lightning.functional.symmetry import symmetry_report
+from liegg_lightning.functional.symmetry import (
+    GramState,
+    TangentState,
+    accumulate,
+    accumulate_tangents,
+    new_state,
+    new_tangent_state,
+    solve_states,
+    symmetry_compute,
+    symmetry_report,
+)
 
 __all__ = [
+    "GramState",
     "RowOptions",
+    "TangentState",
+    "accumulate",
+    "accumulate_tangents",
     "border_share",
     "choose_derivative",
     "closure_error",
@@ -43,10 +62,14 @@ __all__ = [
     "jackknife_stderr",
     "known_variances",
     "log_gaps",
+    "new_state",
+    "new_tangent_state",
     "polarization_rows",
     "reference_biases",
     "relative_spectrum",
     "solve_spectrum",
+    "solve_states",
     "subspace_bias",
+    "symmetry_compute",
     "symmetry_report",
 ]

@@ -25,7 +25,9 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 from torch import Tensor, nn
 
 from liegg_lightning._errors import InputError
+from liegg_lightning._memory import PassFootprint
 from liegg_lightning.actions import GroupAction
+from liegg_lightning.functional.footprint import module_storages, saved_storages
 from liegg_lightning.functional.polarization import (
     MODEL_OUTPUT,
     BatchRows,
@@ -39,7 +41,9 @@ from liegg_lightning.functional.polarization import (
     outputs_rows_per_sample,
 )
 
-__all__ = ["MODEL_OUTPUT", "batch_rows", "check_layers", "layer_output_fn", "layer_rows", "rows_per_sample"]
+__all__ = [
+    "MODEL_OUTPUT", "batch_rows", "check_layers", "layer_output_fn", "layer_rows", "pass_footprint", "rows_per_sample",
+]
 
 Layers = Union[Sequence[str], Mapping[str, Optional[GroupAction]]]
 
@@ -214,6 +218,28 @@ def rows_per_sample(
     fn = outputs_function(model, list(outputs), options.output_transform)
     components = outputs_rows_per_sample(fn, x, outputs)
     return {name: options.rows_per_output(k) for name, k in components.items()}
+
+
+def pass_footprint(
+    model: Callable[[Tensor], Tensor],
+    x: Tensor,
+    options: RowOptions,
+    layers: Optional[Mapping[str, Optional[GroupAction]]] = None,
+) -> PassFootprint:
+    """What one sample costs in a derivative pass, per sample of ``x`` (a sample or two is enough).
+
+    Two plain passes over ``x``: one with gradients, counting what autograd keeps for the backward
+    pass (:func:`~liegg_lightning.functional.footprint.activation_bytes`), one without, for the rows.
+    """
+    outputs = _analysed(options, layers)
+    fn = outputs_function(model, list(outputs), options.output_transform)
+    count = max(x.shape[0], 1)
+    saved = saved_storages(fn, x, module_storages(model))
+    rows = sum(rows_per_sample(model, x, options, layers).values())
+    return PassFootprint(
+        -(-sum(saved.values()) // count), x[0].numel() * x.element_size(), int(rows), x.element_size(),
+        -(-max(saved.values(), default=0) // count),
+    )
 
 
 def layer_rows(

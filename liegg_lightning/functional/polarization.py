@@ -69,6 +69,10 @@ class RowOptions:
         derivative: ``"reverse"``, ``"forward"`` or ``"auto"`` (:func:`choose_derivative` by count,
             from a plain forward pass's output sizes).
         generator: Random generator for ``"random"`` (the global RNG is never consumed when given).
+        tangents_per_pass: Forward mode carries at most this many tangents through the network at
+            once (``None``: all ``m``), which bounds its memory (see ``LieGGMetric.pass_budget``).
+        rows_per_pass: Reverse mode forms the input gradients of at most this many rows of an
+            output at once (``None``: all), which bounds its memory likewise.
 
     Example:
         >>> from liegg_lightning import VectorAction
@@ -83,6 +87,8 @@ class RowOptions:
     output_action: Optional[GroupAction] = None
     derivative: DerivativeMode = "auto"
     generator: Optional[torch.Generator] = None
+    tangents_per_pass: Optional[int] = None
+    rows_per_pass: Optional[int] = None
 
     def __post_init__(self) -> None:
         _check_options(self.action, self.output_mode, self.num_projections, self.derivative, self.output_transform)
@@ -431,6 +437,21 @@ def jvp_through(
         return tuple(primals), tuple(torch.stack([r[1][j] for r in results]) for j in range(len(primals)))
 
 
+def jvp_in_chunks(
+    f: Callable[[Tensor], Tuple[Tensor, ...]], x: Tensor, tangents: Tensor, per_pass: Optional[int]
+) -> Tuple[Tuple[Tensor, ...], Tuple[Tensor, ...]]:
+    """:func:`jvp_through` with at most ``per_pass`` of the ``m`` tangents ``(B, m, ...)`` in each pass.
+
+    The tangents of the outputs are concatenated in order: the same numbers as one pass, with the
+    memory of ``per_pass`` tangents (``None``: all at once).
+    """
+    m = tangents.shape[1]
+    if per_pass is None or per_pass >= m:
+        return jvp_through(f, x, tangents)
+    parts = [jvp_through(f, x, tangents[:, i:i + per_pass]) for i in range(0, m, per_pass)]
+    return parts[0][0], tuple(torch.cat([p[1][j] for p in parts]) for j in range(len(parts[0][1])))
+
+
 def _float64_rows(jvp: Tensor) -> Tensor:
     """Rows ``(B, K, m)`` in float64 from the tangents ``(m, B, ...)`` of an output."""
     flat = jvp.reshape(jvp.shape[0], jvp.shape[1], -1)
@@ -499,7 +520,7 @@ def _forward_rows(
     with derivative_context(x.device), torch.no_grad():
         xd = x.detach().clone()
         tangents = options.action.tangents(xd).to(xd.dtype)
-        outs, jvps = jvp_through(outputs_fn, xd, tangents)
+        outs, jvps = jvp_in_chunks(outputs_fn, xd, tangents, options.tangents_per_pass)
         for (name, output_action), out, jvp in zip(outputs.items(), outs, jvps):
             full = _float64_rows(jvp)
             if output_action is not None:
@@ -533,15 +554,48 @@ def _reverse_rows(
             selected = out.reshape(out.shape[0], -1) if parts.ring is not None else _select(
                 out.reshape(out.shape[0], -1), parts.kept)
             projections = _draw_projections(options, selected.shape[1])
-            grads = output_gradients(selected, xg, projections, retain_graph=i < len(names) - 1)
             tangents = out_tangents[i]
             if tangents is not None and parts.ring is None:
                 tangents = _project(_select(tangents, parts.kept), projections)
-            full = _rows_from_gradients(x, grads, options.action, tangents)
+            full = reverse_rows_in_chunks(selected, xg, x, projections, options.action, tangents,
+                                          options.rows_per_pass, retain_graph=i < len(names) - 1)
             rows[name] = _select(full, parts.kept) if parts.ring is not None else full
             if parts.ring is not None:
                 border[name] = _select(full, parts.ring)
     return rows, border
+
+
+def reverse_rows_in_chunks(
+    out: Tensor,
+    xg: Tensor,
+    x: Tensor,
+    projections: Optional[Tensor],
+    action: GroupAction,
+    out_tangents: Optional[Tensor],
+    per_pass: Optional[int],
+    *,
+    retain_graph: bool,
+) -> Tensor:
+    """Reverse-mode rows ``(B, R, m)`` of the outputs ``(B, K)``, the input gradients of ``per_pass`` rows at a time.
+
+    The gradients ``(B, R, *in)`` are the largest tensors of a reverse pass (a row per output
+    component, each the size of the input): formed ``per_pass`` rows at a time (``None``: all at
+    once) and turned into rows at once, they never take more than that. The same numbers either way.
+    """
+    num = out.shape[1] if projections is None else projections.shape[0]
+    if per_pass is None or per_pass >= num:
+        grads = output_gradients(out, xg, projections, retain_graph=retain_graph)
+        return _rows_from_gradients(x, grads, action, out_tangents)
+    # one-hot projections pick the components one by one, as the Jacobian's own rows
+    rows_of = torch.eye(num, dtype=torch.float64) if projections is None else projections
+    parts = []
+    for start in range(0, num, per_pass):
+        stop = min(start + per_pass, num)
+        grads = output_gradients(out, xg, rows_of[start:stop], retain_graph=retain_graph or stop < num)
+        tangents = None if out_tangents is None else out_tangents[:, start:stop]
+        parts.append(_rows_from_gradients(x, grads, action, tangents))
+        del grads
+    return torch.cat(parts, dim=1)
 
 
 def _rows_from_gradients(x: Tensor, grads: Tensor, action: GroupAction, out_tangents: Optional[Tensor]) -> Tensor:

@@ -1,11 +1,17 @@
-"""Update (rows -> Gram partials) and compute (Gram -> report), side by side, and the one-call function.
+"""Update (rows -> Gram states) and compute (Gram states -> report), side by side, and the one-call function.
 
-``LieGGMetric`` is a stateful shell over :func:`_symmetry_update` and :func:`_symmetry_compute`;
-:func:`symmetry_report` runs both on one batch, for users without a metric.
+The one accumulation path: a :class:`GramState` (the scaled Gram matrix of an analysed output, its
+jackknife groups, its border ring and its counts) is made by :func:`new_state` and grown in place
+by :func:`accumulate`, batch after batch; the inputs' :class:`TangentState` by
+:func:`accumulate_tangents`; :func:`solve_states` turns them into a report (through the public
+solve :func:`symmetry_compute`). ``LieGGMetric`` keeps one ``GramState`` per analysed output (the
+model's, or each layer's) as TorchMetrics states and runs these functions on them;
+:func:`symmetry_report` runs them on one batch, for users without a metric.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Iterator, Mapping, NamedTuple, Optional, Tuple
 
 import torch
@@ -17,70 +23,19 @@ from liegg_lightning.functional import spectrum as S
 from liegg_lightning.functional.polarization import DerivativeMode, OutputMode, polarization_rows
 from liegg_lightning.report import SymmetryReport
 
-__all__ = ["symmetry_report"]
-
-#: The states of a metric without jackknife groups: the float64 Gram matrices of the rows and of the tangents.
-BASE_STATES = 2
-#: ``m x m`` float64 matrices an analysis needs beside its states at its peak: the solve's symmetrised
-#: copy, eigenvectors and ``eigh`` workspace (two), then the generators the report keeps (with the
-#: relative spectrum solved first, its generators and the solve's eigenvectors); an update needs two
-#: (one product and the batch's sum), the jackknife three.
-WORK_MATRICES = 5
-#: Bytes per ``m^2`` of the smallest analysis (no jackknife, no border ring).
-GRAM_BYTES_PER_ENTRY = 8 * (BASE_STATES + WORK_MATRICES)
-#: The scalar states and their defaults (float64 numbers), with room to spare.
-SMALL_STATES = 32
-
-
-def _analysis_bytes(num_generators: int, states: int = BASE_STATES, groups: int = 0) -> int:
-    """Peak bytes of an analysis: its ``states`` and ``groups`` ``m x m`` float64 states and the work.
-
-    The work is :data:`WORK_MATRICES` more ``m x m`` matrices; the small states (counts per group,
-    scalars, TorchMetrics' one-number defaults) are counted too. A batch's rows ``(B, K, m)`` are
-    the caller's and are not.
-    """
-    m2 = num_generators * num_generators
-    return 8 * ((states + groups + WORK_MATRICES) * m2 + groups + SMALL_STATES)
-
-
-def _check_memory_budget(num_generators: int, memory_budget: Optional[int], states: int = BASE_STATES) -> int:
-    """Peak bytes of the states, update and solve for ``m`` generators; :class:`ValueError` above the budget."""
-    estimate = _analysis_bytes(num_generators, states)
-    if memory_budget is not None and estimate > memory_budget:
-        raise ValueError(
-            f"The algebra has m={num_generators} generators: its float64 Gram matrices and solve "
-            f"({states + WORK_MATRICES} matrices of m x m) need about {_bytes(estimate)}, over the memory budget "
-            f"of {_bytes(memory_budget)}. Use a smaller algebra or raise `memory_budget`."
-        )
-    return estimate
-
-
-def _jackknife_groups(
-    num_generators: int, requested: int, memory_budget: Optional[int], states: int = BASE_STATES
-) -> int:
-    """How many jackknife groups fit: ``requested`` partial ``m x m`` float64 Gram matrices beside the rest.
-
-    With a budget, :func:`_analysis_bytes` (about ``(states + G + WORK_MATRICES) * 8 * m^2``) must
-    fit it; fewer groups are kept when they do not, and none when fewer than two
-    would (a jackknife needs two).
-    """
-    if requested < 2:
-        return 0
-    if memory_budget is None:
-        return requested
-    per_group = _analysis_bytes(num_generators, states, 1) - _analysis_bytes(num_generators, states)
-    fit = (memory_budget - _analysis_bytes(num_generators, states)) // per_group
-    groups = min(requested, int(fit))
-    return groups if groups >= 2 else 0
-
-
-def _bytes(n: float) -> str:
-    """Bytes in the largest unit that keeps a digit before the point (never "0.0 MiB")."""
-    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if n >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{int(n)} bytes"
-
+__all__ = [
+    "GramState",
+    "TangentState",
+    "accumulate",
+    "accumulate_tangents",
+    "new_state",
+    "new_tangent_state",
+    "rescale",
+    "solve_states",
+    "symmetry_compute",
+    "symmetry_report",
+    "symmetry_update",
+]
 
 #: Exponent of an accumulator that holds nothing yet: below every float64 exponent, so rescaling
 #: an empty accumulator to any real exponent multiplies it by an exact 0 (it is 0 anyway).
@@ -98,13 +53,15 @@ def _max_exponent(x: Tensor) -> Tensor:
     return torch.where(top > 0, exp.to(torch.float64), torch.full_like(top, EMPTY_EXPONENT, dtype=torch.float64))
 
 
-def _rescale(x: Tensor, from_exponent: Tensor, to_exponent: Tensor) -> Tensor:
+def rescale(x: Tensor, from_exponent: Tensor, to_exponent: Tensor) -> Tensor:
     """A scaled Gram matrix ``x`` (value ``x * 4^from_exponent``) re-expressed at ``to_exponent >= from_exponent``.
 
     Multiplying by a power of two is exact (down to the subnormal range, where only entries
     ``2^-1000`` times smaller than the largest accumulated ones are lost).
     """
     shift = (2.0 * (from_exponent - to_exponent)).to(x.dtype)
+    # stacked states (one exponent per analysed output): the shift broadcasts over each one's matrices
+    shift = shift.reshape(tuple(shift.shape) + (1,) * (x.ndim - shift.ndim))
     return torch.ldexp(x, shift)
 
 
@@ -118,7 +75,7 @@ def _nonzero(shift: Tensor) -> bool:
 
 
 def _rescale_(x: Tensor, from_exponent: Tensor, to_exponent: Tensor) -> None:
-    """:func:`_rescale` in place (the same products, so the same bits), skipped when it is the identity."""
+    """:func:`rescale` in place (the same products, so the same bits), skipped when it is the identity."""
     shift = (2.0 * (from_exponent - to_exponent)).to(x.dtype)
     if x.numel() and _nonzero(shift):
         x.ldexp_(shift)
@@ -131,22 +88,54 @@ def _add_scaled(state: Tensor, increment: Tensor, shift: Tensor) -> None:
     state.add_(increment)
 
 
-class SymmetryUpdate(NamedTuple):
-    """One batch's contribution to the metric's states, its Gram matrices scaled by ``4^-exponent``.
+class GramState(NamedTuple):
+    """The accumulated Gram matrices of one analysed output, scaled by ``4^-exponent``; grown in place.
 
     The value of a Gram matrix is ``gram * 4^exponent``: the rows are divided by ``2^exponent``
     (a power of two, so exactly) before they are multiplied, which keeps the products in range
-    whatever the scale of the outputs (1e-170 would underflow, 1e+170 overflow, unscaled).
+    whatever the scale of the outputs (1e-170 would underflow, 1e+170 overflow, unscaled). The
+    fields may be views into larger (stacked) tensors: :func:`accumulate` writes through them.
     """
 
     gram: Tensor  #: (m, m) sum of r^T r over the kept samples, scaled
+    group_grams: Tensor  #: (G, m, m) partial Gram matrices of the jackknife groups, same scale
+    group_counts: Tensor  #: (G,) samples per group
+    exponent: Tensor  #: 0-d float64: the scale's exponent (EMPTY_EXPONENT while every row was zero)
+    border_gram: Tensor  #: (m, m) Gram matrix of the border ring's rows, same scale; (0, 0) without a ring
+    border_samples: Tensor  #: 0-d: samples whose ring rows were added
     num_samples: Tensor  #: 0-d float64: samples kept
     num_rows: Tensor  #: 0-d float64: rows kept
     num_skipped: Tensor  #: 0-d float64: samples dropped as non-finite
-    exponent: Tensor  #: 0-d float64: the scale's exponent (EMPTY_EXPONENT when every row is zero)
-    group_grams: Tensor  #: (G, m, m) partial Gram matrices of the jackknife groups, same scale
-    group_counts: Tensor  #: (G,) samples per group
-    finite: Tensor  #: (B,) bool: the samples kept
+
+
+class TangentState(NamedTuple):
+    """The inputs' tangent Gram matrix ``sum_x <A_i(x), A_j(x)>``, scaled by ``4^-exponent``, for relative variances."""
+
+    gram: Tensor  #: (m, m)
+    exponent: Tensor  #: 0-d float64
+    num_samples: Tensor  #: 0-d float64: samples added
+
+
+def new_state(
+    num_generators: int, num_groups: int = 0, border: bool = False, device: Optional[torch.device] = None
+) -> GramState:
+    """An empty :class:`GramState` (float64) for ``m`` generators, ``G`` jackknife groups and maybe a border ring."""
+    m, size = num_generators, num_generators if border else 0
+
+    def zeros(*shape: int) -> Tensor:
+        return torch.zeros(shape, dtype=torch.float64, device=device)
+
+    empty = torch.full((), EMPTY_EXPONENT, dtype=torch.float64, device=device)
+    return GramState(zeros(m, m), zeros(num_groups, m, m), zeros(num_groups), empty, zeros(size, size), zeros(),
+                     zeros(), zeros(), zeros())
+
+
+def new_tangent_state(num_generators: int, device: Optional[torch.device] = None) -> TangentState:
+    """An empty :class:`TangentState` for ``m`` generators."""
+    m = num_generators
+    empty = torch.full((), EMPTY_EXPONENT, dtype=torch.float64, device=device)
+    return TangentState(torch.zeros(m, m, dtype=torch.float64, device=device), empty,
+                        torch.zeros((), dtype=torch.float64, device=device))
 
 
 #: The prime of the sample hash below (2^31 - 1): every product of two residues fits an int64.
@@ -232,38 +221,91 @@ def _gram(rows: Tensor) -> Tensor:
     return flat.T @ flat
 
 
-def _symmetry_update(rows: Tensor, num_groups: int = 0, group_keys: Optional[Tensor] = None) -> SymmetryUpdate:
-    """Gram contribution of a batch of rows ``(B, K, m)``, dropping samples with non-finite rows.
+def accumulate(
+    state: GramState, rows: Tensor, group_keys: Optional[Tensor] = None, border_rows: Optional[Tensor] = None
+) -> Tensor:
+    """Add a batch of rows ``(B, K, m)`` to ``state`` in place, everything brought to one scale first.
+
+    Samples with non-finite rows are dropped and counted. One ``m x m`` product is alive at a time
+    (two with the jackknife: a group's and the batch's sum), whatever the number of groups; nothing
+    is read back to the host on an accelerator (which would stall it every batch).
 
     Args:
+        state: The accumulated states (their dtype and device are kept).
         rows: Polarization rows.
-        num_groups: Jackknife groups ``G`` (0: none).
-        group_keys: ``(B, ...)`` what decides each sample's group (see :func:`_sample_groups`): the
-            inputs, when known; the rows otherwise.
+        group_keys: ``(B, ...)`` what decides each sample's jackknife group (see
+            :func:`_sample_groups`): the inputs, when known; the rows otherwise.
+        border_rows: ``(B, K_ring, m)`` rows of the output's border ring, for ``border_share``
+            (ignored where ``state`` has no ring).
 
     Returns:
-        A :class:`SymmetryUpdate` on the rows' device. Nothing is read back to the host on an
-        accelerator (which would stall it every batch). ``LieGGMetric`` streams the same products
-        into its states instead (:func:`_group_products`), without the ``(G, m, m)`` temporary.
+        ``(B,)`` bool: the samples kept.
     """
     scaled = _scaled_rows(rows)
-    r, finite = scaled.rows, scaled.finite
-    k, m = r.shape[1], r.shape[2]
-    num_samples = finite.sum().to(torch.float64)
-    if num_groups > 0:
-        ids, group_counts = _groups(rows if group_keys is None else group_keys, finite, num_groups)
-        group_grams = r.new_zeros(num_groups, m, m)
-        for g, product in _group_products(r, ids, num_groups):
-            group_grams[g] = product
-        gram = group_grams.sum(0)
-    else:
-        gram = _gram(r)
-        group_grams = r.new_zeros(0, m, m)
-        group_counts = r.new_zeros(0)
-    return SymmetryUpdate(
-        gram, num_samples, num_samples * k, finite.numel() - num_samples, scaled.exponent, group_grams,
-        group_counts, finite,
-    )
+    ring = None
+    if border_rows is not None and state.border_gram.numel():
+        # the ring's rows of the samples kept (and whose ring rows are finite)
+        kept = scaled.finite.to(border_rows.device)[:, None, None]
+        ring = _scaled_rows(torch.where(kept, border_rows.to(torch.float64), math.nan))
+    # dtype first: a float64 tensor cannot move to a device without float64 (MPS, float32 states)
+
+    def here(t: Tensor) -> Tensor:
+        return t.to(state.gram.dtype).to(state.gram.device)
+
+    exponent = here(scaled.exponent)
+    common = torch.maximum(state.exponent, exponent)
+    if ring is not None:
+        common = torch.maximum(common, here(ring.exponent))
+    for matrix in (state.gram, state.group_grams, state.border_gram):
+        _rescale_(matrix, state.exponent, common)
+    state.exponent.copy_(common)
+    if ring is not None:
+        _add_scaled(state.border_gram, here(_gram(ring.rows)), 2.0 * (here(ring.exponent) - common))
+        state.border_samples.add_(here(ring.finite.sum().to(torch.float64)))
+    shift = 2.0 * (exponent - common)
+    keys = rows if group_keys is None else group_keys
+    batch = _add_group_products(state, scaled, keys, shift, here) if state.group_grams.shape[0] else _gram(scaled.rows)
+    if batch is not None:
+        _add_scaled(state.gram, here(batch), shift)
+    kept = scaled.finite.sum().to(torch.float64)
+    state.num_samples.add_(here(kept))
+    state.num_rows.add_(here(kept * scaled.rows.shape[1]))
+    state.num_skipped.add_(here(scaled.finite.numel() - kept))
+    return scaled.finite
+
+
+def _add_group_products(
+    state: GramState, scaled: ScaledRows, keys: Tensor, shift: Tensor, here: Callable[[Tensor], Tensor]
+) -> Optional[Tensor]:
+    """Add each group's product to its partial Gram matrix; their sum (unscaled), ``None`` for no rows."""
+    num_groups = state.group_grams.shape[0]
+    ids, counts = _groups(keys, scaled.finite, num_groups)
+    total: Optional[Tensor] = None
+    for g, product in _group_products(scaled.rows, ids, num_groups):
+        # the batch's sum first, in the order `group_grams.sum(0)` adds them
+        total = product.clone() if total is None else total.add_(product)
+        _add_scaled(state.group_grams[g], here(product), shift)
+    state.group_counts.add_(here(counts))
+    return total
+
+
+def symmetry_update(rows: Tensor, num_groups: int = 0, group_keys: Optional[Tensor] = None) -> GramState:
+    """The :class:`GramState` of one batch of rows ``(B, K, m)``: :func:`accumulate` into a fresh state.
+
+    Example:
+        >>> import torch
+        >>> state = symmetry_update(torch.ones(2, 1, 3))
+        >>> torch.ldexp(state.gram, 2 * state.exponent)[0], int(state.num_samples)
+        (tensor([2., 2., 2.], dtype=torch.float64), 2)
+    """
+    state = new_state(rows.shape[-1], num_groups, device=float64_rows_device(rows))
+    accumulate(state, rows, group_keys)
+    return state
+
+
+def float64_rows_device(rows: Tensor) -> torch.device:
+    """Where a state for ``rows`` lives: their device, or the CPU where it has no float64 (MPS)."""
+    return torch.device("cpu") if rows.device.type == "mps" else rows.device
 
 
 def _scaled(x: Tensor) -> Tuple[Tensor, Tensor]:
@@ -301,6 +343,34 @@ def _diagonal_blocks(x: Tensor, blocks: int) -> Tensor:
     return x.view(blocks, d, blocks, d).diagonal(dim1=0, dim2=2)
 
 
+def accumulate_tangents(state: TangentState, action: GroupAction, inputs: Tensor, finite: Tensor) -> None:
+    """Add the tangent Gram matrix of the kept ``inputs`` (``finite``, from :func:`accumulate`) in place.
+
+    A ``VectorAction``'s is ``kron(I, S)``: only ``S`` is formed and added to the diagonal blocks
+    (the other blocks would add exact zeros), which gives the same bits as the dense matrix.
+    """
+
+    def here(t: Tensor) -> Tensor:
+        return t.to(state.gram.dtype).to(state.gram.device)
+
+    with torch.inference_mode(False):
+        x = inputs.detach().to(float64_rows_device(inputs))
+        mask = finite.to(x.device)
+        factor = _kronecker_tangents(action, x, mask)
+        tangent, t_exp = _scaled(action.tangent_gram(x, mask=mask) if factor is None else factor)
+    t_exp = here(t_exp)
+    common = torch.maximum(state.exponent, t_exp)
+    _rescale_(state.gram, state.exponent, common)
+    state.exponent.copy_(common)
+    target, tangent = state.gram, here(tangent)
+    if factor is not None and target.is_contiguous():
+        target, tangent = _diagonal_blocks(target, target.shape[0] // tangent.shape[0]), tangent[..., None]
+    elif factor is not None:
+        tangent = torch.kron(torch.eye(target.shape[0] // tangent.shape[0], dtype=tangent.dtype), tangent)
+    _add_scaled(target, tangent, 2.0 * (t_exp - common))
+    state.num_samples.add_(here(finite.sum().to(torch.float64)))
+
+
 def _unscale(x: Tensor, shift: float) -> Tensor:
     """``x * 2^shift`` in two steps, so that the factor itself never overflows or underflows."""
     half = float(int(shift / 2))
@@ -308,12 +378,12 @@ def _unscale(x: Tensor, shift: float) -> Tensor:
     return torch.ldexp(x, torch.tensor(shift - half, dtype=x.dtype))
 
 
-def _input_independent(gram: Tensor, num_samples: int) -> bool:
+def input_independent(gram: Tensor, num_samples: int) -> bool:
     """True when every accumulated row is exactly zero: the outputs do not depend on the input."""
     return num_samples > 0 and float(gram.diagonal().abs().sum()) == 0.0
 
 
-def _symmetry_compute(
+def symmetry_compute(
     gram: Tensor,
     num_samples: int,
     num_rows: int,
@@ -366,7 +436,7 @@ def _symmetry_compute(
     Example:
         >>> import torch
         >>> from liegg_lightning import VectorAction
-        >>> report = _symmetry_compute(torch.eye(4, dtype=torch.float64), 4, 4, 0, VectorAction(dim=2))
+        >>> report = symmetry_compute(torch.eye(4, dtype=torch.float64), 4, 4, 0, VectorAction(dim=2))
         >>> report.nullity, round(report.symmetry_variance, 3)
         (0, 0.25)
     """
@@ -378,7 +448,7 @@ def _symmetry_compute(
     relative_variances, relative_generators = _relative(gram, tangent_gram, tangent_exponent, scale, action)
     evals, evecs = S.solve_spectrum(gram)
     variances = _unscale(evals / n, scale)
-    constant = _input_independent(gram, int(num_samples))
+    constant = input_independent(gram, int(num_samples))
     nan = float("nan")
     if constant and warn:
         rank_zero_warn(
@@ -489,6 +559,42 @@ def _left_out_spectrum(gram: Tensor, group: Tensor) -> Tensor:
     return torch.linalg.eigvalsh(sym.mul_(0.5)).clamp_min(0.0)  # 0.5 * (x + x^T), as the solve does
 
 
+def solve_states(
+    state: GramState,
+    action: GroupAction,
+    tangents: Optional[TangentState] = None,
+    *,
+    border_in_gram: bool = True,
+    **options: object,
+) -> SymmetryReport:
+    """The report of one analysed output's accumulated states: :func:`symmetry_compute` on them.
+
+    The relative variances need ``tangents`` of the same samples, the border share the ring's rows
+    of every sample; each is left out (``None``, NaN) where it does not cover them all.
+
+    Args:
+        state: The output's :class:`GramState`.
+        action: The input action, to shape generators.
+        tangents: The inputs' :class:`TangentState`.
+        border_in_gram: Whether ``state.gram`` holds the ring's rows too.
+        options: ``reference``, ``known``, ``nullity_tolerance``, ``warn`` of :func:`symmetry_compute`.
+    """
+    samples = int(state.num_samples)
+    with_tangents = tangents is not None and int(tangents.num_samples) == samples
+    whole_ring = state.border_gram.numel() > 0 and int(state.border_samples) == samples
+    return symmetry_compute(
+        state.gram, samples, int(state.num_rows), int(state.num_skipped), action,
+        exponent=float(state.exponent),
+        group_grams=state.group_grams if state.group_grams.shape[0] else None,
+        group_counts=state.group_counts if state.group_grams.shape[0] else None,
+        tangent_gram=tangents.gram if with_tangents else None,  # type: ignore[union-attr]
+        tangent_exponent=float(tangents.exponent) if with_tangents else 0.0,  # type: ignore[union-attr]
+        border_gram=state.border_gram if whole_ring else None,
+        border_in_gram=border_in_gram,
+        **options,  # type: ignore[arg-type]
+    )
+
+
 def symmetry_report(
     model: Callable[[Tensor], Tensor],
     inputs: Tensor,
@@ -531,12 +637,9 @@ def symmetry_report(
         model, inputs, action, output_mode=output_mode, num_projections=num_projections, generator=generator,
         output_transform=output_transform, derivative=derivative,
     )
-    update = _symmetry_update(rows, num_groups=jackknife_groups, group_keys=inputs)
-    with torch.inference_mode(False):
-        x = inputs.detach().to(rows.device)
-        tangent, tangent_exponent = _scaled(action.tangent_gram(x, mask=update.finite.to(x.device)))
-    return _symmetry_compute(
-        update.gram, int(update.num_samples), int(update.num_rows), int(update.num_skipped), action,
-        exponent=float(update.exponent), group_grams=update.group_grams, group_counts=update.group_counts,
-        tangent_gram=tangent, tangent_exponent=float(tangent_exponent), reference=reference,
-    )
+    state = new_state(action.num_generators, jackknife_groups if jackknife_groups >= 2 else 0,
+                      device=float64_rows_device(rows))
+    finite = accumulate(state, rows, inputs)
+    tangents = new_tangent_state(action.num_generators, device=state.gram.device)
+    accumulate_tangents(tangents, action, inputs, finite)
+    return solve_states(state, action, tangents, reference=reference)
