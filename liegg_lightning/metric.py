@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from typing import Any, Callable, Dict, List, Literal, Mapping, Optional, Sequence, Union, cast
 
@@ -47,7 +48,7 @@ from liegg_lightning.functional.symmetry import (
     _symmetry_compute,
     _symmetry_update,
 )
-from liegg_lightning.report import SymmetryReport
+from liegg_lightning.report import SymmetryReport, with_generator_shape
 
 __all__ = ["LieGGMetric", "DEFAULT_MEMORY_BUDGET"]
 
@@ -654,6 +655,18 @@ class LieGGMetric(Metric):
             incoming[name] = _rescale(state.to(device), exponent.to(device), getattr(self, exp_name))
         incoming["scale_exponent"], incoming["tangent_exponent"] = self.scale_exponent, self.tangent_exponent
         super().merge_state(incoming)
+
+    # --- i32arch: a 1-generator algebra keeps 1-d per-generator fields (issue 32) ---
+    def _wrap_compute(self, compute: Callable) -> Callable:
+        """TorchMetrics' wrapper, then the shapes its squeeze of one-element tensors took away."""
+        wrapped = super()._wrap_compute(compute)
+
+        @functools.wraps(compute)
+        def shaped(*args: Any, **kwargs: Any) -> Any:
+            return with_generator_shape(wrapped(*args, **kwargs), tuple(self.action.generator_shape))
+
+        return shaped
+    # --- end i32arch ---
 
     def compute(self) -> Union[SymmetryReport, Dict[str, SymmetryReport]]:  # type: ignore[override]
         """Solve the accumulated Gram matrix; raises ``ValueError`` when no sample was accumulated.

@@ -20,10 +20,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-from typing import Any, Callable, Dict, Iterator, Literal, Mapping, NamedTuple, Optional, Tuple
+import warnings
+from typing import Any, Callable, Dict, Iterator, List, Literal, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from liegg_lightning._checks import is_int
 from liegg_lightning._errors import InputError
@@ -32,6 +34,7 @@ from liegg_lightning.actions import GroupAction, ImageAction
 __all__ = [
     "MODEL_OUTPUT",
     "BatchRows",
+    "DisconnectedGraphError",
     "RowOptions",
     "choose_derivative",
     "forward_rows",
@@ -209,6 +212,82 @@ def derivative_context(device: torch.device) -> Iterator[None]:
     )
     with torch.inference_mode(False), torch.enable_grad(), autocast:
         yield
+
+
+@contextlib.contextmanager
+def forward_mode_kernels() -> Iterator[None]:
+    """Kernels forward-mode AD can go through, for the length of a forward-mode pass.
+
+    Fused attention has no forward-mode derivative (``F.scaled_dot_product_attention``'s flash
+    kernel on the CPU, the fused fast path of ``nn.TransformerEncoderLayer`` and
+    ``nn.MultiheadAttention`` in eval mode); its math form, the same product written out, has one.
+    """
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with sdpa_kernel([SDPBackend.MATH]):
+            yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+
+
+class DisconnectedGraphError(RuntimeError):
+    """The input derivative is exactly zero though the output moves with the input: the graph is cut.
+
+    ``torch.no_grad()`` inside ``forward`` cuts it for reverse mode, ``.detach()`` (or a step such
+    as rounding) for both modes. Reading it as a symmetry would report every generator (nullity m).
+    """
+
+
+#: Output components moving less than this share of their largest value are taken as rounding.
+_MOVE_RTOL = 1e-5
+#: The finite-difference step along the tangents, as a share of the input's largest value.
+_MOVE_STEP = 1e-3
+
+
+def moving_outputs(outputs_fn: OutputsFn, x: Tensor, action: GroupAction, names: Sequence[str]) -> List[str]:
+    """The outputs among ``names`` that change when the input takes a small step along the algebra.
+
+    A finite difference of the input along one random combination of the tangents (a fixed seed:
+    no global random state is drawn), independent of any derivative: what a zero derivative is
+    checked against.
+
+    Args:
+        outputs_fn: From the input to the outputs, in the order of ``names``.
+        x: A batch of inputs.
+        action: How the algebra acts on ``x``.
+        names: The names of all outputs of ``outputs_fn``, in order.
+
+    Returns:
+        The names of the outputs that move by more than rounding.
+    """
+    with derivative_context(x.device), torch.no_grad():
+        x0 = x.detach().clone()
+        tangents = action.tangents(x0).to(x0.dtype)  # (B, m, ...)
+        coefficients = torch.randn(tangents.shape[1], generator=torch.Generator().manual_seed(0))
+        direction = torch.einsum("m,bm...->b...", coefficients.to(tangents), tangents)
+        largest = float(direction.abs().amax())
+        if not math.isfinite(largest) or largest == 0.0:
+            return []
+        step = _MOVE_STEP * max(float(x0.abs().amax()), 1.0) / largest
+        before, after = outputs_fn(x0), outputs_fn(x0 + step * direction)
+    return [name for name, b, a in zip(names, before, after)
+            if float((a - b).abs().amax()) > _MOVE_RTOL * float(b.abs().amax()) + 1e-30]
+
+
+def _check_connected(
+    outputs_fn: OutputsFn, x: Tensor, action: GroupAction, names: Sequence[str], zero: Sequence[str], mode: str
+) -> None:
+    """Raise :class:`DisconnectedGraphError` when an output in ``zero`` (all derivatives 0) moves all the same."""
+    if not zero:
+        return
+    cut = [name for name in moving_outputs(outputs_fn, x, action, names) if name in zero]
+    if cut:
+        raise DisconnectedGraphError(
+            f"In {mode} mode the derivative of {describe(cut[0])} along every generator is exactly zero, yet it "
+            "changes when the input moves along the algebra (a finite difference): the graph from the input to "
+            "the output is cut inside the model (`torch.no_grad()`, `.detach()`, rounding), not a symmetry."
+        )
 
 
 def checked_output(out: object, batch_size: int, what: str = "the model (after `output_transform`)") -> Tensor:
@@ -458,6 +537,11 @@ def outputs_rows(
 ) -> BatchRows:
     """Polarization rows of several outputs of one network from one pass.
 
+    With ``derivative="auto"`` a mode that cannot differentiate the model (an operation without a
+    forward-mode derivative, or a graph cut inside ``forward`` that leaves a zero derivative while
+    the output moves) hands over to the other mode, with one warning saying so; an explicit mode
+    raises instead, naming the option that works.
+
     Args:
         outputs_fn: From the network's input to the outputs named in ``outputs``, in that order.
         x: A batch of inputs; validated against ``options.action``.
@@ -466,6 +550,12 @@ def outputs_rows(
 
     Returns:
         The :class:`BatchRows` of every output.
+
+    Raises:
+        NotImplementedError: When the requested mode (or, with ``"auto"``, both) has no derivative
+            for an operation of the model.
+        DisconnectedGraphError: When the requested mode (or, with ``"auto"``, both) sees a zero
+            derivative of an output that moves with the input.
     """
     options.action.validate_input(x)
     derivative = options.derivative
@@ -473,11 +563,50 @@ def outputs_rows(
         per_sample = outputs_rows_per_sample(outputs_fn, x, outputs)
         derivative = choose_derivative("auto", options.action.num_generators,  # type: ignore[assignment]
                                        sum(options.rows_per_output(k) for k in per_sample.values()))
-    if derivative == "forward":
-        rows, border = _forward_rows(outputs_fn, x, outputs, options)
+    try:
+        return _rows_in_mode(outputs_fn, x, outputs, options, derivative)
+    except (NotImplementedError, DisconnectedGraphError) as err:
+        other = "reverse" if derivative == "forward" else "forward"
+        if options.derivative != "auto":
+            raise type(err)(f"{_first_line(err)} {_remedy(err, derivative)}") from err
+        warnings.warn(f"LieGG: {_first_line(err)} Using {other} mode instead.", stacklevel=2)
+        try:
+            return _rows_in_mode(outputs_fn, x, outputs, options, other)
+        except (NotImplementedError, DisconnectedGraphError) as again:
+            raise type(again)(
+                f"Neither derivative mode can analyse this model. {derivative}: {_first_line(err)} {other}: "
+                f"{_first_line(again)} Remove the cut from `forward`, or analyse a layer before it with `layers=`."
+            ) from again
+
+
+def _remedy(err: BaseException, mode: str) -> str:
+    """What works instead of ``mode``, after it failed with ``err``."""
+    if not isinstance(err, DisconnectedGraphError):
+        other = "reverse" if mode == "forward" else "forward"
+        return f"derivative={other!r} (or 'auto', which falls back to it) differentiates it."
+    if mode == "reverse":
+        return "derivative='forward' (or 'auto') differentiates through `torch.no_grad()`, not through `.detach()`."
+    return "No derivative mode goes through `.detach()` or rounding: remove it, or analyse a layer before it."
+
+
+def _first_line(err: BaseException) -> str:
+    """The first line of an error's message, as a sentence; forward AD's own names the operation."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    if isinstance(err, NotImplementedError) and not isinstance(err, DisconnectedGraphError):
+        text = f"this model has an operation without a derivative in that mode ({text.rstrip('.')})."
+    return text if text.endswith(".") else text + "."
+
+
+def _rows_in_mode(
+    outputs_fn: OutputsFn, x: Tensor, outputs: Mapping[str, Optional[GroupAction]], options: RowOptions, mode: str
+) -> BatchRows:
+    """Every output's rows in ``mode``; a zero derivative of an output that moves raises."""
+    if mode == "forward":
+        rows, border, zero = _forward_rows(outputs_fn, x, outputs, options)
     else:
-        rows, border = _reverse_rows(outputs_fn, x, outputs, options)
-    return BatchRows(rows, border, derivative)
+        rows, border, zero = _reverse_rows(outputs_fn, x, outputs, options)
+    _check_connected(outputs_fn, x, options.action, list(outputs), zero, mode)
+    return BatchRows(rows, border, mode)
 
 
 def outputs_rows_per_sample(
@@ -491,16 +620,23 @@ def outputs_rows_per_sample(
 
 def _forward_rows(
     outputs_fn: OutputsFn, x: Tensor, outputs: Mapping[str, Optional[GroupAction]], options: RowOptions
-) -> Tuple[Dict[str, Tensor], Dict[str, Tensor]]:
-    """Forward mode: one JVP per basis tangent carries every output's tangent at once."""
+) -> Tuple[Dict[str, Tensor], Dict[str, Tensor], List[str]]:
+    """Forward mode: one JVP per basis tangent carries every output's tangent at once.
+
+    Also returns the outputs whose tangents are all exactly zero.
+    """
     rows: Dict[str, Tensor] = {}
     border: Dict[str, Tensor] = {}
+    zero: List[str] = []
     # forward mode needs no backward graph: no_grad (inside inference_mode(False)) skips building one
     with derivative_context(x.device), torch.no_grad():
         xd = x.detach().clone()
         tangents = options.action.tangents(xd).to(xd.dtype)
-        outs, jvps = jvp_through(outputs_fn, xd, tangents)
+        with forward_mode_kernels():
+            outs, jvps = jvp_through(outputs_fn, xd, tangents)
         for (name, output_action), out, jvp in zip(outputs.items(), outs, jvps):
+            if not bool(jvp.any()):
+                zero.append(name)
             full = _float64_rows(jvp)
             if output_action is not None:
                 full = full - output_tangents(output_action, out, what=describe(name)).to(full.device)
@@ -509,15 +645,19 @@ def _forward_rows(
             rows[name] = _project(kept, _draw_projections(options, kept.shape[1]))
             if parts.ring is not None:
                 border[name] = _select(full, parts.ring)
-    return rows, border
+    return rows, border, zero
 
 
 def _reverse_rows(
     outputs_fn: OutputsFn, x: Tensor, outputs: Mapping[str, Optional[GroupAction]], options: RowOptions
-) -> Tuple[Dict[str, Tensor], Dict[str, Tensor]]:
-    """Reverse mode: one forward pass keeps every output's graph, then each output's backward passes."""
+) -> Tuple[Dict[str, Tensor], Dict[str, Tensor], List[str]]:
+    """Reverse mode: one forward pass keeps every output's graph, then each output's backward passes.
+
+    Also returns the outputs whose input gradients are all exactly zero.
+    """
     rows: Dict[str, Tensor] = {}
     border: Dict[str, Tensor] = {}
+    zero: List[str] = []
     names = list(outputs)
     with derivative_context(x.device):
         xg = x.detach().clone().requires_grad_(True)
@@ -534,6 +674,8 @@ def _reverse_rows(
                 out.reshape(out.shape[0], -1), parts.kept)
             projections = _draw_projections(options, selected.shape[1])
             grads = output_gradients(selected, xg, projections, retain_graph=i < len(names) - 1)
+            if not bool(grads.any()):
+                zero.append(name)
             tangents = out_tangents[i]
             if tangents is not None and parts.ring is None:
                 tangents = _project(_select(tangents, parts.kept), projections)
@@ -541,7 +683,7 @@ def _reverse_rows(
             rows[name] = _select(full, parts.kept) if parts.ring is not None else full
             if parts.ring is not None:
                 border[name] = _select(full, parts.ring)
-    return rows, border
+    return rows, border, zero
 
 
 def _rows_from_gradients(x: Tensor, grads: Tensor, action: GroupAction, out_tangents: Optional[Tensor]) -> Tensor:
