@@ -17,6 +17,7 @@ hands over to reverse mode.
 from __future__ import annotations
 
 import copy
+import logging
 import sys
 import warnings
 from pathlib import Path
@@ -25,15 +26,30 @@ from typing import Callable
 import pytest
 import reference as R
 import torch
+from _lightning_models import TinyRegressor, o5_data, quiet_trainer
 from torch import Tensor, nn
+from torch.utils.data import DataLoader
 
-from liegg_lightning import GroupAction, ImageAction, LieGGMetric, SignalAction, VectorAction, VolumeAction, analyze
+from liegg_lightning import (
+    GroupAction,
+    ImageAction,
+    LieGGCallback,
+    LieGGMetric,
+    SignalAction,
+    VectorAction,
+    VolumeAction,
+    analyze,
+)
 from liegg_lightning.functional.polarization import DisconnectedGraphError
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 import standins  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def _loader(n: int = 128, batch_size: int = 32) -> DataLoader:
+    return DataLoader(o5_data(n, seed=1), batch_size=batch_size)
 
 
 def _random(shape: tuple, seed: int = 0) -> Tensor:
@@ -243,3 +259,48 @@ def test_an_operation_without_forward_derivative_falls_back_to_reverse_with_one_
     assert report.nullity == 10  # the summed squares of both 5-vectors: so(5), 10 generators
     with pytest.raises(NotImplementedError, match="derivative='reverse'"):
         analyze(model, x, O5, derivative="forward")
+
+
+# ----------------------------------------------------------------------------- through the callback
+
+
+class _FrozenBackbone(TinyRegressor):
+    """A linear probe: the features are computed under ``torch.no_grad()`` inside ``forward``."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        with torch.no_grad():
+            features = self.net[1](self.net[0](x))
+        return self.net[2](features)
+
+
+def test_callback_plan_line_names_the_mode_its_passes_and_the_output_reduction(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    callback = LieGGCallback(O5, every_n_epochs=1, log_images=False, save_reports=False)
+    with caplog.at_level(logging.INFO):
+        quiet_trainer(max_epochs=2, callbacks=[callback]).fit(TinyRegressor(outputs=3), _loader(256), _loader())
+    lines = [r.getMessage() for r in caplog.records if "samples per analysis" in r.getMessage()]
+    assert len(lines) == 1
+    # 3 outputs against m = 25: three backward passes beat 25 tangent passes
+    assert "derivative: reverse mode: 3 backward passes a batch (forward: 25 tangent passes), " \
+           "output_mode='jacobian'" in lines[0], lines[0]
+
+
+def test_callback_on_a_frozen_backbone_under_no_grad_never_logs_nullity_m() -> None:
+    callback = LieGGCallback(O5, log_images=False, save_reports=False, every_n_epochs=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quiet_trainer(max_epochs=1, callbacks=[callback]).fit(_FrozenBackbone(outputs=3), _loader(), _loader())
+    assert callback.history, "no analysis ran"
+    assert all(h["nullity"] < 25 for h in callback.history), callback.history
+    assert all(h["symmetry_variance"] > 0 for h in callback.history)
+
+
+def test_callback_validate_with_a_one_generator_algebra_logs_its_values() -> None:
+    callback = LieGGCallback(SignalAction(), log_images=False, save_reports=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        results = quiet_trainer(callbacks=[callback]).validate(TinyRegressor(outputs=3), _loader())
+    assert callback.history
+    assert callback.history[-1]["nullity"] in (0.0, 1.0)
+    assert any(key.endswith("symmetry_variance") for key in results[0]), results

@@ -37,6 +37,7 @@ __all__ = [
     "DisconnectedGraphError",
     "RowOptions",
     "choose_derivative",
+    "describe_derivative",
     "forward_rows",
     "input_gradients",
     "output_tangents",
@@ -195,6 +196,19 @@ def choose_derivative(
         return by_count
     fastest = min(finite.values())
     return by_count if finite.get(by_count) == fastest else min(finite, key=finite.__getitem__)
+
+
+def describe_derivative(mode: str, num_generators: int, rows_per_sample: int, output_mode: str) -> str:
+    """The derivative mode in words, with the passes it takes and those the other mode would.
+
+    Example:
+        >>> print(describe_derivative("forward", 4, 1000, "jacobian"))
+        forward mode: 4 tangent passes a batch (reverse: 1000 backward passes), output_mode='jacobian'
+    """
+    passes = {"forward": f"{num_generators} tangent pass{'es' if num_generators != 1 else ''}",
+              "reverse": f"{rows_per_sample} backward pass{'es' if rows_per_sample != 1 else ''}"}
+    other = "reverse" if mode == "forward" else "forward"
+    return f"{mode} mode: {passes[mode]} a batch ({other}: {passes[other]}), output_mode={output_mode!r}"
 
 
 def float64_device(device: torch.device) -> torch.device:
