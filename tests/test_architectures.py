@@ -17,7 +17,9 @@ hands over to reverse mode.
 from __future__ import annotations
 
 import copy
+import json
 import logging
+import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -304,3 +306,25 @@ def test_callback_validate_with_a_one_generator_algebra_logs_its_values() -> Non
     assert callback.history
     assert callback.history[-1]["nullity"] in (0.0, 1.0)
     assert any(key.endswith("symmetry_variance") for key in results[0]), results
+
+
+@pytest.mark.slow
+def test_real_models_benchmark_quick_writes_its_table(tmp_path: Path) -> None:
+    """The benchmark runs end to end; only machine-independent facts are checked (no timing)."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "real_models.py"
+    out = tmp_path / "rows.json"
+    proc = subprocess.run(
+        [sys.executable, str(script), "--quick", "--threads", "1", "--cases", "cnn1d", "energy", "--samples", "16",
+         "--json", str(out)], capture_output=True, text=True, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {r["case"]: r for r in json.loads(out.read_text())["rows"]}
+    assert rows["cnn1d"]["derivative"] == "forward"  # one tangent pass against 10 outputs
+    assert rows["cnn1d"]["passes"] == 1
+    assert rows["energy"]["derivative"] == "reverse"  # one output against m = 12
+    assert rows["energy"]["nullity"] == 6  # E(3): three rotations and three translations
+    for row in rows.values():
+        assert row["analyze_s"] > 0
+        assert row["forward_backward_s"] > 0
+        assert row["peak_rss_mb"] >= row["peak_rss_forward_backward_mb"] > 0
+    assert "| cnn1d" in proc.stdout
