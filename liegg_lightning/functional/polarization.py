@@ -25,7 +25,6 @@ from typing import Any, Callable, Dict, Iterator, List, Literal, Mapping, NamedT
 
 import torch
 from torch import Tensor
-from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from liegg_lightning._checks import is_int
 from liegg_lightning._errors import InputError
@@ -235,14 +234,24 @@ def forward_mode_kernels() -> Iterator[None]:
     Fused attention has no forward-mode derivative (``F.scaled_dot_product_attention``'s flash
     kernel on the CPU, the fused fast path of ``nn.TransformerEncoderLayer`` and
     ``nn.MultiheadAttention`` in eval mode); its math form, the same product written out, has one.
+    Torch versions without these switches (before 2.3) run the pass as it is.
     """
-    fastpath = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)
+    mha = getattr(torch.backends, "mha", None)
+    fastpath = mha.get_fastpath_enabled() if mha is not None else None
     try:
-        with sdpa_kernel([SDPBackend.MATH]):
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        math_kernel: Any = sdpa_kernel([SDPBackend.MATH])
+    except ImportError:
+        math_kernel = contextlib.nullcontext()
+    if mha is not None:
+        mha.set_fastpath_enabled(False)
+    try:
+        with math_kernel:
             yield
     finally:
-        torch.backends.mha.set_fastpath_enabled(fastpath)
+        if mha is not None:
+            mha.set_fastpath_enabled(fastpath)
 
 
 class DisconnectedGraphError(RuntimeError):
