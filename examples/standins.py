@@ -29,6 +29,26 @@ from torch import Tensor, nn
 __all__ = ["cnn1d", "cnn3d", "mobilenet_v3_small", "resnet18", "vit_tiny"]
 
 
+def torchvision_init(model: nn.Module, linear_std: float = 0.0) -> nn.Module:
+    """torchvision's initialisation of its CNNs: without it a deep random network's output is flat.
+
+    Convolutions Kaiming-normal (fan out), batch norm at the identity, linear layers ``N(0,
+    linear_std)`` with zero bias (``linear_std=0`` keeps PyTorch's default, as ResNet does).
+    """
+    for module in model.modules():
+        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Linear) and linear_std > 0:
+            nn.init.normal_(module.weight, 0.0, linear_std)
+            nn.init.zeros_(module.bias)
+    return model
+
+
 # ----------------------------------------------------------------------------- ResNet
 
 
@@ -64,7 +84,7 @@ def resnet18(num_classes: int = 1000, width: int = 64, blocks: Sequence[int] = (
         layers.append((f"layer{i + 1}", nn.Sequential(*stage)))
         cin = cout
     layers += [("avgpool", nn.AdaptiveAvgPool2d(1)), ("flatten", nn.Flatten()), ("fc", nn.Linear(cin, num_classes))]
-    return nn.Sequential(OrderedDict(layers))
+    return torchvision_init(nn.Sequential(OrderedDict(layers)))
 
 
 # ----------------------------------------------------------------------------- MobileNetV3
@@ -135,11 +155,11 @@ def mobilenet_v3_small(
         cin = cout
     last = 6 * cin
     layers.append(nn.Sequential(nn.Conv2d(cin, last, 1, bias=False), nn.BatchNorm2d(last), nn.Hardswish()))
-    return nn.Sequential(OrderedDict(
+    return torchvision_init(nn.Sequential(OrderedDict(
         features=nn.Sequential(*layers), avgpool=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten(),
         classifier=nn.Sequential(nn.Linear(last, hidden), nn.Hardswish(), nn.Dropout(0.2),
                                  nn.Linear(hidden, num_classes)),
-    ))
+    )), linear_std=0.01)
 
 
 # ----------------------------------------------------------------------------- ViT
