@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One prepared GPU session (how benchmarks/results/cuda.json is made): a correctness check of the
 # engine on CUDA against the CPU, the --quick smoke, then each benchmark section with its own time limit
-# (SECTION_LIMIT seconds each, USER_FEEL_LIMIT for the ResNet-18 fits, which need torchvision).
+# (SECTION_LIMIT seconds each, USER_FEEL_LIMIT for the ResNet-18 fits, which need torchvision), and
+# issue 32's real-model table on CUDA (REAL_MODELS_LIMIT seconds; CUDA peaks from max_memory_allocated).
 # Usage: OUT=/some/folder bash benchmarks/gpu_session.sh
 set -u
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore
@@ -32,3 +33,7 @@ for section in overhead solve methods user_feel; do
   USER_FEEL_FRESH="${USER_FEEL_FRESH:-1}" timeout "$limit" python3 benchmarks/run.py --device cuda --only "$section" --out "$OUT" > "$OUT/$section.txt" 2>&1
   echo "$section rc=$?" | tee -a "$OUT/$section.txt"
 done
+# real models at real size on CUDA: the same table as on the CPU, with the CUDA peak of each phase
+timeout "${REAL_MODELS_LIMIT:-400}" python3 benchmarks/real_models.py --device cuda --repeats 3 \
+  --json "$OUT/real_models_cuda.json" > "$OUT/real_models.txt" 2>&1
+echo "real_models rc=$?" | tee -a "$OUT/real_models.txt"

@@ -34,7 +34,7 @@ from liegg_lightning._cost import (
 from liegg_lightning._errors import InputError
 from liegg_lightning._pricing import estimate_solve, measure_prices
 from liegg_lightning._state import preserved_state
-from liegg_lightning.functional.polarization import choose_derivative
+from liegg_lightning.functional.polarization import choose_derivative, describe_derivative
 
 if TYPE_CHECKING:
     from liegg_lightning.callback import LieGGCallback
@@ -345,7 +345,8 @@ class Planner:
         rank_zero_info(
             f"LieGGCallback: {plan.samples} samples per analysis (of {shape.batches * shape.batch_size}{every}), "
             f"about {plan.cost * 1e3:.0f} ms for {shape.interval * plan.epoch_stride:.2f} s of training between "
-            f"analyses (`overhead={cb.overhead:g}`); analysed: {self._cadence(trainer)}; derivative: {mode} "
+            f"analyses (`overhead={cb.overhead:g}`); analysed: {self._cadence(trainer)}; derivative: "
+            f"{describe_derivative(mode, shape.num_generators, shape.rows_per_sample, cb.metric.output_mode)} "
             f"({timed} on {TIMING_SAMPLES} samples)."
         )
         if plan.fits:

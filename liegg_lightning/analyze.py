@@ -70,6 +70,12 @@ def analyze(
     The model is put in eval mode for the analysis and its mode restored afterwards; its
     parameters and their ``.grad`` are left untouched.
 
+    With the defaults the derivative mode is chosen for the model: forward mode (``m`` tangent
+    passes) when the algebra has fewer generators than a sample gives rows (a 1,000-class
+    classifier), reverse mode (one backward pass per row) otherwise. A mode that cannot
+    differentiate the model (an operation without a forward-mode derivative; a graph cut by
+    ``torch.no_grad()`` inside ``forward``) hands over to the other with one warning.
+
     With the metric option ``output_action`` the analysis measures equivariance instead of
     invariance; with ``layers`` it analyses the outputs of several submodules from one pass per
     batch and returns ``{name: SymmetryReport}`` (``""`` names the model's own output).
@@ -95,6 +101,13 @@ def analyze(
     Returns:
         A :class:`~liegg_lightning.SymmetryReport`, or with ``layers`` a dict ``name -> report`` in
         the order of ``layers``.
+
+    Raises:
+        DisconnectedGraphError: When an output's derivative is exactly zero though the output
+            moves with the input (a graph cut, e.g. ``.detach()`` inside ``forward``) in the mode
+            asked for, or with ``derivative="auto"`` in both modes: never reported as a symmetry.
+        NotImplementedError: When ``derivative="forward"`` is asked for and an operation of the
+            model has no forward-mode derivative (``"auto"`` falls back to reverse mode).
 
     Example:
         >>> import torch

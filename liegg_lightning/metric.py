@@ -9,6 +9,7 @@ layer's) kept as TorchMetrics states, grown by the same ``accumulate`` and solve
 from __future__ import annotations
 
 import copy
+import functools
 from typing import (
     Any,
     Callable,
@@ -60,7 +61,7 @@ from liegg_lightning.functional.symmetry import (
     rescale,
     solve_states,
 )
-from liegg_lightning.report import SymmetryReport
+from liegg_lightning.report import SymmetryReport, with_generator_shape
 from liegg_lightning.transforms import (
     TransformLike,
     TransformSums,
@@ -662,6 +663,18 @@ class LieGGMetric(Metric):
                 incoming[name] = rescale(incoming[name].to(ours.device), incoming[exponent_name].to(ours), ours)
             incoming[exponent_name] = ours
         super().merge_state(incoming)
+
+    # --- i32arch: a 1-generator algebra keeps 1-d per-generator fields (issue 32) ---
+    def _wrap_compute(self, compute: Callable) -> Callable:
+        """TorchMetrics' wrapper, then the shapes its squeeze of one-element tensors took away."""
+        wrapped = super()._wrap_compute(compute)
+
+        @functools.wraps(compute)
+        def shaped(*args: Any, **kwargs: Any) -> Any:
+            return with_generator_shape(wrapped(*args, **kwargs), tuple(self.action.generator_shape))
+
+        return shaped
+    # --- end i32arch ---
 
     def compute(self) -> Union[SymmetryReport, Dict[str, SymmetryReport]]:  # type: ignore[override]
         """Solve each analysed output's Gram matrix; raises ``ValueError`` when no sample was accumulated.

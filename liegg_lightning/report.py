@@ -304,7 +304,7 @@ class SymmetryReport:
         return {name: float(value) for name, value in values if value is not None and not math.isnan(float(value))}
 
     def __repr__(self) -> str:
-        parts = [f"m={len(self.variances)}", f"nullity={self.nullity}",
+        parts = [f"m={self.variances.numel()}", f"nullity={self.nullity}",
                  f"symmetry_variance={self.symmetry_variance:.3e}"]
         if self.symmetry_bias is not None:
             parts.append(f"symmetry_bias={self.symmetry_bias:.3e}")
@@ -312,3 +312,26 @@ class SymmetryReport:
             parts.append(f"subspace_bias={self.subspace_bias:.3e}")
         parts.append(f"num_samples={self.num_samples}")
         return f"SymmetryReport({', '.join(parts)})"
+
+
+def with_generator_shape(result: Any, generator_shape: Tuple[int, ...]) -> Any:
+    """``result`` (a report, or a mapping of reports) with every per-generator field 1-d again.
+
+    TorchMetrics squeezes each one-element tensor a metric's ``compute`` returns: with a
+    1-generator algebra (``SignalAction()``) every ``(m,)`` field would come back 0-d and the
+    ``(m, *generator_shape)`` generators lose their axes. Reshaping restores them exactly.
+    """
+    if isinstance(result, Mapping):
+        return {name: with_generator_shape(report, generator_shape) for name, report in result.items()}
+    if not isinstance(result, SymmetryReport):
+        return result
+    m = int(result.variances.numel())
+    for name in _PER_GENERATOR_FIELDS:
+        value = getattr(result, name)
+        if isinstance(value, Tensor):
+            setattr(result, name, value.reshape(m))
+    for name in ("generators", "relative_generators"):
+        value = getattr(result, name)
+        if isinstance(value, Tensor):
+            setattr(result, name, value.reshape(m, *generator_shape))
+    return result

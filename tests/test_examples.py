@@ -179,3 +179,19 @@ def test_hamiltonian_field_conserves_the_energy() -> None:
     (grad,) = torch.autograd.grad(energy(z).sum(), z)
     # dH/dt along X_H is grad H . X_H = 0 (by hand: q^3 p - p q^3)
     assert float((grad * hamiltonian_field(z)).sum(1).abs().max()) < 1e-12
+
+
+@pytest.mark.slow
+def test_pretrained_quick_analyses_a_classifier_and_its_stages(tmp_path: Path) -> None:
+    result = run_example("pretrained.py", ["--quick"], tmp_path)
+    assert result["model"].startswith("stand-in for resnet18 (random weights")  # said, not hidden
+    assert result["samples"] == 4
+    assert_finite(result, ["symmetry_variance", "rotation_variance", "scaling_variance", "nullity"])
+    assert 0 <= result["nullity"] <= 4
+    # the variance along a named generator is bounded below by the smallest eigenvalue of the same Gram
+    assert result["rotation_variance"] >= result["symmetry_variance"] * (1 - 1e-9)
+    assert result["scaling_variance"] >= result["symmetry_variance"] * (1 - 1e-9)
+    assert list(result["layers"]) == ["layer1", "layer2", "layer3", "layer4", "fc"]
+    for layer in result["layers"].values():
+        assert 0 <= layer["nullity"] <= 4
+        assert layer["rotation_over_mean"] > 0

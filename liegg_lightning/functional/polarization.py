@@ -20,7 +20,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-from typing import Any, Callable, Dict, Iterator, Literal, Mapping, NamedTuple, Optional, Tuple
+import warnings
+from typing import Any, Callable, Dict, Iterator, List, Literal, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -32,8 +33,10 @@ from liegg_lightning.actions import GroupAction, ImageAction
 __all__ = [
     "MODEL_OUTPUT",
     "BatchRows",
+    "DisconnectedGraphError",
     "RowOptions",
     "choose_derivative",
+    "describe_derivative",
     "forward_rows",
     "input_gradients",
     "output_tangents",
@@ -200,6 +203,19 @@ def choose_derivative(
     return by_count if finite.get(by_count) == fastest else min(finite, key=finite.__getitem__)
 
 
+def describe_derivative(mode: str, num_generators: int, rows_per_sample: int, output_mode: str) -> str:
+    """The derivative mode in words, with the passes it takes and those the other mode would.
+
+    Example:
+        >>> print(describe_derivative("forward", 4, 1000, "jacobian"))
+        forward mode: 4 tangent passes a batch (reverse: 1000 backward passes), output_mode='jacobian'
+    """
+    passes = {"forward": f"{num_generators} tangent pass{'es' if num_generators != 1 else ''}",
+              "reverse": f"{rows_per_sample} backward pass{'es' if rows_per_sample != 1 else ''}"}
+    other = "reverse" if mode == "forward" else "forward"
+    return f"{mode} mode: {passes[mode]} a batch ({other}: {passes[other]}), output_mode={output_mode!r}"
+
+
 def float64_device(device: torch.device) -> torch.device:
     """Where float64 rows can be formed: the device itself, or the CPU where it has no float64 (MPS)."""
     return torch.device("cpu") if device.type == "mps" else device
@@ -215,6 +231,92 @@ def derivative_context(device: torch.device) -> Iterator[None]:
     )
     with torch.inference_mode(False), torch.enable_grad(), autocast:
         yield
+
+
+@contextlib.contextmanager
+def forward_mode_kernels() -> Iterator[None]:
+    """Kernels forward-mode AD can go through, for the length of a forward-mode pass.
+
+    Fused attention has no forward-mode derivative (``F.scaled_dot_product_attention``'s flash
+    kernel on the CPU, the fused fast path of ``nn.TransformerEncoderLayer`` and
+    ``nn.MultiheadAttention`` in eval mode); its math form, the same product written out, has one.
+    Torch versions without these switches (before 2.3) run the pass as it is.
+    """
+    mha = getattr(torch.backends, "mha", None)
+    fastpath = mha.get_fastpath_enabled() if mha is not None else None
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        math_kernel: Any = sdpa_kernel([SDPBackend.MATH])
+    except ImportError:
+        math_kernel = contextlib.nullcontext()
+    if mha is not None:
+        mha.set_fastpath_enabled(False)
+    try:
+        with math_kernel:
+            yield
+    finally:
+        if mha is not None:
+            mha.set_fastpath_enabled(fastpath)
+
+
+class DisconnectedGraphError(RuntimeError):
+    """The input derivative is exactly zero though the output moves with the input: the graph is cut.
+
+    ``torch.no_grad()`` inside ``forward`` cuts it for reverse mode, ``.detach()`` (or a step such
+    as rounding) for both modes. Reading it as a symmetry would report every generator (nullity m).
+    """
+
+
+#: Output components moving less than this share of their largest value are taken as rounding.
+_MOVE_RTOL = 1e-5
+#: The finite-difference step along the tangents, as a share of the input's largest value.
+_MOVE_STEP = 1e-3
+
+
+def moving_outputs(outputs_fn: OutputsFn, x: Tensor, action: GroupAction, names: Sequence[str]) -> List[str]:
+    """The outputs among ``names`` that change when the input takes a small step along the algebra.
+
+    A finite difference of the input along one random combination of the tangents (a fixed seed:
+    no global random state is drawn), independent of any derivative: what a zero derivative is
+    checked against.
+
+    Args:
+        outputs_fn: From the input to the outputs, in the order of ``names``.
+        x: A batch of inputs.
+        action: How the algebra acts on ``x``.
+        names: The names of all outputs of ``outputs_fn``, in order.
+
+    Returns:
+        The names of the outputs that move by more than rounding.
+    """
+    with derivative_context(x.device), torch.no_grad():
+        x0 = x.detach().clone()
+        tangents = action.tangents(x0).to(x0.dtype)  # (B, m, ...)
+        coefficients = torch.randn(tangents.shape[1], generator=torch.Generator().manual_seed(0))
+        direction = torch.einsum("m,bm...->b...", coefficients.to(tangents), tangents)
+        largest = float(direction.abs().amax())
+        if not math.isfinite(largest) or largest == 0.0:
+            return []
+        step = _MOVE_STEP * max(float(x0.abs().amax()), 1.0) / largest
+        before, after = outputs_fn(x0), outputs_fn(x0 + step * direction)
+    return [name for name, b, a in zip(names, before, after)
+            if float((a - b).abs().amax()) > _MOVE_RTOL * float(b.abs().amax()) + 1e-30]
+
+
+def _check_connected(
+    outputs_fn: OutputsFn, x: Tensor, action: GroupAction, names: Sequence[str], zero: Sequence[str], mode: str
+) -> None:
+    """Raise :class:`DisconnectedGraphError` when an output in ``zero`` (all derivatives 0) moves all the same."""
+    if not zero:
+        return
+    cut = [name for name in moving_outputs(outputs_fn, x, action, names) if name in zero]
+    if cut:
+        raise DisconnectedGraphError(
+            f"In {mode} mode the derivative of {describe(cut[0])} along every generator is exactly zero, yet it "
+            "changes when the input moves along the algebra (a finite difference): the graph from the input to "
+            "the output is cut inside the model (`torch.no_grad()`, `.detach()`, rounding), not a symmetry."
+        )
 
 
 def checked_output(out: object, batch_size: int, what: str = "the model (after `output_transform`)") -> Tensor:
@@ -479,6 +581,11 @@ def outputs_rows(
 ) -> BatchRows:
     """Polarization rows of several outputs of one network from one pass.
 
+    With ``derivative="auto"`` a mode that cannot differentiate the model (an operation without a
+    forward-mode derivative, or a graph cut inside ``forward`` that leaves a zero derivative while
+    the output moves) hands over to the other mode, with one warning saying so; an explicit mode
+    raises instead, naming the option that works.
+
     Args:
         outputs_fn: From the network's input to the outputs named in ``outputs``, in that order.
         x: A batch of inputs; validated against ``options.action``.
@@ -487,6 +594,12 @@ def outputs_rows(
 
     Returns:
         The :class:`BatchRows` of every output.
+
+    Raises:
+        NotImplementedError: When the requested mode (or, with ``"auto"``, both) has no derivative
+            for an operation of the model.
+        DisconnectedGraphError: When the requested mode (or, with ``"auto"``, both) sees a zero
+            derivative of an output that moves with the input.
     """
     options.action.validate_input(x)
     derivative = options.derivative
@@ -494,11 +607,50 @@ def outputs_rows(
         per_sample = outputs_rows_per_sample(outputs_fn, x, outputs)
         derivative = choose_derivative("auto", options.action.num_generators,  # type: ignore[assignment]
                                        sum(options.rows_per_output(k) for k in per_sample.values()))
-    if derivative == "forward":
-        rows, border = _forward_rows(outputs_fn, x, outputs, options)
+    try:
+        return _rows_in_mode(outputs_fn, x, outputs, options, derivative)
+    except (NotImplementedError, DisconnectedGraphError) as err:
+        other = "reverse" if derivative == "forward" else "forward"
+        if options.derivative != "auto":
+            raise type(err)(f"{_first_line(err)} {_remedy(err, derivative)}") from err
+        warnings.warn(f"LieGG: {_first_line(err)} Using {other} mode instead.", stacklevel=2)
+        try:
+            return _rows_in_mode(outputs_fn, x, outputs, options, other)
+        except (NotImplementedError, DisconnectedGraphError) as again:
+            raise type(again)(
+                f"Neither derivative mode can analyse this model. {derivative}: {_first_line(err)} {other}: "
+                f"{_first_line(again)} Remove the cut from `forward`, or analyse a layer before it with `layers=`."
+            ) from again
+
+
+def _remedy(err: BaseException, mode: str) -> str:
+    """What works instead of ``mode``, after it failed with ``err``."""
+    if not isinstance(err, DisconnectedGraphError):
+        other = "reverse" if mode == "forward" else "forward"
+        return f"derivative={other!r} (or 'auto', which falls back to it) differentiates it."
+    if mode == "reverse":
+        return "derivative='forward' (or 'auto') differentiates through `torch.no_grad()`, not through `.detach()`."
+    return "No derivative mode goes through `.detach()` or rounding: remove it, or analyse a layer before it."
+
+
+def _first_line(err: BaseException) -> str:
+    """The first line of an error's message, as a sentence; forward AD's own names the operation."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    if isinstance(err, NotImplementedError) and not isinstance(err, DisconnectedGraphError):
+        text = f"this model has an operation without a derivative in that mode ({text.rstrip('.')})."
+    return text if text.endswith(".") else text + "."
+
+
+def _rows_in_mode(
+    outputs_fn: OutputsFn, x: Tensor, outputs: Mapping[str, Optional[GroupAction]], options: RowOptions, mode: str
+) -> BatchRows:
+    """Every output's rows in ``mode``; a zero derivative of an output that moves raises."""
+    if mode == "forward":
+        rows, border, zero = _forward_rows(outputs_fn, x, outputs, options)
     else:
-        rows, border = _reverse_rows(outputs_fn, x, outputs, options)
-    return BatchRows(rows, border, derivative)
+        rows, border, zero = _reverse_rows(outputs_fn, x, outputs, options)
+    _check_connected(outputs_fn, x, options.action, list(outputs), zero, mode)
+    return BatchRows(rows, border, mode)
 
 
 def outputs_rows_per_sample(
@@ -512,16 +664,23 @@ def outputs_rows_per_sample(
 
 def _forward_rows(
     outputs_fn: OutputsFn, x: Tensor, outputs: Mapping[str, Optional[GroupAction]], options: RowOptions
-) -> Tuple[Dict[str, Tensor], Dict[str, Tensor]]:
-    """Forward mode: one JVP per basis tangent carries every output's tangent at once."""
+) -> Tuple[Dict[str, Tensor], Dict[str, Tensor], List[str]]:
+    """Forward mode: one JVP per basis tangent carries every output's tangent at once.
+
+    Also returns the outputs whose tangents are all exactly zero.
+    """
     rows: Dict[str, Tensor] = {}
     border: Dict[str, Tensor] = {}
+    zero: List[str] = []
     # forward mode needs no backward graph: no_grad (inside inference_mode(False)) skips building one
     with derivative_context(x.device), torch.no_grad():
         xd = x.detach().clone()
         tangents = options.action.tangents(xd).to(xd.dtype)
-        outs, jvps = jvp_in_chunks(outputs_fn, xd, tangents, options.tangents_per_pass)
+        with forward_mode_kernels():
+            outs, jvps = jvp_in_chunks(outputs_fn, xd, tangents, options.tangents_per_pass)
         for (name, output_action), out, jvp in zip(outputs.items(), outs, jvps):
+            if not bool(jvp.any()):
+                zero.append(name)
             full = _float64_rows(jvp)
             if output_action is not None:
                 full = full - output_tangents(output_action, out, what=describe(name)).to(full.device)
@@ -530,15 +689,19 @@ def _forward_rows(
             rows[name] = _project(kept, _draw_projections(options, kept.shape[1]))
             if parts.ring is not None:
                 border[name] = _select(full, parts.ring)
-    return rows, border
+    return rows, border, zero
 
 
 def _reverse_rows(
     outputs_fn: OutputsFn, x: Tensor, outputs: Mapping[str, Optional[GroupAction]], options: RowOptions
-) -> Tuple[Dict[str, Tensor], Dict[str, Tensor]]:
-    """Reverse mode: one forward pass keeps every output's graph, then each output's backward passes."""
+) -> Tuple[Dict[str, Tensor], Dict[str, Tensor], List[str]]:
+    """Reverse mode: one forward pass keeps every output's graph, then each output's backward passes.
+
+    Also returns the outputs whose input gradients are all exactly zero.
+    """
     rows: Dict[str, Tensor] = {}
     border: Dict[str, Tensor] = {}
+    zero: List[str] = []
     names = list(outputs)
     with derivative_context(x.device):
         xg = x.detach().clone().requires_grad_(True)
@@ -557,12 +720,14 @@ def _reverse_rows(
             tangents = out_tangents[i]
             if tangents is not None and parts.ring is None:
                 tangents = _project(_select(tangents, parts.kept), projections)
-            full = reverse_rows_in_chunks(selected, xg, x, projections, options.action, tangents,
-                                          options.rows_per_pass, retain_graph=i < len(names) - 1)
+            full, moved = reverse_rows_in_chunks(selected, xg, x, projections, options.action, tangents,
+                                                 options.rows_per_pass, retain_graph=i < len(names) - 1)
+            if not moved:
+                zero.append(name)
             rows[name] = _select(full, parts.kept) if parts.ring is not None else full
             if parts.ring is not None:
                 border[name] = _select(full, parts.ring)
-    return rows, border
+    return rows, border, zero
 
 
 def reverse_rows_in_chunks(
@@ -575,27 +740,31 @@ def reverse_rows_in_chunks(
     per_pass: Optional[int],
     *,
     retain_graph: bool,
-) -> Tensor:
+) -> Tuple[Tensor, bool]:
     """Reverse-mode rows ``(B, R, m)`` of the outputs ``(B, K)``, the input gradients of ``per_pass`` rows at a time.
 
     The gradients ``(B, R, *in)`` are the largest tensors of a reverse pass (a row per output
     component, each the size of the input): formed ``per_pass`` rows at a time (``None``: all at
     once) and turned into rows at once, they never take more than that. The same numbers either way.
+    Also returns whether any input gradient was nonzero (all zero: the output does not move, or the
+    graph was cut).
     """
     num = out.shape[1] if projections is None else projections.shape[0]
     if per_pass is None or per_pass >= num:
         grads = output_gradients(out, xg, projections, retain_graph=retain_graph)
-        return _rows_from_gradients(x, grads, action, out_tangents)
+        return _rows_from_gradients(x, grads, action, out_tangents), bool(grads.any())
     # one-hot projections pick the components one by one, as the Jacobian's own rows
     rows_of = torch.eye(num, dtype=torch.float64) if projections is None else projections
     parts = []
+    moved = False
     for start in range(0, num, per_pass):
         stop = min(start + per_pass, num)
         grads = output_gradients(out, xg, rows_of[start:stop], retain_graph=retain_graph or stop < num)
         tangents = None if out_tangents is None else out_tangents[:, start:stop]
         parts.append(_rows_from_gradients(x, grads, action, tangents))
+        moved = moved or bool(grads.any())
         del grads
-    return torch.cat(parts, dim=1)
+    return torch.cat(parts, dim=1), moved
 
 
 def _rows_from_gradients(x: Tensor, grads: Tensor, action: GroupAction, out_tangents: Optional[Tensor]) -> Tensor:
