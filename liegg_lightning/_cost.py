@@ -220,15 +220,16 @@ def short_fit_allowance(overhead: float) -> float:
     return overhead * SHORT_FIT_SECONDS
 
 
-def refuses_fit(smallest: float, one_time: float, overhead: float, fit_training: float) -> bool:
+def refuses_fit(smallest: float, reserved: float, overhead: float, fit_training: float) -> bool:
     """Whether even one analysis is refused during a fit of ``fit_training`` seconds of training.
 
     Refused only when the smallest analysis is over ``overhead`` of the whole fit's training and,
-    with what the fit pays once, also over :func:`short_fit_allowance`: a short fit still sees its
-    last validation analysed when that is cheap in seconds, and what it pays beyond ``overhead``
-    is at most the allowance.
+    with ``reserved`` (what it brings besides: the run's last picture), also over
+    :func:`short_fit_allowance`. So a short fit still sees its last validation analysed when that
+    is cheap in seconds, and what it pays beyond ``overhead`` is at most the allowance (with the
+    one-time checks and pricing, which are paid before this is known).
     """
-    return smallest > overhead * fit_training and one_time + smallest > short_fit_allowance(overhead)
+    return smallest > overhead * fit_training and smallest + reserved > short_fit_allowance(overhead)
 
 
 def every_that_fits(cost: float, interval: float, overhead: float, every: int) -> int:

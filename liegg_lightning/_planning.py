@@ -339,14 +339,14 @@ class Planner:
             return False
         self.metric.fix_derivative(mode)
         prices = agreed.prices(mode)
-        one_time = self.ledger.cost() + time.perf_counter() - started
-        one_time += DRAW_PRIOR if self.options.draws and trainer.loggers else 0.0
+        picture = DRAW_PRIOR if self.options.draws and trainer.loggers else 0.0  # the run's last, always drawn
+        one_time = self.ledger.cost() + time.perf_counter() - started + picture
         interval = self._interval(trainer, agreed.steady)
         remaining = self._training_left(trainer, agreed.steady) if agreed.steady > 0 else math.inf
         shape = FitShape(interval, remaining, one_time, int(agreed.batches), int(agreed.batch_size),
                          int(agreed.rows_per_sample), m)
         plan = make_plan(prices, shape, overhead, self.may_thin)
-        if self.may_thin and math.isfinite(remaining) and refuses_fit(plan.smallest, one_time, overhead,
+        if self.may_thin and math.isfinite(remaining) and refuses_fit(plan.smallest, picture, overhead,
                                                                       interval + remaining):
             self.schedule = Schedule(0)
             rank_zero_warn(
