@@ -346,10 +346,10 @@ def test_the_picture_queue_holds_one_drawing_and_the_last_analysis_is_drawn(
 
 def test_an_exception_is_not_delayed_by_pictures(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     release = threading.Event()
-    started: List[int] = []
+    drawing = threading.Event()  # set by the drawing itself: no guess at when its thread is scheduled
 
     def stalled_drawing(*args: Any, **kwargs: Any) -> None:
-        started.append(1)
+        drawing.set()
         release.wait(30.0)  # a drawing that takes as long as the test lets it
 
     monkeypatch.setattr(pictures_module, "log_pictures", stalled_drawing)
@@ -358,6 +358,7 @@ def test_an_exception_is_not_delayed_by_pictures(tmp_path: Path, monkeypatch: py
     class Crashing(TinyRegressor):
         def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
             if self.current_epoch == 1:
+                assert drawing.wait(30.0), "epoch 0's drawing never started"
                 raise RuntimeError("the user's own bug")
             return super().training_step(batch, batch_idx)
 
@@ -367,7 +368,7 @@ def test_an_exception_is_not_delayed_by_pictures(tmp_path: Path, monkeypatch: py
     with pytest.raises(RuntimeError, match="own bug"):
         trainer.fit(Crashing(), _loader(), _loader())
     # fit raised while epoch 0's drawing was still running: it was not waited for
-    assert started == [1]
+    assert not release.is_set()
     assert callback._worker.pictures.pending() == 1
     release.set()
     assert callback._worker.pictures.wait(10.0)
