@@ -18,7 +18,7 @@ from typing import Any, Dict, List
 import lightning as L
 import pytest
 import torch
-from _lightning_models import TinyRegressor, o5_data, quiet_trainer
+from _lightning_models import TinyRegressor, o5_data, quiet_trainer, recorded_inputs
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch import nn
@@ -442,14 +442,7 @@ def test_the_planned_samples_are_spread_over_every_validation_batch(monkeypatch:
     L.seed_everything(0, verbose=False)
     # a tiny budget and a cadence the user set: the floor, 4 rows per generator = ceil(4 * 25 / 3) = 34
     callback = LieGGCallback(ACTION, overhead=1e-6, log_images=False, every_n_epochs=1)
-    seen: List[torch.Tensor] = []
-    original = callback.metric.update
-
-    def recording_update(model: Any, inputs: torch.Tensor) -> None:
-        seen.append(inputs.detach().clone())
-        original(model, inputs)
-
-    monkeypatch.setattr(callback.metric, "update", recording_update)
+    seen = recorded_inputs(callback.metric, monkeypatch)
     val = _loader(256, 32)  # 8 batches, in order
     with pytest.warns(UserWarning, match=r"the cadence is kept.*`every_n_epochs=\d+` or a larger `overhead`"):
         quiet_trainer(max_epochs=2, callbacks=[callback], num_sanity_val_steps=0).fit(TinyRegressor(), _loader(), val)

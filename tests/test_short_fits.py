@@ -16,12 +16,12 @@ import subprocess
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, List
+from typing import Any
 
 import lightning as L
 import pytest
 import torch
-from _lightning_models import TinyRegressor, o5_data, quiet_trainer
+from _lightning_models import TinyRegressor, o5_data, quiet_trainer, recorded_inputs
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
@@ -47,23 +47,10 @@ def _user_callback() -> LieGGCallback:
     return LieGGCallback(ACTION, reference_algebra="so")
 
 
-def _recorded(callback: LieGGCallback, monkeypatch: pytest.MonkeyPatch) -> List[torch.Tensor]:
-    """The inputs of every analysis, as the metric received them."""
-    seen: List[torch.Tensor] = []
-    original = callback.metric.update
-
-    def recording_update(model: Any, inputs: torch.Tensor) -> None:
-        seen.append(inputs.detach().clone())
-        original(model, inputs)
-
-    monkeypatch.setattr(callback.metric, "update", recording_update)
-    return seen
-
-
 def test_a_one_epoch_fit_without_a_logger_fills_callback_metrics(monkeypatch: pytest.MonkeyPatch) -> None:
     L.seed_everything(0, verbose=False)
     callback = _user_callback()
-    seen = _recorded(callback, monkeypatch)
+    seen = recorded_inputs(callback.metric, monkeypatch)
     model = TinyRegressor()
     trainer = quiet_trainer(max_epochs=1, callbacks=[callback])
     with warnings.catch_warnings():
