@@ -60,7 +60,9 @@ class LieGGCallback(Callback):
     **Cost.** With ``max_samples="auto"`` the first analysis of a fit prices its parts on a few
     samples and fixes the samples per analysis so that the monitor spends about ``overhead`` of the
     training time; when ``every_n_epochs`` is left unset the budget may also thin the analyses, and
-    what it changes is said in one line. The docs' guide to the callback gives the whole rule.
+    what it changes is said in one line. However short the fit, its last validation run is analysed
+    when that costs under ``overhead`` × 5 s (0.5 s by default). The docs' guide to the callback
+    gives the whole rule.
 
     **Never harm.** Derivatives come from ``torch.autograd.grad`` on a copy of the input; buffers,
     random states (torch, ``random``, NumPy) and compiled graphs are left as they were; the model's
