@@ -22,6 +22,7 @@ __all__ = [
     "MIN_BATCHES",
     "Plan",
     "Prices",
+    "SHORT_FIT_SECONDS",
     "Schedule",
     "TIMING_SAMPLES",
     "UNMEASURED_SHARE",
@@ -31,6 +32,8 @@ __all__ = [
     "make_plan",
     "may_draw_now",
     "price_line",
+    "refuses_fit",
+    "short_fit_allowance",
     "stride_that_fits",
 ]
 
@@ -45,6 +48,9 @@ TIMING_SAMPLES = 32
 #: Batches an analysis takes at least (when there are as many), so an ordered validation set is
 #: sampled all over.
 MIN_BATCHES = 8
+#: Seconds of training every fit is granted a budget for at least: a short fit still gets its last
+#: validation analysed when that costs under ``overhead`` times this (0.5 s at the default 0.1).
+SHORT_FIT_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -207,6 +213,23 @@ def make_plan(prices: Prices, fit: FitShape, overhead: float, may_thin: bool) ->
     cost = analysed * prices.per_batch + samples * prices.per_sample + prices.solve
     return Plan(samples=max(samples, 1), batch_stride=batch_stride, epoch_stride=epoch_stride, budget=budget,
                 cost=cost, smallest=smallest)
+
+
+def short_fit_allowance(overhead: float) -> float:
+    """Seconds any fit may spend on one analysis and what it pays once, however short its training."""
+    return overhead * SHORT_FIT_SECONDS
+
+
+def refuses_fit(smallest: float, reserved: float, overhead: float, fit_training: float) -> bool:
+    """Whether even one analysis is refused during a fit of ``fit_training`` seconds of training.
+
+    Refused only when the smallest analysis is over ``overhead`` of the whole fit's training and,
+    with ``reserved`` (what it brings besides: the run's last picture), also over
+    :func:`short_fit_allowance`. So a short fit still sees its last validation analysed when that
+    is cheap in seconds, and what it pays beyond ``overhead`` is at most the allowance (with the
+    one-time checks and pricing, which are paid before this is known).
+    """
+    return smallest > overhead * fit_training and smallest + reserved > short_fit_allowance(overhead)
 
 
 def every_that_fits(cost: float, interval: float, overhead: float, every: int) -> int:

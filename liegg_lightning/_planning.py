@@ -7,9 +7,12 @@ processes (every collective here is reached by every process) and says what it d
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import math
 import time
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Union
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple, Union
 
 import lightning.pytorch as pl
 import torch
@@ -30,21 +33,21 @@ from liegg_lightning._cost import (
     every_that_fits,
     make_plan,
     may_draw_now,
+    refuses_fit,
+    short_fit_allowance,
 )
 from liegg_lightning._errors import InputError
-from liegg_lightning._pricing import estimate_solve, measure_prices
+from liegg_lightning._pricing import Quote, estimate_solve, measure_prices
 from liegg_lightning._state import preserved_state
 from liegg_lightning.functional.polarization import choose_derivative, describe_derivative
+from liegg_lightning.metric import LieGGMetric
 
-if TYPE_CHECKING:
-    from liegg_lightning.callback import LieGGCallback
-
-__all__ = ["DRAW_PRIOR", "Planner", "agree_any", "probe_of", "spread"]
+__all__ = ["DRAW_PRIOR", "PlanOptions", "Planner", "probe_of", "spread"]
 
 #: Seconds one set of pictures is assumed to take before the first one was timed; also reserved at
 #: the plan for the run's last picture, which is always drawn.
 DRAW_PRIOR = 0.15
-_MODES = ("reverse", "forward")
+Model = Callable[[Tensor], Any]
 
 
 def spread(inputs: Tensor, count: int) -> Tensor:
@@ -61,17 +64,12 @@ def probe_of(inputs: Tensor, device: torch.device) -> Tensor:
     return spread(inputs, TIMING_SAMPLES).detach().to(device).clone()
 
 
-def _agree_max(trainer: pl.Trainer, values: List[float]) -> List[float]:
-    """The largest of ``values`` over the processes (one all-reduce, which every process must reach)."""
+def _agree(trainer: pl.Trainer, quote: Quote) -> Quote:
+    """The quote every process agrees on (one all-reduce, which every process must reach)."""
     if trainer.world_size <= 1:
-        return [float(v) for v in values]
-    local = torch.tensor(values, dtype=torch.float64, device=trainer.strategy.root_device)
-    return [float(v) for v in trainer.strategy.reduce(local, reduce_op="max")]
-
-
-def agree_any(trainer: pl.Trainer, flag: bool) -> bool:
-    """Whether ``flag`` holds on any process (one all-reduce, which every process must reach)."""
-    return _agree_max(trainer, [float(flag)])[0] > 0
+        return quote
+    local = quote.to_tensor(trainer.strategy.root_device)
+    return Quote.from_tensor(trainer.strategy.reduce(local, reduce_op="max"))
 
 
 def _validation_spacing(trainer: pl.Trainer) -> float:
@@ -83,11 +81,39 @@ def _validation_spacing(trainer: pl.Trainer) -> float:
     return min(float(check) / per_epoch, 1.0) * every if every is not None else float(check) / per_epoch
 
 
-class Planner:
-    """One callback's budget: the fit's :class:`Ledger`, the :class:`Schedule` and the :class:`Plan`."""
+@dataclass(frozen=True)
+class PlanOptions:
+    """The callback's options the budget reads.
 
-    def __init__(self, callback: LieGGCallback) -> None:
-        self.callback = callback
+    Attributes:
+        every_n_epochs: The cadence the user set; ``None`` leaves it to the budget (every epoch at most).
+        overhead: The share of the training time the monitor may spend.
+        prefix: Prefix of the logged names (which monitors watch them).
+        input_key: Which element of a batch is the input.
+        dataloader_idx: The analysed validation dataloaders; ``None``: all.
+        draws: Pictures are drawn when the fit has loggers (the run's last one is reserved for).
+    """
+
+    every_n_epochs: Optional[int] = None
+    overhead: float = 0.1
+    prefix: str = "liegg/"
+    input_key: Union[int, str] = 0
+    dataloader_idx: Optional[Tuple[int, ...]] = None
+    draws: bool = True
+
+
+class Planner:
+    """One callback's budget: the fit's :class:`Ledger`, the :class:`Schedule` and the :class:`Plan`.
+
+    Args:
+        options: The callback's options the budget reads.
+        metric: The metric an analysis fills (priced on a probe; its derivative mode is fixed here).
+    """
+
+    def __init__(self, options: PlanOptions, metric: LieGGMetric) -> None:
+        self.options, self.metric = options, metric
+        self._model: Optional[Model] = None  # the function analysed, from setup
+        self._cuda: Tuple[int, ...] = ()  # CUDA devices whose random states every extra pass keeps
         #: The clock every fit's ledger reads (seconds); a test may fix it.
         self.clock: Callable[[], float] = time.perf_counter
         self.ledger = Ledger()
@@ -106,17 +132,23 @@ class Planner:
     @property
     def every(self) -> int:
         """Epochs between two requested analyses."""
-        return 1 if self.callback.every_n_epochs is None else self.callback.every_n_epochs
+        return 1 if self.options.every_n_epochs is None else self.options.every_n_epochs
 
     @property
     def may_thin(self) -> bool:
         """The budget may analyse less often: the cadence was left at its default and nothing monitors it."""
-        return self.callback.every_n_epochs is None and not self.monitored
+        return self.options.every_n_epochs is None and not self.monitored
+
+    def setup(self, trainer: pl.Trainer, stage: str, model: Model, cuda_devices: Sequence[int]) -> None:
+        """The function analysed and the devices it runs on; in ``fit``, which monitors need the cadence."""
+        self._model, self._cuda = model, tuple(cuda_devices)
+        if stage == "fit":
+            self.monitored = self.check_monitors(trainer)
 
     def check_monitors(self, trainer: pl.Trainer) -> bool:
         """Callbacks that monitor a logged value must see it on the epochs they check it; True if any does."""
         monitored = False
-        every, prefix = self.every, self.callback.prefix
+        every, prefix = self.every, self.options.prefix
         for cb in trainer.callbacks:  # type: ignore[attr-defined]
             monitor = getattr(cb, "monitor", None)
             if not isinstance(monitor, str) or not monitor.startswith(prefix):
@@ -126,9 +158,9 @@ class Planner:
                 raise ValueError(
                     f"{type(cb).__name__} monitors {monitor!r}, but LieGGCallback(every_n_epochs=0) never logs it."
                 )
-            if isinstance(cb, ModelCheckpoint) and cb._every_n_epochs and cb._every_n_epochs % every != 0:
+            if isinstance(cb, ModelCheckpoint) and cb.every_n_epochs and cb.every_n_epochs % every != 0:
                 raise ValueError(
-                    f"ModelCheckpoint(monitor={monitor!r}) checks every {cb._every_n_epochs} epoch(s), but "
+                    f"ModelCheckpoint(monitor={monitor!r}) checks every {cb.every_n_epochs} epoch(s), but "
                     f"LieGGCallback logs it every {every}: set ModelCheckpoint(every_n_epochs={every}) "
                     "(or a multiple of it)."
                 )
@@ -161,9 +193,35 @@ class Planner:
         """An analysis begins."""
         self._spent_at_start = self.ledger.spent
 
+    def start_validation(self) -> None:
+        """A validation run of ``fit`` begins: its time is not training."""
+        self.ledger.start_validation()
+
+    def end_validation(self) -> None:
+        """A validation run of ``fit`` ends."""
+        self.ledger.end_validation()
+
+    def batch_trained(self) -> None:
+        """A training batch ended."""
+        self.ledger.batch_trained()
+
+    @contextlib.contextmanager
+    def charged(self) -> Iterator[None]:
+        """Charge the enclosed work (on the training loop's thread) to this fit's monitor."""
+        with self.ledger.charged():
+            yield
+
+    def drawing_account(self) -> Callable[[float], None]:
+        """What charges pictures' seconds (from any thread) to this fit, even when they finish after it."""
+        return self.ledger.add_drawing
+
+    def saving_account(self) -> Callable[[float], None]:
+        """What charges report files' seconds (from any thread) to this fit."""
+        return self.ledger.add_saving
+
     def analysed_batches(self, counts: Sequence[Union[int, float]]) -> int:
         """Batches of the analysed dataloaders, from the Trainer's counts."""
-        selected = self.callback.dataloader_idx
+        selected = self.options.dataloader_idx
         indices = range(len(counts)) if selected is None else selected
         return sum(int(counts[i]) for i in indices if i < len(counts) and math.isfinite(counts[i]))
 
@@ -192,12 +250,12 @@ class Planner:
 
     def budget_left(self) -> float:
         """Seconds of budget this fit has not spent yet."""
-        return self.callback.overhead * self.ledger.training_time() - self.ledger.cost()
+        return self.options.overhead * self.ledger.training_time() - self.ledger.cost()
 
     def may_draw(self) -> bool:
         """Whether a picture fits the budget now, leaving room for the run's last one."""
         return may_draw_now(self.ledger.cost(), self.ledger.expected_drawing(DRAW_PRIOR),
-                            self.callback.overhead * self.ledger.training_time())
+                            self.options.overhead * self.ledger.training_time())
 
     # ------------------------------------------------------------------ the plan
 
@@ -210,98 +268,91 @@ class Planner:
         """Without a sanity check: the first batch of the first analysed dataloader, its RNG draws undone."""
         loaders = trainer.val_dataloaders
         loaders = list(loaders) if isinstance(loaders, (list, tuple)) else [loaders]
-        index = 0 if self.callback.dataloader_idx is None else self.callback.dataloader_idx[0]
+        index = 0 if self.options.dataloader_idx is None else self.options.dataloader_idx[0]
         if loaders is None or index >= len(loaders) or loaders[index] is None:
             return None
         with preserved_state(pl_module):
             batch = next(iter(loaders[index]), None)
         if batch is None:
             return None
-        inputs = extract_input(batch, self.callback.input_key)
-        self.callback.action.validate_input(inputs)
+        inputs = extract_input(batch, self.options.input_key)
+        self.metric.action.validate_input(inputs)
         self.keep_probe(probe_of(inputs, pl_module.device), inputs.shape[0])
         return self._probe
 
-    def _local_prices(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> List[float]:
-        """This process's prices as one vector for the all-reduce: [failed, priced, 2 per mode, 4 others, rows]."""
-        cb = self.callback
+    def _local_quote(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Quote:
+        """This process's prices, before the processes agree on them."""
         try:
             probe = self._probe if self._probe is not None else self._fetch_probe(trainer, pl_module)
             if probe is None or probe.shape[0] == 0:
-                return [0.0, 0.0] + [-math.inf] * 9
+                return Quote()
+            model, overhead = self._model or pl_module, self.options.overhead
             fit_training = self.ledger.steady_training_time() + self._training_left(
                 trainer, self.ledger.steady_training_time())
-            solve = estimate_solve(cb.action.num_generators, cb.metric.num_groups, probe.device)
-            if self.may_thin and solve > cb.overhead * fit_training:  # the solve alone is over the whole budget
-                with preserved_state(pl_module, cb._cuda_devices):
-                    rows = cb.metric.rows_per_sample(cb._forward or pl_module, probe[:2].clone())
-                return [0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, solve, float(rows)]
-            measured = measure_prices(cb.metric, cb._forward or pl_module, probe, pl_module, cb._cuda_devices,
-                                      ANALYSIS_SHARE * cb.overhead * fit_training, solve)
+            solve = estimate_solve(self.metric.action.num_generators, self.metric.num_groups, probe.device)
+            if self.may_thin and solve > max(overhead * fit_training, short_fit_allowance(overhead)):
+                # the solve alone is over the whole budget: refused below, without timing a derivative pass
+                with preserved_state(pl_module, self._cuda):
+                    rows = self.metric.rows_per_sample(model, probe[:2].clone())
+                return Quote(priced=True, reverse_call=0.0, reverse_sample=0.0, forward_call=0.0, forward_sample=0.0,
+                             accumulate_call=0.0, accumulate_sample=0.0, keep_state=0.0, solve=solve,
+                             rows_per_sample=float(rows))
+            measured = measure_prices(self.metric, model, probe, pl_module, self._cuda,
+                                      ANALYSIS_SHARE * overhead * fit_training, solve)
         except InputError:
             raise
         except Exception as err:
             rank_zero_warn(f"LieGGCallback: pricing the analysis failed ({err!r}).")
             measured = None
-        if measured is None:
-            return [1.0, 0.0] + [-math.inf] * 9
-        timed, others, rows_per_sample = measured
-        per_mode = [v for mode in _MODES for v in timed.get(mode, (math.inf, math.inf))]
-        return [0.0, 1.0, *per_mode, *others, float(rows_per_sample)]
+        return Quote(failed=True) if measured is None else measured
 
     def make_plan(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> bool:
         """Price, agree and fix the plan on every process; whether this validation run is analysed."""
         started = time.perf_counter()
         try:
-            local = self._local_prices(trainer, pl_module)
+            local = self._local_quote(trainer, pl_module)
         except InputError as err:
             rank_zero_warn(f"LieGGCallback: the validation data does not fit the metric ({err}); no analysis "
                            "during this fit. The training goes on.")
-            local = [1.0, 0.0] + [-math.inf] * 9
-        steady = self.ledger.steady_training_time()
-        counts = trainer.num_val_batches
-        batches = self.analysed_batches(counts)
-        size = float(self._batch_size)
-        agreed = _agree_max(trainer, [*local, -steady, float(batches), size])
-        failed, priced, prices_and_rows = agreed[0] > 0, agreed[1] > 0, agreed[2:11]
-        if failed:
+            local = Quote(failed=True)
+        local = dataclasses.replace(local, steady=self.ledger.steady_training_time(),
+                                    batches=float(self.analysed_batches(trainer.num_val_batches)),
+                                    batch_size=float(self._batch_size))
+        agreed = _agree(trainer, local)
+        if agreed.failed:
             self.schedule = Schedule(0)  # every process switches off together
             rank_zero_warn("LieGGCallback: the model could not be analysed on at least one process; "
                            "no analysis during this fit.")
             return False
-        if not priced:
+        if not agreed.priced:
             return False  # no process had inputs: priced at the next analysed run
-        return self._fix_plan(trainer, prices_and_rows, -agreed[11], int(agreed[12]), int(agreed[13]), started)
+        return self._fix_plan(trainer, agreed, started)
 
-    def _fix_plan(self, trainer: pl.Trainer, agreed: List[float], steady: float, batches: int, batch_size: int,
-                  started: float) -> bool:
-        cb = self.callback
-        rc, rs, fc, fs, acc_call, acc_sample, keep, solve, rows = agreed
-        n = TIMING_SAMPLES
-        seconds = {mode: call + n * sample for mode, call, sample in (("reverse", rc, rs), ("forward", fc, fs))
-                   if math.isfinite(call + n * sample)}
-        m = cb.action.num_generators
-        mode = choose_derivative(cb.metric.derivative, m, int(rows), seconds)
+    def _fix_plan(self, trainer: pl.Trainer, agreed: Quote, started: float) -> bool:
+        overhead, m = self.options.overhead, self.metric.action.num_generators
+        seconds = agreed.probe_seconds()
+        mode = choose_derivative(self.metric.derivative, m, int(agreed.rows_per_sample), seconds)
         if mode not in seconds:  # the mode failed on some process: every process switches off together
             self.schedule = Schedule(0)
             rank_zero_warn(f"LieGGCallback: the {mode}-mode derivative pass failed on at least one process; no "
                            "analysis during this fit.")
             return False
-        cb.metric.fix_derivative(mode)
-        call, sample = (rc, rs) if mode == "reverse" else (fc, fs)
-        prices = Prices(call, sample, acc_call, acc_sample, keep, solve)
-        one_time = self.ledger.cost() + time.perf_counter() - started
-        one_time += DRAW_PRIOR if cb.log_images and trainer.loggers else 0.0
-        interval = self._interval(trainer, steady)
-        remaining = self._training_left(trainer, steady) if steady > 0 else math.inf
-        shape = FitShape(interval, remaining, one_time, batches, batch_size, int(rows), m)
-        plan = make_plan(prices, shape, cb.overhead, self.may_thin)
-        whole = cb.overhead * (interval + remaining)
-        if self.may_thin and math.isfinite(remaining) and plan.smallest > whole:
+        self.metric.fix_derivative(mode)
+        prices = agreed.prices(mode)
+        picture = DRAW_PRIOR if self.options.draws and trainer.loggers else 0.0  # the run's last, always drawn
+        one_time = self.ledger.cost() + time.perf_counter() - started + picture
+        interval = self._interval(trainer, agreed.steady)
+        remaining = self._training_left(trainer, agreed.steady) if agreed.steady > 0 else math.inf
+        shape = FitShape(interval, remaining, one_time, int(agreed.batches), int(agreed.batch_size),
+                         int(agreed.rows_per_sample), m)
+        plan = make_plan(prices, shape, overhead, self.may_thin)
+        if self.may_thin and math.isfinite(remaining) and refuses_fit(plan.smallest, picture, overhead,
+                                                                      interval + remaining):
             self.schedule = Schedule(0)
             rank_zero_warn(
                 f"LieGGCallback: one analysis would cost at least {plan.smallest:.2f} s, more than this fit's whole "
-                f"budget ({whole:.2f} s, `overhead={cb.overhead:g}`): no analysis during `fit`. Call "
+                f"budget ({overhead * (interval + remaining):.2f} s, `overhead={overhead:g}`, or "
+                f"{short_fit_allowance(overhead):.2f} s for a short fit): no analysis during `fit`. Call "
                 "`trainer.validate()` after it (always analysed), or allow more (`overhead`)."
             )
             return False
@@ -338,30 +389,30 @@ class Planner:
         return f"the validation runs of epochs {listed}{runs}{thinned}"
 
     def _say(self, trainer: pl.Trainer, shape: FitShape, prices: Prices, mode: str, seconds: Dict[str, float]) -> None:
-        plan, cb = self.plan, self.callback
+        plan, overhead = self.plan, self.options.overhead
         assert plan is not None
         timed = ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in seconds.items()) or "not timed"
         every = f", every {plan.batch_stride} batches" if plan.batch_stride > 1 else ""
         rank_zero_info(
             f"LieGGCallback: {plan.samples} samples per analysis (of {shape.batches * shape.batch_size}{every}), "
             f"about {plan.cost * 1e3:.0f} ms for {shape.interval * plan.epoch_stride:.2f} s of training between "
-            f"analyses (`overhead={cb.overhead:g}`); analysed: {self._cadence(trainer)}; derivative: "
-            f"{describe_derivative(mode, shape.num_generators, shape.rows_per_sample, cb.metric.output_mode)} "
+            f"analyses (`overhead={overhead:g}`); analysed: {self._cadence(trainer)}; derivative: "
+            f"{describe_derivative(mode, shape.num_generators, shape.rows_per_sample, self.metric.output_mode)} "
             f"({timed} on {TIMING_SAMPLES} samples)."
         )
         if plan.fits:
             return
         if not self.may_thin:
-            fits = every_that_fits(plan.cost, shape.interval / self.every, cb.overhead, 1)
+            fits = every_that_fits(plan.cost, shape.interval / self.every, overhead, 1)
             rank_zero_warn(
                 f"LieGGCallback: the smallest analysis ({plan.samples} samples, {plan.cost * 1e3:.0f} ms) costs more "
-                f"than the {max(plan.budget, 0) * 1e3:.0f} ms `overhead={cb.overhead:g}` leaves each; the cadence is "
-                f"kept ({'as you set it' if cb.every_n_epochs is not None else 'a monitor needs it'}). "
+                f"than the {max(plan.budget, 0) * 1e3:.0f} ms `overhead={overhead:g}` leaves each; the cadence is "
+                f"kept ({'as you set it' if self.options.every_n_epochs is not None else 'a monitor needs it'}). "
                 f"`every_n_epochs={fits}` or a larger `overhead` would stay within it."
             )
-        else:
-            rank_zero_warn(
-                f"LieGGCallback: this fit is short for `overhead={cb.overhead:g}`: what it pays once (the sanity "
+        else:  # what the defaults promise a short fit: said, not warned about
+            rank_zero_info(
+                f"LieGGCallback: this fit is short for `overhead={overhead:g}`: what it pays once (the sanity "
                 f"check, the plan and the last picture, {shape.one_time * 1e3:.0f} ms) takes most of its budget. "
                 f"One analysis ({plan.cost * 1e3:.0f} ms) comes all the same, at the fit's end. Allow more "
                 "(`overhead`) to analyse more often."
@@ -374,14 +425,14 @@ class Planner:
             return
         cost = self.ledger.spent - self._spent_at_start
         interval = self._interval(trainer, self.ledger.steady_training_time()) * self.schedule.stride
-        if interval <= 0 or cost <= self.callback.overhead * interval:
+        if interval <= 0 or cost <= self.options.overhead * interval:
             return
         self._warned_cost = True
-        every = every_that_fits(cost, interval, self.callback.overhead, self.every * self.schedule.stride)
+        every = every_that_fits(cost, interval, self.options.overhead, self.every * self.schedule.stride)
         rank_zero_warn(
             f"LieGGCallback: one analysis of {self.plan.samples} samples costs {cost * 1e3:.0f} ms, "
             f"{cost / interval:.0%} of the {interval:.2f} s of training between two analyses, over "
-            f"`overhead={self.callback.overhead:g}`. To stay within it, analyse less often: `every_n_epochs={every}`."
+            f"`overhead={self.options.overhead:g}`. To stay within it, analyse less often: `every_n_epochs={every}`."
         )
 
     # ------------------------------------------------------------------ checkpoint state

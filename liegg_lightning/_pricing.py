@@ -2,23 +2,25 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import sys
 import time
 import warnings
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 
-from liegg_lightning._cost import price_line
+from liegg_lightning._cost import TIMING_SAMPLES, Prices, price_line
 from liegg_lightning._errors import InputError
 from liegg_lightning._state import preserved_state
 from liegg_lightning.functional.polarization import choose_derivative
 from liegg_lightning.metric import LieGGMetric, fresh_metric
 
-__all__ = ["FORWARD_FIRST_USE", "estimate_solve", "forward_mode_loaded", "measure_prices", "modes_to_time"]
+__all__ = ["FORWARD_FIRST_USE", "Quote", "estimate_solve", "forward_mode_loaded", "measure_prices", "modes_to_time"]
 
 #: Seconds torch takes once per process to script its forward-mode decompositions at the first JVP
 #: (``docs/time_forward_first_use.py`` measures it): forward mode is timed only where a fit's
@@ -29,6 +31,82 @@ FORWARD_FIRST_USE = 0.5
 _SOLVE_PRICED_UP_TO = 256
 
 Model = Callable[[Tensor], Any]
+_UNKNOWN = -math.inf  # below every measured value: the largest over the processes ignores it
+#: Fields every process agrees on the least of (stored negated, so that one all-reduce of the largest does all).
+_AGREED_LEAST = frozenset({"steady"})
+
+
+@dataclass(frozen=True)
+class Quote:
+    """What one process found for the plan; the processes agree on it field by field in one all-reduce.
+
+    Every field is agreed as its largest value over the processes (``steady`` as its least), so a
+    failure or a slow part on any process counts for all. Unpriced parts are ``-inf`` (ignored by the
+    largest); a derivative mode that failed is ``inf`` (excluded wherever it failed).
+
+    Attributes:
+        failed: The model could not be analysed.
+        priced: Inputs were found and priced.
+        reverse_call: Reverse-mode derivative pass, seconds per call.
+        reverse_sample: Reverse-mode derivative pass, seconds per sample.
+        forward_call: Forward-mode derivative pass, seconds per call.
+        forward_sample: Forward-mode derivative pass, seconds per sample.
+        accumulate_call: Adding rows to the Gram matrix, seconds per call.
+        accumulate_sample: Adding rows to the Gram matrix, seconds per sample.
+        keep_state: Saving and restoring the model's state around a batch, seconds.
+        solve: One solve at the end of an analysis, seconds.
+        rows_per_sample: Polarization rows one sample gives.
+        steady: Seconds of steady training so far (agreed on the least).
+        batches: Validation batches an analysis may take from.
+        batch_size: Samples in one validation batch.
+    """
+
+    failed: bool = False
+    priced: bool = False
+    reverse_call: float = _UNKNOWN
+    reverse_sample: float = _UNKNOWN
+    forward_call: float = _UNKNOWN
+    forward_sample: float = _UNKNOWN
+    accumulate_call: float = _UNKNOWN
+    accumulate_sample: float = _UNKNOWN
+    keep_state: float = _UNKNOWN
+    solve: float = _UNKNOWN
+    rows_per_sample: float = _UNKNOWN
+    steady: float = 0.0
+    batches: float = 0.0
+    batch_size: float = 0.0
+
+    def to_tensor(self, device: torch.device) -> Tensor:
+        """The fields in order as float64, ``steady`` negated: the largest over processes agrees them all."""
+        values = [getattr(self, f.name) for f in dataclasses.fields(self)]
+        signs = [-1.0 if f.name in _AGREED_LEAST else 1.0 for f in dataclasses.fields(self)]
+        return torch.tensor([s * float(v) for s, v in zip(signs, values)], dtype=torch.float64, device=device)
+
+    @classmethod
+    def from_tensor(cls, tensor: Tensor) -> Quote:
+        """The quote :meth:`to_tensor` wrote (after any all-reduce of the largest)."""
+        values: Dict[str, Any] = {}
+        for f, v in zip(dataclasses.fields(cls), tensor.detach().cpu().tolist()):
+            v = -v if f.name in _AGREED_LEAST else v
+            values[f.name] = v > 0 if f.type in (bool, "bool") else float(v)
+        return cls(**values)
+
+    def mode_prices(self, mode: str) -> Tuple[float, float]:
+        """Seconds per call and per sample of the derivative pass in ``mode``."""
+        if mode == "reverse":
+            return self.reverse_call, self.reverse_sample
+        return self.forward_call, self.forward_sample
+
+    def probe_seconds(self) -> Dict[str, float]:
+        """Seconds each derivative mode that worked everywhere takes on the timing probe."""
+        seconds = {mode: call + TIMING_SAMPLES * sample
+                   for mode, (call, sample) in ((m, self.mode_prices(m)) for m in ("reverse", "forward"))}
+        return {mode: value for mode, value in seconds.items() if math.isfinite(value)}
+
+    def prices(self, mode: str) -> Prices:
+        """The cost model's prices with the derivative pass in ``mode``."""
+        call, sample = self.mode_prices(mode)
+        return Prices(call, sample, self.accumulate_call, self.accumulate_sample, self.keep_state, self.solve)
 
 
 def forward_mode_loaded() -> bool:
@@ -99,7 +177,7 @@ def _time_solve(scratch: LieGGMetric, device: torch.device, estimate: float) -> 
 
 def _time_overheads(
     metric: LieGGMetric, rows: Any, probe: Tensor, module: nn.Module, cuda: Sequence[int], solve: float
-) -> List[float]:
+) -> Dict[str, float]:
     """Seconds of the accumulation (per call, per sample), the kept state per batch and one solve."""
     scratch = fresh_metric(metric).place_on(probe.device)
     n, device = probe.shape[0], probe.device
@@ -118,7 +196,8 @@ def _time_overheads(
             pass
 
     state = min(_timed(device, keep_state)[0] for _ in range(2))
-    return [acc_call, acc_sample, state, _time_solve(scratch, device, solve)]
+    return {"accumulate_call": acc_call, "accumulate_sample": acc_sample, "keep_state": state,
+            "solve": _time_solve(scratch, device, solve)}
 
 
 def modes_to_time(
@@ -146,7 +225,7 @@ def modes_to_time(
 def measure_prices(
     metric: LieGGMetric, model: Model, probe: Tensor, module: nn.Module, cuda: Sequence[int],
     analysis_seconds: float, solve: float,
-) -> Optional[Tuple[Dict[str, Tuple[float, float]], List[float], int]]:
+) -> Optional[Quote]:
     """Price one analysis of ``metric`` on ``probe`` (this process only: the caller agrees across processes).
 
     Args:
@@ -160,10 +239,10 @@ def measure_prices(
             is not timed (large algebras).
 
     Returns:
-        ``(modes, others, rows_per_sample)``: per-call and per-sample seconds of each timed
-        derivative mode (``inf`` where it failed), ``[accumulate_call, accumulate_sample,
-        keep_state, solve]`` with the fastest mode's rows, and the rows one sample gives. ``None``
-        when every mode failed. ``InputError`` (a configuration error) is raised.
+        A priced :class:`Quote` (without the fit's numbers): per-call and per-sample seconds of each
+        timed derivative mode (``inf`` where it failed), the accumulation of the fastest mode's rows,
+        the kept state, the solve and the rows one sample gives. ``None`` when every mode failed.
+        ``InputError`` (a configuration error) is raised.
     """
     with preserved_state(module, cuda):
         rows_per_sample = metric.rows_per_sample(model, probe[:2].clone())
@@ -187,4 +266,8 @@ def measure_prices(
     if not finite:
         return None
     best = min(finite, key=lambda mode: timed[mode][0] + probe.shape[0] * timed[mode][1])
-    return timed, _time_overheads(metric, rows[best], probe, module, cuda, solve), rows_per_sample
+    # a mode not timed here counts as failed, as one that raised: no process plans with a mode another never ran
+    parts: Dict[str, Any] = {f"{mode}_{part}": value for mode in ("reverse", "forward")
+                             for part, value in zip(("call", "sample"), timed.get(mode, (math.inf, math.inf)))}
+    parts.update(_time_overheads(metric, rows[best], probe, module, cuda, solve))
+    return Quote(priced=True, rows_per_sample=float(rows_per_sample), **parts)

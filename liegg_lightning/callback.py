@@ -21,7 +21,7 @@ from liegg_lightning._errors import InputError
 from liegg_lightning._history import History
 from liegg_lightning._loggers import save_report
 from liegg_lightning._pictures import queue_pictures
-from liegg_lightning._planning import Planner, agree_any, probe_of, spread
+from liegg_lightning._planning import Planner, PlanOptions, probe_of, spread
 from liegg_lightning._state import cuda_devices_of, preserved_state
 from liegg_lightning._worker import Worker
 from liegg_lightning.actions import GroupAction
@@ -60,7 +60,9 @@ class LieGGCallback(Callback):
     **Cost.** With ``max_samples="auto"`` the first analysis of a fit prices its parts on a few
     samples and fixes the samples per analysis so that the monitor spends about ``overhead`` of the
     training time; when ``every_n_epochs`` is left unset the budget may also thin the analyses, and
-    what it changes is said in one line. The docs' guide to the callback gives the whole rule.
+    what it changes is said in one line. However short the fit, its last validation run is analysed
+    when that costs under ``overhead`` × 5 s (0.5 s by default). The docs' guide to the callback
+    gives the whole rule.
 
     **Never harm.** Derivatives come from ``torch.autograd.grad`` on a copy of the input; buffers,
     random states (torch, ``random``, NumPy) and compiled graphs are left as they were; the model's
@@ -136,7 +138,10 @@ class LieGGCallback(Callback):
         self.record = History()
         #: The last analysis: a report, or with the metric's ``layers`` a dict ``layer -> report``.
         self.last_report: Optional[Union[SymmetryReport, Dict[str, SymmetryReport]]] = None
-        self.planner = Planner(self)
+        self.planner = Planner(PlanOptions(
+            every_n_epochs=every_n_epochs, overhead=self.overhead, prefix=prefix, input_key=input_key,
+            dataloader_idx=None if self.dataloader_idx is None else tuple(self.dataloader_idx), draws=log_images,
+        ), self.metric)
         self._worker = Worker()
         self._analysing = False  # this validation/test run is analysed
         self._pass_failed = False  # a derivative pass of this run raised (agreed at its end)
@@ -170,8 +175,6 @@ class LieGGCallback(Callback):
                 f"Two LieGGCallbacks share the prefix {self.prefix!r}: their values would mix. "
                 "Give each its own `prefix` (e.g. 'liegg_images/')."
             )
-        if stage == "fit":
-            self.planner.monitored = self.planner.check_monitors(trainer)
         if self.layer is not None and self.metric.layer_actions is not None:
             raise ValueError("Expected either the callback's `layer` or the metric's `layers`, got both.")
         modules = dict(pl_module.named_modules())
@@ -184,6 +187,7 @@ class LieGGCallback(Callback):
                              f"{' ...' if len(names) > 30 else ''}.")
         self._forward = pl_module if self.layer is None else layer_output_fn(pl_module, self.layer)
         self._cuda_devices = cuda_devices_of(pl_module)
+        self.planner.setup(trainer, stage, self._forward, self._cuda_devices)  # in fit, also checks the monitors
         self.metric.place_on(pl_module.device)
         self._checked_loaders, self._off_loaders = set(), set()
         self._worker.reopen()
@@ -202,7 +206,7 @@ class LieGGCallback(Callback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        self.planner.ledger.batch_trained()
+        self.planner.batch_trained()
 
     # ------------------------------------------------------------------ one analysis
     def _should_skip(self, trainer: pl.Trainer) -> bool:
@@ -217,10 +221,10 @@ class LieGGCallback(Callback):
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         fitting = trainer.state.fn == "fit" and not trainer.sanity_checking
         if fitting:
-            self.planner.ledger.start_validation()
+            self.planner.start_validation()
         self._analysing = not self._should_skip(trainer)
         if self._analysing and fitting and self.max_samples == "auto" and self.planner.plan is None:
-            with self.planner.ledger.charged():
+            with self.planner.charged():
                 self._analysing = self.planner.make_plan(trainer, pl_module)  # every rank: it agrees
         if not self._analysing:
             return
@@ -265,7 +269,7 @@ class LieGGCallback(Callback):
         inputs = spread(inputs, self._per_batch or inputs.shape[0])[: None if cap is None else cap - self._seen]
         inputs = inputs.detach().to(pl_module.device).clone()  # the model never sees the loop's tensor
         try:
-            with self.planner.ledger.charged(), preserved_state(pl_module, self._cuda_devices):
+            with self.planner.charged(), preserved_state(pl_module, self._cuda_devices):
                 self.metric.update(self._forward or pl_module, inputs)
         except InputError as err:
             self._configuration_error(trainer, err, dataloader_idx)
@@ -293,7 +297,7 @@ class LieGGCallback(Callback):
         if idx in self._checked_loaders or (self.dataloader_idx is not None and idx not in self.dataloader_idx):
             return
         self._checked_loaders.add(idx)
-        with self.planner.ledger.charged():
+        with self.planner.charged():
             inputs = extract_input(batch, self.input_key)
             self.action.validate_input(inputs)
             if inputs.shape[0] == 0:
@@ -312,16 +316,17 @@ class LieGGCallback(Callback):
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         fitting = trainer.state.fn == "fit" and not trainer.sanity_checking
         if fitting:
-            self.planner.ledger.end_validation()
+            self.planner.end_validation()
         if not self._analysing:
             if fitting:  # no analysis this time: a stale value must not count as a new one for EarlyStopping
                 for key in [k for k in trainer.callback_metrics if k.startswith(self.prefix)]:
                     trainer.callback_metrics.pop(key, None)
             return
         self._analysing = False
-        if agree_any(trainer, self._pass_failed):  # every rank skips the solve's collectives together
+        # every rank skips the solve's collectives together
+        if trainer.strategy.reduce_boolean_decision(self._pass_failed, all=False):
             return
-        with self.planner.ledger.charged():
+        with self.planner.charged():
             reports = self._solve_and_log(trainer, pl_module)
         if reports is None:
             return
@@ -352,7 +357,7 @@ class LieGGCallback(Callback):
             for name, layer_report in reports.items():
                 job = functools.partial(save_report, list(trainer.loggers), layer_report,
                                         f"liegg/{self._report_name(stage, trainer, name)}")
-                self._worker.write(job, self.planner.ledger.add_saving)
+                self._worker.write(job, self.planner.saving_account())
         return reports
 
     def _report_name(self, stage: str, trainer: pl.Trainer, layer: str) -> str:
@@ -370,7 +375,7 @@ class LieGGCallback(Callback):
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         # before Lightning finalises the loggers; a stalled logger costs a warning, not the run's time
         wait = max(self.planner.budget_left(), _LEAST_WAIT)
-        pending = self._worker.finish(wait, self.planner.ledger.add_drawing)
+        pending = self._worker.finish(wait, self.planner.drawing_account())
         if pending:
             rank_zero_warn(
                 f"LieGGCallback: {pending} picture or report job(s) still running after {wait:.1f} s; not waiting "

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, List, Optional
 
 import lightning as L
 import torch
@@ -60,6 +60,19 @@ class O5DataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.val, batch_size=self.batch_size)
+
+
+def recorded_inputs(metric: Any, monkeypatch: Any) -> List[torch.Tensor]:
+    """The inputs of every ``metric.update`` from now on, as the metric received them (the update still runs)."""
+    seen: List[torch.Tensor] = []
+    original = metric.update
+
+    def recording_update(model: Any, inputs: torch.Tensor) -> None:
+        seen.append(inputs.detach().clone())
+        original(model, inputs)
+
+    monkeypatch.setattr(metric, "update", recording_update)
+    return seen
 
 
 def quiet_trainer(**kwargs: Any) -> L.Trainer:

@@ -33,8 +33,10 @@ from liegg_lightning._cost import (
     make_plan,
     may_draw_now,
     price_line,
+    refuses_fit,
+    short_fit_allowance,
 )
-from liegg_lightning._pricing import modes_to_time
+from liegg_lightning._pricing import Quote, modes_to_time
 from liegg_lightning._worker import Worker
 
 ACTION = VectorAction(dim=5, components=2)  # m = 25 generators; TinyRegressor has 3 outputs
@@ -190,6 +192,47 @@ def test_forward_mode_is_tried_only_where_its_first_use_can_pay_off(
     assert modes_to_time(metric, rows_per_sample=8, analysis_seconds=seconds, forward_loaded=loaded) == expected
     # one mode needs over 4x the passes of the other: only that one is timed
     assert modes_to_time(metric, rows_per_sample=200, analysis_seconds=40.0, forward_loaded=True) == ["forward"]
+
+
+@pytest.mark.parametrize(("smallest", "reserved", "fit_training", "refused"), [
+    (0.010, 0.15, 0.14, False),  # a 10 ms analysis on a 0.14 s fit: over 10 % of it, but cheap in seconds
+    (0.010, 0.00, 10.0, False),  # within 10 % of a long fit
+    (0.400, 0.15, 0.14, True),  # with its picture over the 0.5 s allowance, and over 10 % of the fit
+    (0.400, 0.15, 5.0, False),  # the same on a fit whose 10 % holds it
+    (30.0, 0.00, 3.0, True),  # a huge algebra (a 30 s solve) on a 3 s fit
+])
+def test_a_short_fit_is_refused_only_an_analysis_that_is_costly_in_seconds(
+    smallest: float, reserved: float, fit_training: float, refused: bool
+) -> None:
+    assert short_fit_allowance(0.1) == pytest.approx(0.5)
+    assert refuses_fit(smallest, reserved, 0.1, fit_training) is refused
+    assert refuses_fit(smallest, reserved, 1e-6, fit_training)  # a tiny overhead the user set leaves no allowance
+
+
+def test_the_quote_crosses_processes_by_name_and_agrees_on_the_slowest() -> None:
+    import torch
+
+    fast = Quote(priced=True, reverse_call=0.001, reverse_sample=0.002, forward_call=math.inf, forward_sample=math.inf,
+                 accumulate_call=0.003, accumulate_sample=0.004, keep_state=0.005, solve=0.006, rows_per_sample=3.0,
+                 steady=2.0, batches=4.0, batch_size=64.0)
+    slow = Quote(priced=True, reverse_call=0.010, reverse_sample=0.001, forward_call=0.1, forward_sample=0.1,
+                 accumulate_call=0.001, accumulate_sample=0.008, keep_state=0.002, solve=0.030, rows_per_sample=3.0,
+                 steady=1.5, batches=4.0, batch_size=63.0)
+    unpriced = Quote()  # a process without inputs
+    assert Quote.from_tensor(fast.to_tensor(torch.device("cpu"))) == fast
+    # what an all-reduce of the largest does to the three processes' tensors
+    stacked = torch.stack([q.to_tensor(torch.device("cpu")) for q in (fast, slow, unpriced)])
+    agreed = Quote.from_tensor(stacked.max(dim=0).values)
+    assert agreed == Quote(priced=True, reverse_call=0.010, reverse_sample=0.002, forward_call=math.inf,
+                           forward_sample=math.inf, accumulate_call=0.003, accumulate_sample=0.008, keep_state=0.005,
+                           solve=0.030, rows_per_sample=3.0, steady=0.0, batches=4.0, batch_size=64.0)
+    # forward mode failed on one process: no process plans with it
+    assert set(agreed.probe_seconds()) == {"reverse"}
+    assert agreed.probe_seconds()["reverse"] == pytest.approx(0.010 + 32 * 0.002)
+    assert agreed.prices("reverse") == Prices(0.010, 0.002, 0.003, 0.008, 0.005, 0.030)
+    # a failure anywhere is a failure everywhere
+    failed = torch.stack([fast.to_tensor(torch.device("cpu")), Quote(failed=True).to_tensor(torch.device("cpu"))])
+    assert Quote.from_tensor(failed.max(dim=0).values).failed
 
 
 def test_the_cost_model_imports_neither_torch_nor_lightning() -> None:
