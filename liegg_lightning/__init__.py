@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from liegg_lightning import algebras
+from liegg_lightning._state import in_analysis
 from liegg_lightning.actions import (
     GroupAction,
     ImageAction,
@@ -39,6 +40,7 @@ __all__ = [
     "VolumeAction",
     "algebras",
     "analyze",
+    "in_analysis",
 ]
 
 

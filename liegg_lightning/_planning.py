@@ -32,6 +32,7 @@ from liegg_lightning._cost import (
     may_draw_now,
 )
 from liegg_lightning._errors import InputError
+from liegg_lightning._history import is_logged_name
 from liegg_lightning._pricing import estimate_solve, measure_prices
 from liegg_lightning._state import preserved_state
 from liegg_lightning.functional.polarization import choose_derivative
@@ -119,16 +120,18 @@ class Planner:
         every, prefix = self.every, self.callback.prefix
         for cb in trainer.callbacks:  # type: ignore[attr-defined]
             monitor = getattr(cb, "monitor", None)
-            if not isinstance(monitor, str) or not monitor.startswith(prefix):
+            # the callback's exact names only: with prefix="val/" a user's "val/loss" is not ours
+            if not isinstance(monitor, str) or not monitor.startswith(prefix) or not is_logged_name(
+                    monitor[len(prefix):], self.callback.metric.layer_names):
                 continue
             monitored = True
             if every == 0:
                 raise ValueError(
                     f"{type(cb).__name__} monitors {monitor!r}, but LieGGCallback(every_n_epochs=0) never logs it."
                 )
-            if isinstance(cb, ModelCheckpoint) and cb._every_n_epochs and cb._every_n_epochs % every != 0:
+            if isinstance(cb, ModelCheckpoint) and cb.every_n_epochs and cb.every_n_epochs % every != 0:
                 raise ValueError(
-                    f"ModelCheckpoint(monitor={monitor!r}) checks every {cb._every_n_epochs} epoch(s), but "
+                    f"ModelCheckpoint(monitor={monitor!r}) checks every {cb.every_n_epochs} epoch(s), but "
                     f"LieGGCallback logs it every {every}: set ModelCheckpoint(every_n_epochs={every}) "
                     "(or a multiple of it)."
                 )
@@ -145,7 +148,7 @@ class Planner:
     def start_fit(self, trainer: pl.Trainer) -> None:
         """A fit begins: fresh clocks; a plan carries over only from the checkpoint it resumes."""
         self.ledger = Ledger(self.clock)
-        if not self._loaded:
+        if not (self._loaded and self.may_thin):  # a saved plan only where the cadence was left to the budget
             self.plan = None
             self.schedule = Schedule(self.every)
         self._loaded = False

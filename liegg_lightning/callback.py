@@ -6,6 +6,7 @@ import functools
 import inspect
 import math
 import re
+import time
 from typing import Any, Callable, Dict, List, Literal, Optional, Union
 
 import lightning.pytorch as pl
@@ -17,10 +18,12 @@ from typing_extensions import override
 
 from liegg_lightning._batches import extract_input
 from liegg_lightning._checks import check_callback_arguments
+from liegg_lightning._cost import FitShape
 from liegg_lightning._errors import InputError
-from liegg_lightning._history import History
+from liegg_lightning._evaluation import EvaluationBudget
+from liegg_lightning._history import History, is_logged_name, shown_report
 from liegg_lightning._loggers import save_report
-from liegg_lightning._pictures import queue_pictures
+from liegg_lightning._pictures import logged_step, orbit_on_every_rank, picture_job
 from liegg_lightning._planning import Planner, agree_any, probe_of, spread
 from liegg_lightning._state import cuda_devices_of, preserved_state
 from liegg_lightning._worker import Worker
@@ -43,6 +46,11 @@ def _adds_nothing(metric: LieGGMetric, option: str, value: Any) -> bool:
     default = inspect.Parameter.empty if parameter is None else parameter.default
     return value is None or any(value is v or (type(value) is type(v) and value == v)
                                 for v in (default, getattr(metric, option, inspect.Parameter.empty)))
+
+
+def _file_prefix(prefix: str) -> str:
+    """The prefix as report files carry it: safe characters only."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", prefix).strip("-") or "liegg"
 
 
 class LieGGCallback(Callback):
@@ -75,9 +83,11 @@ class LieGGCallback(Callback):
             for dict batches; a bare tensor batch is the input itself.
         layer: Name of a submodule (as in ``named_modules()``) whose output is analysed instead
             of the model's.
-        every_n_epochs: Analyse after every this many epochs of training during ``fit``, at the
-            first validation run at or past each; ``0`` disables the analysis during ``fit``.
-            ``None`` (default): every epoch, and the budget may analyse less often.
+        every_n_epochs: Analyse the validation runs of every this many-th training epoch during
+            ``fit``, counted as ``ModelCheckpoint(every_n_epochs=...)`` counts them (with ``2``:
+            epochs 1, 3, 5, ... from 0); ``0`` disables the analysis during ``fit``. ``None``
+            (default): every epoch, and the budget may analyse less often. A value you set also
+            wins over the cadence saved in a checkpoint the fit resumes from.
         overhead: The share of the training time the monitor may spend with ``max_samples="auto"``.
         max_samples: ``"auto"`` (fixed at the first analysis from ``overhead``), an int cap per
             analysis and process, or ``None`` for every validation sample.
@@ -149,6 +159,10 @@ class LieGGCallback(Callback):
         self._example_input: Optional[Tensor] = None
         self._forward: Optional[Callable[[Tensor], Any]] = None
         self._cuda_devices: List[int] = []
+        self._logged: Dict[str, float] = {}  # this run's logged values, to find another logger of the same names
+        self._clashes: set = set()
+        self._evaluation_batches: Optional[int] = None  # batches of a validate()/test() without a plan
+        self._evaluation: Optional[EvaluationBudget] = None
 
     @property
     @override
@@ -169,6 +183,12 @@ class LieGGCallback(Callback):
             raise ValueError(
                 f"Two LieGGCallbacks share the prefix {self.prefix!r}: their values would mix. "
                 "Give each its own `prefix` (e.g. 'liegg_images/')."
+            )
+        clash = [c.prefix for c in others if _file_prefix(c.prefix) == _file_prefix(self.prefix)]
+        if clash:
+            raise ValueError(
+                f"The LieGGCallback prefixes {self.prefix!r} and {clash[0]!r} write report files of the same names "
+                f"({_file_prefix(self.prefix)}-report_...): give them prefixes that differ in letters or digits."
             )
         if stage == "fit":
             self.planner.monitored = self.planner.check_monitors(trainer)
@@ -236,6 +256,10 @@ class LieGGCallback(Callback):
         # batches the Trainer cannot count (a stream): the plan's samples in all, from the first batches
         self._cap = self.max_samples if isinstance(self.max_samples, int) else (
             plan.samples if plan is not None and batches == 0 else None)
+        # validate()/test() that no fit planned for: a budget of their own (the floor, and a share of their time)
+        evaluating = trainer.state.fn in ("validate", "test") and self.max_samples == "auto" and plan is None
+        self._evaluation_batches = batches if evaluating else None
+        self._evaluation = None
 
     @override
     def on_validation_batch_start(
@@ -254,16 +278,13 @@ class LieGGCallback(Callback):
         stride = 1 if self.planner.plan is None else self.planner.plan.batch_stride
         if index % stride or (cap is not None and self._seen >= cap):
             return
-        try:
-            inputs = extract_input(batch, self.input_key)
-            self.action.validate_input(inputs)
-        except InputError as err:
-            self._configuration_error(trainer, err, dataloader_idx)
+        inputs = self._inputs_of(trainer, batch, dataloader_idx)
+        count = 0 if inputs is None else self._samples_of(trainer, pl_module, index, inputs)
+        if inputs is None or count == 0:
             return
-        if inputs.shape[0] == 0:
-            return  # an empty batch adds nothing
-        inputs = spread(inputs, self._per_batch or inputs.shape[0])[: None if cap is None else cap - self._seen]
+        inputs = spread(inputs, count)[: None if cap is None else cap - self._seen]
         inputs = inputs.detach().to(pl_module.device).clone()  # the model never sees the loop's tensor
+        started = time.perf_counter()
         try:
             with self.planner.ledger.charged(), preserved_state(pl_module, self._cuda_devices):
                 self.metric.update(self._forward or pl_module, inputs)
@@ -275,8 +296,33 @@ class LieGGCallback(Callback):
             rank_zero_warn(f"LieGGCallback: the derivative pass failed ({err!r}); this analysis is skipped.")
             return
         self._seen += inputs.shape[0]
+        if self._evaluation is not None:
+            self._evaluation.charge(time.perf_counter() - started, inputs.shape[0])
         if self.log_images and self._example_input is None:  # the orbit picture's input
             self._example_input = inputs[0].detach().to("cpu", torch.float32).clone()
+
+    def _inputs_of(self, trainer: pl.Trainer, batch: Any, dataloader_idx: int) -> Optional[Tensor]:
+        """The batch's input, checked; ``None`` for an empty batch (it adds nothing) or one that does not fit."""
+        try:
+            inputs = extract_input(batch, self.input_key)
+            self.action.validate_input(inputs)
+        except InputError as err:
+            self._configuration_error(trainer, err, dataloader_idx)
+            return None
+        return inputs if inputs.shape[0] else None
+
+    def _samples_of(self, trainer: pl.Trainer, pl_module: pl.LightningModule, index: int, inputs: Tensor) -> int:
+        """How many samples of this batch to analyse (spread over it)."""
+        if self._evaluation_batches is None:
+            return self._per_batch or inputs.shape[0]
+        if self._evaluation is None:  # validate/test without a plan: the floor needs the rows one sample gives
+            with self.planner.ledger.charged(), preserved_state(pl_module, self._cuda_devices):
+                rows = self.metric.rows_per_sample(self._forward or pl_module, inputs[:1].detach().clone())
+            floor = FitShape(0.0, 0.0, 0.0, 0, 0, rows, self.action.num_generators).floor_samples
+            self._evaluation = EvaluationBudget(self.overhead, self._evaluation_batches, floor,
+                                                adaptive=trainer.world_size == 1)
+            rank_zero_info(self._evaluation.describe(trainer.state.fn or "validate", trainer.world_size == 1))
+        return self._evaluation.samples_for(index, inputs.shape[0])
 
     def _configuration_error(self, trainer: pl.Trainer, err: InputError, dataloader_idx: int) -> None:
         """Before training: raise. During it: one loud warning, and that dataloader is switched off."""
@@ -315,7 +361,7 @@ class LieGGCallback(Callback):
             self.planner.ledger.end_validation()
         if not self._analysing:
             if fitting:  # no analysis this time: a stale value must not count as a new one for EarlyStopping
-                for key in [k for k in trainer.callback_metrics if k.startswith(self.prefix)]:
+                for key in [k for k in trainer.callback_metrics if self._owns(k)]:
                     trainer.callback_metrics.pop(key, None)
             return
         self._analysing = False
@@ -327,9 +373,53 @@ class LieGGCallback(Callback):
             return
         if fitting:
             self.planner.analysed(trainer)
-        if trainer.is_global_zero and self.log_images and trainer.loggers:
-            must_draw = not fitting or self.record.emerged()  # validate/test, and the moment of emergence
-            queue_pictures(self, trainer, pl_module, reports, must_draw)
+        if self.log_images and trainer.loggers:
+            self._pictures(trainer, pl_module, reports, must_draw=not fitting or self.record.emerged())
+
+    @override
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Lightning mixes two values logged under one name (the model's `self.log("liegg/nullity")` and
+        # ours): what it kept differs from what was logged; say so once per name
+        logged, self._logged = self._logged, {}
+        kept = trainer.callback_metrics
+        clashes = [k for k, v in logged.items() if k in kept and k not in self._clashes
+                   and not math.isclose(float(kept[k]), v, rel_tol=1e-5, abs_tol=1e-30)]
+        if clashes:
+            self._clashes.update(clashes)
+            rank_zero_warn(
+                f"LieGGCallback: something else logs {', '.join(clashes)} too (the LightningModule or another "
+                f"callback), and Lightning mixes the two values. Rename those, or give the callback another `prefix`."
+            )
+
+    on_test_end = on_validation_end
+
+    def _owns(self, key: str) -> bool:
+        """Whether a logged name is one of this callback's fit values (never just a string prefix of it)."""
+        return key.startswith(self.prefix) and is_logged_name(key[len(self.prefix):], self.metric.layer_names)
+
+    def _pictures(self, trainer: pl.Trainer, pl_module: pl.LightningModule, reports: Dict[str, SymmetryReport],
+                  must_draw: bool) -> None:
+        """Run the orbit's passes on every rank; rank zero draws now, in the background, or at the run's end.
+
+        Every rank runs them, or none: a collective in the model's forward must see them all. The
+        drawing waits for the run's end when the budget has no room for it.
+        """
+        with self.planner.ledger.charged():
+            orbit = orbit_on_every_rank(trainer, pl_module, self._forward or pl_module, self.action,
+                                        self._example_input, shown_report(reports), self.metric.output_transform,
+                                        self._cuda_devices, pl_module.device)
+        if not trainer.is_global_zero:
+            return
+        job = picture_job(list(trainer.loggers), logged_step(trainer), reports, self.action,
+                          {"spectra": self.spectra, "labels": self.labels}, self._example_input, orbit,
+                          self.log_generators, self.prefix)
+        ledger = self.planner.ledger
+        if not must_draw and not self.planner.may_draw():
+            self._worker.defer(job)  # drawn at the run's end unless a later one is drawn first
+        elif self.background_drawing:
+            self._worker.draw(job, ledger.add_drawing)
+        else:  # in the loop's thread, timed as a drawing so that the next one is priced by it
+            Worker.timed(job, ledger.add_drawing)()
 
     def _solve_and_log(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Optional[Dict[str, SymmetryReport]]:
         """Solve on every rank, log the values, keep the history; rank zero queues the report files."""
@@ -346,6 +436,7 @@ class LieGGCallback(Callback):
         defined = {scope + name: value for name, value in values.items() if math.isfinite(value)}
         if defined:  # undefined values are not logged; `batch_size=1` spares Lightning a search of the batch
             pl_module.log_dict(defined, on_step=False, on_epoch=True, sync_dist=False, batch_size=1)
+        self._logged = defined
         if self.verbose:
             rank_zero_info(f"LieGG {self.describe().splitlines()[-1]}")
         if self.save_reports and trainer.loggers and trainer.is_global_zero:
@@ -356,7 +447,7 @@ class LieGGCallback(Callback):
         return reports
 
     def _report_name(self, stage: str, trainer: pl.Trainer, layer: str) -> str:
-        prefix = re.sub(r"[^A-Za-z0-9_.-]+", "-", self.prefix).strip("-") or "liegg"
+        prefix = _file_prefix(self.prefix)
         where = f"_layer-{re.sub(r'[^A-Za-z0-9_.-]+', '-', layer)}" if layer != MODEL_OUTPUT else ""
         return (f"{prefix}-report_{stage}_epoch{trainer.current_epoch:04d}_step{trainer.global_step:07d}_"
                 f"{len(self.history):04d}{where}.json")
@@ -380,6 +471,10 @@ class LieGGCallback(Callback):
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self._worker.stop()  # never delay an exception: nothing queued is drawn or sent after it
+
+    def __getstate__(self) -> Dict[str, Any]:
+        # the forward of a `layer` is a local function (it does not pickle); `setup` makes it again
+        return {**self.__dict__, "_forward": None}
 
     # ------------------------------------------------------------------ checkpoint state
     @override

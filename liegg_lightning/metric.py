@@ -666,7 +666,10 @@ class LieGGMetric(Metric):
             return self._compute_layers()
         num_samples = int(self.num_samples)
         if num_samples <= 0:
-            raise ValueError("LieGGMetric has no samples to solve: call `update` with at least one finite sample.")
+            skipped = int(self.num_skipped)
+            raise ValueError(f"every one of the {skipped} samples gave non-finite outputs or derivatives (NaN or "
+                             "infinite: has the model diverged?); nothing to solve." if skipped else
+                             "LieGGMetric has no samples to solve: call `update` with at least one finite sample.")
         m = self.gram.shape[0]
         if float(self.num_rows) < m:
             rank_zero_warn(
