@@ -159,7 +159,7 @@ class LieGGCallback(Callback):
         self._example_input: Optional[Tensor] = None
         self._forward: Optional[Callable[[Tensor], Any]] = None
         self._cuda_devices: List[int] = []
-        self._logged: Dict[str, float] = {}  # this run's logged values, to find another logger of the same names
+        self._logged = False  # this validation run logged values (else any of our names was logged by another)
         self._clashes: set = set()
         self._evaluation_batches: Optional[int] = None  # batches of a validate()/test() without a plan
         self._evaluation: Optional[EvaluationBudget] = None
@@ -321,7 +321,8 @@ class LieGGCallback(Callback):
             floor = FitShape(0.0, 0.0, 0.0, 0, 0, rows, self.action.num_generators).floor_samples
             self._evaluation = EvaluationBudget(self.overhead, self._evaluation_batches, floor,
                                                 adaptive=trainer.world_size == 1)
-            rank_zero_info(self._evaluation.describe(trainer.state.fn or "validate", trainer.world_size == 1))
+            stage = "test" if trainer.state.fn == "test" else "validate"
+            rank_zero_info(self._evaluation.describe(stage, trainer.world_size == 1))
         return self._evaluation.samples_for(index, inputs.shape[0])
 
     def _configuration_error(self, trainer: pl.Trainer, err: InputError, dataloader_idx: int) -> None:
@@ -378,17 +379,18 @@ class LieGGCallback(Callback):
 
     @override
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # Lightning mixes two values logged under one name (the model's `self.log("liegg/nullity")` and
-        # ours): what it kept differs from what was logged; say so once per name
-        logged, self._logged = self._logged, {}
-        kept = trainer.callback_metrics
-        clashes = [k for k, v in logged.items() if k in kept and k not in self._clashes
-                   and not math.isclose(float(kept[k]), v, rel_tol=1e-5, abs_tol=1e-30)]
+        # one of our names after a run we logged nothing in (the sanity check, an epoch without an
+        # analysis: our stale values were removed) was logged by someone else, and Lightning keeps one
+        # value per name: say so once per name
+        logged, self._logged = self._logged, False
+        if logged:
+            return
+        clashes = [k for k in trainer.callback_metrics if self._owns(k) and k not in self._clashes]
         if clashes:
             self._clashes.update(clashes)
             rank_zero_warn(
                 f"LieGGCallback: something else logs {', '.join(clashes)} too (the LightningModule or another "
-                f"callback), and Lightning mixes the two values. Rename those, or give the callback another `prefix`."
+                "callback), and Lightning keeps one value per name. Rename yours or change `prefix`."
             )
 
     on_test_end = on_validation_end
@@ -436,7 +438,7 @@ class LieGGCallback(Callback):
         defined = {scope + name: value for name, value in values.items() if math.isfinite(value)}
         if defined:  # undefined values are not logged; `batch_size=1` spares Lightning a search of the batch
             pl_module.log_dict(defined, on_step=False, on_epoch=True, sync_dist=False, batch_size=1)
-        self._logged = defined
+        self._logged = True
         if self.verbose:
             rank_zero_info(f"LieGG {self.describe().splitlines()[-1]}")
         if self.save_reports and trainer.loggers and trainer.is_global_zero:
