@@ -684,3 +684,17 @@ def test_the_callback_pickles_after_a_fit_with_a_layer() -> None:
     copy = pickle.loads(pickle.dumps(callback))
     assert copy.history == callback.history
     assert copy.layer == "net.0"
+
+
+@pytest.mark.slow
+def test_a_collective_in_forward_never_hangs_two_processes_with_pictures_on(tmp_path: Path) -> None:
+    # the orbit picture's passes run on every rank (or none): a model in FSDP, ZeRO-3 or SyncBatchNorm
+    # would otherwise wait at its collective until the process group's timeout
+    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, str(TESTS / "scripts" / "ddp_collective.py"), str(tmp_path)],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0] == ranks[1]  # the same passes on both: every collective was met
+    assert ranks[0]["epochs"] == [0, 1]
+    assert ranks[0]["collectives"]["callback"] > 0
