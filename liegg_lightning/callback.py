@@ -70,10 +70,12 @@ class LieGGCallback(Callback):
     training time; when ``every_n_epochs`` is left unset the budget may also thin the analyses, and
     what it changes is said in one line. The docs' guide to the callback gives the whole rule.
 
-    **Never harm.** Derivatives come from ``torch.autograd.grad`` on a copy of the input; buffers,
-    random states (torch, ``random``, NumPy) and compiled graphs are left as they were; the model's
-    mode is the loop's. Configuration errors raise before the first training step; anything found
-    later becomes one warning and switches that part off.
+    **Never harm.** Derivatives come from ``torch.autograd.grad`` on a copy of the input; buffers
+    (restored by name), random states (torch, ``random``, NumPy, and the generators a module holds)
+    and compiled graphs are left as they were; the model's mode is the loop's. Every rank runs the
+    same extra forward passes, and :func:`~liegg_lightning.in_analysis` is True inside them.
+    Configuration errors raise before the first training step; anything found later becomes one
+    warning and switches that part off.
 
     Args:
         metric: What to measure: a :class:`~liegg_lightning.LieGGMetric`, or a bare
