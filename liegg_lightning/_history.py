@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Iterable, List
+from typing import Any, Dict, List
 
 import torch
 from torch import Tensor
@@ -12,29 +12,10 @@ from liegg_lightning.functional.drift import generator_drift
 from liegg_lightning.functional.layers import MODEL_OUTPUT
 from liegg_lightning.report import SymmetryReport
 
-__all__ = ["DRIFT_WORTH_DRAWING", "History", "is_logged_name", "shown_report"]
+__all__ = ["DRIFT_WORTH_DRAWING", "History", "shown_report"]
 
 #: Sine of the angle (about 6 degrees) the learned subspace must turn by for a picture whatever the budget.
 DRIFT_WORTH_DRAWING = 0.1
-#: The names the callback logs after its prefix (and a layer's name): the report's summary, the
-#: sample count and the drift; families of names end in "/" and take the known generator's (or
-#: transformation's) name after them.
-LOGGED_NAMES = frozenset({
-    "symmetry_variance", "symmetry_variance_stderr", "normalized_variance", "relative_variance", "nullity",
-    "closure_error", "symmetry_bias", "subspace_bias", "border_share", "num_samples", "generator_drift",
-})
-LOGGED_FAMILIES = ("variance/", "transform/")
-
-
-def is_logged_name(name: str, layers: Iterable[str] = ()) -> bool:
-    """Whether ``name`` (the part after the prefix) is one the callback logs during ``fit``.
-
-    Monitors and the clean-up of stale values match these exact names, never a string prefix,
-    so that a user's own ``val/loss`` is never taken for the callback's with ``prefix="val/"``.
-    """
-    candidates = [name] + [name[len(layer) + 1:] for layer in layers if name.startswith(f"{layer}/")]
-    return any(c in LOGGED_NAMES or any(c.startswith(f) and len(c) > len(f) for f in LOGGED_FAMILIES)
-               for c in candidates)
 
 
 def shown_report(reports: Dict[str, SymmetryReport]) -> SymmetryReport:

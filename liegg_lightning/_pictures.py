@@ -1,7 +1,7 @@
-"""The callback's pictures: the orbit curves, computed on the loop's thread, and the job that draws and sends.
+"""The callback's jobs for the worker: pictures (the orbit curves computed on the loop's thread) and report files.
 
-Both take plain values (the forward, the example input, the reports, the history): nothing here
-reads the callback.
+Everything here takes plain values (the forward, the example input, the reports, the history):
+nothing reads the callback.
 """
 
 from __future__ import annotations
@@ -14,15 +14,16 @@ import torch
 from lightning.pytorch.loggers import Logger
 from torch import Tensor, nn
 
-from liegg_lightning._history import shown_report
-from liegg_lightning._loggers import log_pictures
+from liegg_lightning._history import History, shown_report
+from liegg_lightning._loggers import log_pictures, save_report
 from liegg_lightning._state import preserved_state
+from liegg_lightning._worker import Worker
 from liegg_lightning.actions import GroupAction
 from liegg_lightning.functional.layers import MODEL_OUTPUT
 from liegg_lightning.rendering import orbit_outputs
 from liegg_lightning.report import SymmetryReport
 
-__all__ = ["logged_step", "orbit_on_every_rank", "picture_job"]
+__all__ = ["logged_step", "orbit_on_every_rank", "picture_job", "queue_pictures", "queue_report_files"]
 
 
 def logged_step(trainer: pl.Trainer) -> int:
@@ -64,7 +65,7 @@ def picture_job(
     step: int,
     reports: Dict[str, SymmetryReport],
     action: GroupAction,
-    history: Dict[str, Any],
+    history: History,
     example: Optional[Tensor],
     orbit: Optional[Dict[str, Any]],
     num_generators: int,
@@ -77,15 +78,33 @@ def picture_job(
         step: The step they are logged at.
         reports: This analysis' reports by layer (the model's output under its own key).
         action: The input's group action.
-        history: ``{"spectra": [...], "labels": [...]}`` of every analysis so far.
+        history: The analyses so far (their spectra and labels are drawn).
         example: The orbit picture's input.
         orbit: Its outputs along the orbits, from :func:`orbit_on_every_rank`.
         num_generators: How many leading generators to draw.
         prefix: Prefix of every tag.
     """
-    labels = list(history["labels"])
+    labels = list(history.labels)
     return functools.partial(
-        log_pictures, loggers, step, shown_report(reports), action, spectra=list(history["spectra"]),
+        log_pictures, loggers, step, shown_report(reports), action, spectra=list(history.spectra),
         labels=labels, example_input=example, orbit=orbit, num_generators=num_generators, prefix=prefix,
         layers=reports if len(reports) > 1 or MODEL_OUTPUT not in reports else None, caption=labels[-1],
     )
+
+
+def queue_pictures(worker: Worker, job: Callable[[], Any], on_drawn: Callable[[float], None], *, now: bool,
+                   background: bool) -> None:
+    """Draw ``job`` now (in the background or on this thread), or keep it for the run's end."""
+    if not now:
+        worker.defer(job)  # drawn at the run's end unless a later one is drawn first
+    elif background:
+        worker.draw(job, on_drawn)
+    else:  # in the loop's thread, timed as a drawing so that the next one is priced by it
+        Worker.timed(job, on_drawn)()
+
+
+def queue_report_files(worker: Worker, loggers: List[Logger], reports: Dict[str, SymmetryReport],
+                       names: Dict[str, str], on_saved: Callable[[float], None]) -> None:
+    """Write each layer's report into every logger's run directory, in the background, under ``names[layer]``."""
+    for layer, report in reports.items():
+        worker.write(functools.partial(save_report, loggers, report, f"liegg/{names[layer]}"), on_saved)

@@ -32,7 +32,7 @@ from liegg_lightning._cost import (
     may_draw_now,
 )
 from liegg_lightning._errors import InputError
-from liegg_lightning._history import is_logged_name
+from liegg_lightning._names import is_logged_name
 from liegg_lightning._pricing import estimate_solve, measure_prices
 from liegg_lightning._state import preserved_state
 from liegg_lightning.functional.polarization import choose_derivative

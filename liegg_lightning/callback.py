@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import functools
 import inspect
 import math
-import re
-import time
 from typing import Any, Callable, Dict, List, Literal, Optional, Union
 
 import lightning.pytorch as pl
@@ -16,14 +13,13 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
+from liegg_lightning import _names
 from liegg_lightning._batches import extract_input
 from liegg_lightning._checks import check_callback_arguments
-from liegg_lightning._cost import FitShape
 from liegg_lightning._errors import InputError
 from liegg_lightning._evaluation import EvaluationBudget
-from liegg_lightning._history import History, is_logged_name, shown_report
-from liegg_lightning._loggers import save_report
-from liegg_lightning._pictures import logged_step, orbit_on_every_rank, picture_job
+from liegg_lightning._history import History, shown_report
+from liegg_lightning._pictures import logged_step, orbit_on_every_rank, picture_job, queue_pictures, queue_report_files
 from liegg_lightning._planning import Planner, agree_any, probe_of, spread
 from liegg_lightning._state import cuda_devices_of, preserved_state
 from liegg_lightning._worker import Worker
@@ -48,11 +44,6 @@ def _adds_nothing(metric: LieGGMetric, option: str, value: Any) -> bool:
                                 for v in (default, getattr(metric, option, inspect.Parameter.empty)))
 
 
-def _file_prefix(prefix: str) -> str:
-    """The prefix as report files carry it: safe characters only."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", prefix).strip("-") or "liegg"
-
-
 class LieGGCallback(Callback):
     r"""Find the symmetries a network has learned, and how invariant it is to them, at validation time.
 
@@ -70,12 +61,11 @@ class LieGGCallback(Callback):
     training time; when ``every_n_epochs`` is left unset the budget may also thin the analyses, and
     what it changes is said in one line. The docs' guide to the callback gives the whole rule.
 
-    **Never harm.** Derivatives come from ``torch.autograd.grad`` on a copy of the input; buffers
-    (restored by name), random states (torch, ``random``, NumPy, and the generators a module holds)
-    and compiled graphs are left as they were; the model's mode is the loop's. Every rank runs the
-    same extra forward passes, and :func:`~liegg_lightning.in_analysis` is True inside them.
-    Configuration errors raise before the first training step; anything found later becomes one
-    warning and switches that part off.
+    **Never harm.** Derivatives come from ``torch.autograd.grad`` on a copy of the input; buffers (by
+    name), random states (global, and the generators modules hold) and compiled graphs are left as
+    they were; every rank runs the same extra passes (:func:`~liegg_lightning.in_analysis` is True in
+    them). Configuration errors raise before the first training step; anything found later becomes
+    one warning and switches that part off.
 
     Args:
         metric: What to measure: a :class:`~liegg_lightning.LieGGMetric`, or a bare
@@ -85,11 +75,9 @@ class LieGGCallback(Callback):
             for dict batches; a bare tensor batch is the input itself.
         layer: Name of a submodule (as in ``named_modules()``) whose output is analysed instead
             of the model's.
-        every_n_epochs: Analyse the validation runs of every this many-th training epoch during
-            ``fit``, counted as ``ModelCheckpoint(every_n_epochs=...)`` counts them (with ``2``:
-            epochs 1, 3, 5, ... from 0); ``0`` disables the analysis during ``fit``. ``None``
-            (default): every epoch, and the budget may analyse less often. A value you set also
-            wins over the cadence saved in a checkpoint the fit resumes from.
+        every_n_epochs: Analyse the validation runs of every this many-th epoch of ``fit``, counted
+            as ``ModelCheckpoint`` counts them (``2``: epochs 1, 3, 5, ...); ``0``: none. ``None``
+            (default): every epoch, and the budget (or a resumed checkpoint's plan) may thin them.
         overhead: The share of the training time the monitor may spend with ``max_samples="auto"``.
         max_samples: ``"auto"`` (fixed at the first analysis from ``overhead``), an int cap per
             analysis and process, or ``None`` for every validation sample.
@@ -163,7 +151,6 @@ class LieGGCallback(Callback):
         self._cuda_devices: List[int] = []
         self._logged = False  # this validation run logged values (else any of our names was logged by another)
         self._clashes: set = set()
-        self._evaluation_batches: Optional[int] = None  # batches of a validate()/test() without a plan
         self._evaluation: Optional[EvaluationBudget] = None
 
     @property
@@ -180,18 +167,8 @@ class LieGGCallback(Callback):
     # ------------------------------------------------------------------ set-up
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        others = [c for c in trainer.callbacks if isinstance(c, LieGGCallback) and c is not self]  # type: ignore[attr-defined]
-        if any(c.prefix == self.prefix for c in others):
-            raise ValueError(
-                f"Two LieGGCallbacks share the prefix {self.prefix!r}: their values would mix. "
-                "Give each its own `prefix` (e.g. 'liegg_images/')."
-            )
-        clash = [c.prefix for c in others if _file_prefix(c.prefix) == _file_prefix(self.prefix)]
-        if clash:
-            raise ValueError(
-                f"The LieGGCallback prefixes {self.prefix!r} and {clash[0]!r} write report files of the same names "
-                f"({_file_prefix(self.prefix)}-report_...): give them prefixes that differ in letters or digits."
-            )
+        _names.check_prefixes(self.prefix, [c.prefix for c in trainer.callbacks  # type: ignore[attr-defined]
+                                     if isinstance(c, LieGGCallback) and c is not self])
         if stage == "fit":
             self.planner.monitored = self.planner.check_monitors(trainer)
         if self.layer is not None and self.metric.layer_actions is not None:
@@ -259,9 +236,9 @@ class LieGGCallback(Callback):
         self._cap = self.max_samples if isinstance(self.max_samples, int) else (
             plan.samples if plan is not None and batches == 0 else None)
         # validate()/test() that no fit planned for: a budget of their own (the floor, and a share of their time)
-        evaluating = trainer.state.fn in ("validate", "test") and self.max_samples == "auto" and plan is None
-        self._evaluation_batches = batches if evaluating else None
-        self._evaluation = None
+        stage = "test" if trainer.state.fn == "test" else "validate"
+        self._evaluation = EvaluationBudget(self.overhead, batches, trainer.world_size == 1, stage, lambda: (
+            self.planner.ledger.spent)) if not fitting and self.max_samples == "auto" and plan is None else None
 
     @override
     def on_validation_batch_start(
@@ -281,12 +258,11 @@ class LieGGCallback(Callback):
         if index % stride or (cap is not None and self._seen >= cap):
             return
         inputs = self._inputs_of(trainer, batch, dataloader_idx)
-        count = 0 if inputs is None else self._samples_of(trainer, pl_module, index, inputs)
+        count = 0 if inputs is None else self._samples_of(pl_module, index, inputs)
         if inputs is None or count == 0:
             return
         inputs = spread(inputs, count)[: None if cap is None else cap - self._seen]
         inputs = inputs.detach().to(pl_module.device).clone()  # the model never sees the loop's tensor
-        started = time.perf_counter()
         try:
             with self.planner.ledger.charged(), preserved_state(pl_module, self._cuda_devices):
                 self.metric.update(self._forward or pl_module, inputs)
@@ -298,8 +274,6 @@ class LieGGCallback(Callback):
             rank_zero_warn(f"LieGGCallback: the derivative pass failed ({err!r}); this analysis is skipped.")
             return
         self._seen += inputs.shape[0]
-        if self._evaluation is not None:
-            self._evaluation.charge(time.perf_counter() - started, inputs.shape[0])
         if self.log_images and self._example_input is None:  # the orbit picture's input
             self._example_input = inputs[0].detach().to("cpu", torch.float32).clone()
 
@@ -313,19 +287,14 @@ class LieGGCallback(Callback):
             return None
         return inputs if inputs.shape[0] else None
 
-    def _samples_of(self, trainer: pl.Trainer, pl_module: pl.LightningModule, index: int, inputs: Tensor) -> int:
+    def _samples_of(self, pl_module: pl.LightningModule, index: int, inputs: Tensor) -> int:
         """How many samples of this batch to analyse (spread over it)."""
-        if self._evaluation_batches is None:
-            return self._per_batch or inputs.shape[0]
-        if self._evaluation is None:  # validate/test without a plan: the floor needs the rows one sample gives
+        if self._evaluation is not None and self._evaluation.floor is None:  # the floor needs a sample's rows
             with self.planner.ledger.charged(), preserved_state(pl_module, self._cuda_devices):
                 rows = self.metric.rows_per_sample(self._forward or pl_module, inputs[:1].detach().clone())
-            floor = FitShape(0.0, 0.0, 0.0, 0, 0, rows, self.action.num_generators).floor_samples
-            self._evaluation = EvaluationBudget(self.overhead, self._evaluation_batches, floor,
-                                                adaptive=trainer.world_size == 1)
-            stage = "test" if trainer.state.fn == "test" else "validate"
-            rank_zero_info(self._evaluation.describe(stage, trainer.world_size == 1))
-        return self._evaluation.samples_for(index, inputs.shape[0])
+            rank_zero_info(self._evaluation.start(rows, self.action.num_generators))
+        return self._evaluation.samples_for(index, inputs.shape[0], self._seen) if self._evaluation is not None \
+            else self._per_batch or inputs.shape[0]
 
     def _configuration_error(self, trainer: pl.Trainer, err: InputError, dataloader_idx: int) -> None:
         """Before training: raise. During it: one loud warning, and that dataloader is switched off."""
@@ -345,7 +314,8 @@ class LieGGCallback(Callback):
         with self.planner.ledger.charged():
             inputs = extract_input(batch, self.input_key)
             self.action.validate_input(inputs)
-            if inputs.shape[0] == 0:
+            # the trial pass runs on every rank or on none (a collective in the model must see them all)
+            if trainer.strategy.reduce_boolean_decision(inputs.shape[0] == 0, all=False):
                 return
             probe = probe_of(inputs, pl_module.device)
             self.planner.keep_probe(probe, inputs.shape[0])
@@ -364,7 +334,7 @@ class LieGGCallback(Callback):
             self.planner.ledger.end_validation()
         if not self._analysing:
             if fitting:  # no analysis this time: a stale value must not count as a new one for EarlyStopping
-                for key in [k for k in trainer.callback_metrics if self._owns(k)]:
+                for key in _names.owned_names(list(trainer.callback_metrics), self.prefix, self.metric.layer_names):
                     trainer.callback_metrics.pop(key, None)
             return
         self._analysing = False
@@ -376,54 +346,26 @@ class LieGGCallback(Callback):
             return
         if fitting:
             self.planner.analysed(trainer)
-        if self.log_images and trainer.loggers:
-            self._pictures(trainer, pl_module, reports, must_draw=not fitting or self.record.emerged())
+        if self.log_images and trainer.loggers:  # every rank: the orbit's passes run on all of them or none
+            with self.planner.ledger.charged():
+                orbit = orbit_on_every_rank(trainer, pl_module, self._forward or pl_module, self.action,
+                                            self._example_input, shown_report(reports), self.metric.output_transform,
+                                            self._cuda_devices, pl_module.device)
+            if trainer.is_global_zero:  # validate/test, and the moment of emergence, whatever the budget
+                job = picture_job(list(trainer.loggers), logged_step(trainer), reports, self.action, self.record,
+                                  self._example_input, orbit, self.log_generators, self.prefix)
+                queue_pictures(self._worker, job, self.planner.ledger.add_drawing, background=self.background_drawing,
+                               now=not fitting or self.record.emerged() or self.planner.may_draw())
 
     @override
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # one of our names after a run we logged nothing in (the sanity check, an epoch without an
-        # analysis: our stale values were removed) was logged by someone else, and Lightning keeps one
-        # value per name: say so once per name
-        logged, self._logged = self._logged, False
-        if logged:
-            return
-        clashes = [k for k in trainer.callback_metrics if self._owns(k) and k not in self._clashes]
+        # our names after a run we logged nothing in (our stale values removed) were logged by someone else
+        metrics, self._logged = {} if self._logged else trainer.callback_metrics, False
+        clashes = _names.new_clashes(metrics, self.prefix, self.metric.layer_names, self._clashes)
         if clashes:
-            self._clashes.update(clashes)
-            rank_zero_warn(
-                f"LieGGCallback: something else logs {', '.join(clashes)} too (the LightningModule or another "
-                "callback), and Lightning keeps one value per name. Rename yours or change `prefix`."
-            )
+            rank_zero_warn(_names.clash_message(clashes))
 
     on_test_end = on_validation_end
-
-    def _owns(self, key: str) -> bool:
-        """Whether a logged name is one of this callback's fit values (never just a string prefix of it)."""
-        return key.startswith(self.prefix) and is_logged_name(key[len(self.prefix):], self.metric.layer_names)
-
-    def _pictures(self, trainer: pl.Trainer, pl_module: pl.LightningModule, reports: Dict[str, SymmetryReport],
-                  must_draw: bool) -> None:
-        """Run the orbit's passes on every rank; rank zero draws now, in the background, or at the run's end.
-
-        Every rank runs them, or none: a collective in the model's forward must see them all. The
-        drawing waits for the run's end when the budget has no room for it.
-        """
-        with self.planner.ledger.charged():
-            orbit = orbit_on_every_rank(trainer, pl_module, self._forward or pl_module, self.action,
-                                        self._example_input, shown_report(reports), self.metric.output_transform,
-                                        self._cuda_devices, pl_module.device)
-        if not trainer.is_global_zero:
-            return
-        job = picture_job(list(trainer.loggers), logged_step(trainer), reports, self.action,
-                          {"spectra": self.spectra, "labels": self.labels}, self._example_input, orbit,
-                          self.log_generators, self.prefix)
-        ledger = self.planner.ledger
-        if not must_draw and not self.planner.may_draw():
-            self._worker.defer(job)  # drawn at the run's end unless a later one is drawn first
-        elif self.background_drawing:
-            self._worker.draw(job, ledger.add_drawing)
-        else:  # in the loop's thread, timed as a drawing so that the next one is priced by it
-            Worker.timed(job, ledger.add_drawing)()
 
     def _solve_and_log(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Optional[Dict[str, SymmetryReport]]:
         """Solve on every rank, log the values, keep the history; rank zero queues the report files."""
@@ -444,17 +386,10 @@ class LieGGCallback(Callback):
         if self.verbose:
             rank_zero_info(f"LieGG {self.describe().splitlines()[-1]}")
         if self.save_reports and trainer.loggers and trainer.is_global_zero:
-            for name, layer_report in reports.items():
-                job = functools.partial(save_report, list(trainer.loggers), layer_report,
-                                        f"liegg/{self._report_name(stage, trainer, name)}")
-                self._worker.write(job, self.planner.ledger.add_saving)
+            names = {layer: _names.report_file_name(self.prefix, stage, trainer.current_epoch, trainer.global_step,
+                                             len(self.history), layer) for layer in reports}
+            queue_report_files(self._worker, list(trainer.loggers), reports, names, self.planner.ledger.add_saving)
         return reports
-
-    def _report_name(self, stage: str, trainer: pl.Trainer, layer: str) -> str:
-        prefix = _file_prefix(self.prefix)
-        where = f"_layer-{re.sub(r'[^A-Za-z0-9_.-]+', '-', layer)}" if layer != MODEL_OUTPUT else ""
-        return (f"{prefix}-report_{stage}_epoch{trainer.current_epoch:04d}_step{trainer.global_step:07d}_"
-                f"{len(self.history):04d}{where}.json")
 
     # ------------------------------------------------------------------ pictures and files
     def wait_for_pictures(self) -> None:
@@ -464,35 +399,21 @@ class LieGGCallback(Callback):
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         # before Lightning finalises the loggers; a stalled logger costs a warning, not the run's time
-        wait = max(self.planner.budget_left(), _LEAST_WAIT)
-        pending = self._worker.finish(wait, self.planner.ledger.add_drawing)
-        if pending:
-            rank_zero_warn(
-                f"LieGGCallback: {pending} picture or report job(s) still running after {wait:.1f} s; not waiting "
-                "for them (a slow logger or disk?). They go on in the background until the process exits."
-            )
+        self._worker.finish_or_warn(max(self.planner.budget_left(), _LEAST_WAIT), self.planner.ledger.add_drawing)
+        self._forward = None  # a `layer`'s forward is a local function, which does not pickle; `setup` remakes it
 
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self._worker.stop()  # never delay an exception: nothing queued is drawn or sent after it
-
-    def __getstate__(self) -> Dict[str, Any]:
-        # the forward of a `layer` is a local function (it does not pickle); `setup` makes it again
-        return {**self.__dict__, "_forward": None}
 
     # ------------------------------------------------------------------ checkpoint state
     @override
     def on_load_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: Dict[str, Any]
     ) -> None:
-        # checkpoints of version 0.1 keyed the state by prefix and action repr: find ours by prefix
-        states = checkpoint.get("callbacks", {})
-        if self.state_key in states:
-            return
-        marker = f"'prefix': {self.prefix!r}"
-        legacy = [k for k in states if isinstance(k, str) and k.startswith("LieGGCallback{") and marker in k]
-        if len(legacy) == 1:
-            self.load_state_dict(states[legacy[0]])
+        legacy = _names.legacy_state(checkpoint.get("callbacks", {}), self.state_key, self.prefix)
+        if legacy is not None:
+            self.load_state_dict(legacy)
 
     @override
     def state_dict(self) -> Dict[str, Any]:

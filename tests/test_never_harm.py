@@ -39,6 +39,15 @@ def _loader(n: int = 128, batch_size: int = 32, seed: int = 1) -> DataLoader:
     return DataLoader(o5_data(n, seed=seed), batch_size=batch_size)
 
 
+def _run_ranks(script: str, out: Path, *args: str, timeout: float) -> List[Dict[str, Any]]:
+    """Run a 2-process script of tests/scripts/ under ``timeout`` (a hang fails); what each rank wrote."""
+    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, str(TESTS / "scripts" / script), str(out), *args],
+                          capture_output=True, text=True, timeout=timeout, env=env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+
+
 def _reports(root: Path) -> List[Path]:
     return sorted(root.rglob("*-report_*.json"))
 
@@ -144,11 +153,7 @@ def test_weights_buffers_and_rng_are_bit_identical_with_and_without_the_callback
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["ddp", "ddp_spawn"])
 def test_two_processes_agree_on_one_plan(tmp_path: Path, strategy: str) -> None:
-    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, str(TESTS / "scripts" / "ddp_plan.py"), str(tmp_path), strategy],
-                          capture_output=True, text=True, timeout=900, env=env)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    ranks = _run_ranks("ddp_plan.py", tmp_path, strategy, timeout=900)
     # rank 1 is slower, yet both analyse the same number of samples with the same derivative mode
     assert ranks[0]["planned_samples"] == ranks[1]["planned_samples"] is not None
     assert ranks[0]["derivative"] == ranks[1]["derivative"]
@@ -528,7 +533,7 @@ def _resume_with(tmp_path: Path, every_n_epochs: Any, monitor: bool) -> List[int
         TinyRegressor(), _loader(), _loader())
     checkpoint = torch.load(tmp_path / "last.ckpt", weights_only=False)
     state = checkpoint["callbacks"][first.state_key]
-    state.update(epoch_stride=30, schedule_end=89)  # analyses due at epochs 29, 59, 89 only
+    state.update(planned_samples=34, batch_stride=1, epoch_stride=30, schedule_end=89)  # epochs 29, 59, 89 only
     torch.save(checkpoint, tmp_path / "thinned.ckpt")
     resumed = LieGGCallback(ACTION, every_n_epochs=every_n_epochs, log_images=False, save_reports=False)
     callbacks: List[Any] = [resumed]
@@ -690,11 +695,7 @@ def test_the_callback_pickles_after_a_fit_with_a_layer() -> None:
 def test_a_collective_in_forward_never_hangs_two_processes_with_pictures_on(tmp_path: Path) -> None:
     # the orbit picture's passes run on every rank (or none): a model in FSDP, ZeRO-3 or SyncBatchNorm
     # would otherwise wait at its collective until the process group's timeout
-    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, str(TESTS / "scripts" / "ddp_collective.py"), str(tmp_path)],
-                          capture_output=True, text=True, timeout=300, env=env)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    ranks = _run_ranks("ddp_collective.py", tmp_path, timeout=300)
     assert ranks[0] == ranks[1]  # the same passes on both: every collective was met
     assert ranks[0]["epochs"] == [0, 1]
     assert ranks[0]["collectives"]["callback"] > 0
