@@ -667,7 +667,7 @@ class LieGGMetric(Metric):
         num_samples = int(self.num_samples)
         if num_samples <= 0:
             skipped = int(self.num_skipped)
-            raise ValueError(f"every one of the {skipped} samples gave non-finite outputs or derivatives (NaN or "
+            raise ValueError(f"LieGGMetric: all {skipped} samples gave non-finite outputs or derivatives (NaN or "
                              "infinite: has the model diverged?); nothing to solve." if skipped else
                              "LieGGMetric has no samples to solve: call `update` with at least one finite sample.")
         m = self.gram.shape[0]
