@@ -480,11 +480,11 @@ def test_an_analysis_over_the_whole_fits_budget_waits_for_validate() -> None:
 
 
 class _LogsTrainLoss(TinyRegressor):
-    """Logs `train_loss` per epoch and steps its learning rate on it (ReduceLROnPlateau)."""
+    """Logs `train_loss` and steps its learning rate on it (ReduceLROnPlateau) at every epoch's end."""
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         loss = super().training_step(batch, batch_idx)
-        self.log("train_loss", loss, on_step=False, on_epoch=True)
+        self.log("train_loss", loss)  # as logged by default in training_step: per step
         return loss
 
     def configure_optimizers(self) -> Any:
