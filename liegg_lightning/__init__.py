@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from liegg_lightning import algebras, transforms
+from liegg_lightning._state import in_analysis
 from liegg_lightning.actions import (
     GroupAction,
     ImageAction,
@@ -41,6 +42,7 @@ __all__ = [
     "VolumeAction",
     "algebras",
     "analyze",
+    "in_analysis",
     "transforms",
 ]
 

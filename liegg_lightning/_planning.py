@@ -37,6 +37,7 @@ from liegg_lightning._cost import (
     short_fit_allowance,
 )
 from liegg_lightning._errors import InputError
+from liegg_lightning._names import is_logged_name
 from liegg_lightning._pricing import Quote, estimate_solve, measure_prices
 from liegg_lightning._state import preserved_state
 from liegg_lightning.functional.polarization import choose_derivative, describe_derivative
@@ -151,7 +152,9 @@ class Planner:
         every, prefix = self.every, self.options.prefix
         for cb in trainer.callbacks:  # type: ignore[attr-defined]
             monitor = getattr(cb, "monitor", None)
-            if not isinstance(monitor, str) or not monitor.startswith(prefix):
+            # the callback's exact names only: with prefix="val/" a user's "val/loss" is not ours
+            if not isinstance(monitor, str) or not monitor.startswith(prefix) or not is_logged_name(
+                    monitor[len(prefix):], self.metric.layer_names):
                 continue
             monitored = True
             if every == 0:
@@ -177,7 +180,7 @@ class Planner:
     def start_fit(self, trainer: pl.Trainer) -> None:
         """A fit begins: fresh clocks; a plan carries over only from the checkpoint it resumes."""
         self.ledger = Ledger(self.clock)
-        if not self._loaded:
+        if not (self._loaded and self.may_thin):  # a saved plan only where the cadence was left to the budget
             self.plan = None
             self.schedule = Schedule(self.every)
         self._loaded = False
@@ -210,6 +213,10 @@ class Planner:
         """Charge the enclosed work (on the training loop's thread) to this fit's monitor."""
         with self.ledger.charged():
             yield
+
+    def spent_on_loop(self) -> float:
+        """Seconds the monitor has spent on the training loop's thread since the fit (or evaluation) began."""
+        return self.ledger.spent
 
     def drawing_account(self) -> Callable[[float], None]:
         """What charges pictures' seconds (from any thread) to this fit, even when they finish after it."""

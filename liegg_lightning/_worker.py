@@ -129,6 +129,16 @@ class Worker:
         self.pictures.wait(max(deadline - time.perf_counter(), 0.0))
         return self.pictures.pending() + self.reports.pending()
 
+    def finish_or_warn(self, timeout: float, on_drawn: Callable[[float], None]) -> None:
+        """:meth:`finish`, and one warning when jobs are still running after ``timeout`` seconds."""
+        pending = self.finish(timeout, on_drawn)
+        if pending:
+            warnings.warn(
+                f"LieGGCallback: {pending} picture or report job(s) still running after {timeout:.1f} s; not waiting "
+                "for them (a slow logger or disk?). They go on in the background until the process exits.",
+                UserWarning, stacklevel=2,
+            )
+
     def stop(self) -> None:
         """On an exception: drop every queued picture and the deferred one; nothing more is sent."""
         self.deferred = None

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import functools
-import inspect
 import math
-import re
 from typing import Any, Callable, Dict, List, Literal, Optional, Union
 
 import lightning.pytorch as pl
@@ -15,18 +12,19 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
+from liegg_lightning import _names
 from liegg_lightning._batches import extract_input
 from liegg_lightning._checks import check_callback_arguments
 from liegg_lightning._errors import InputError
-from liegg_lightning._history import History
-from liegg_lightning._loggers import save_report
-from liegg_lightning._pictures import queue_pictures
+from liegg_lightning._evaluation import EvaluationBudget
+from liegg_lightning._history import History, shown_report
+from liegg_lightning._pictures import logged_step, orbit_on_every_rank, picture_job, queue_pictures, queue_report_files
 from liegg_lightning._planning import Planner, PlanOptions, probe_of, spread
 from liegg_lightning._state import cuda_devices_of, preserved_state
 from liegg_lightning._worker import Worker
 from liegg_lightning.actions import GroupAction
 from liegg_lightning.functional.layers import MODEL_OUTPUT, layer_output_fn
-from liegg_lightning.metric import LieGGMetric, fresh_metric
+from liegg_lightning.metric import LieGGMetric, adds_nothing, fresh_metric
 from liegg_lightning.report import SymmetryReport
 
 __all__ = ["LieGGCallback"]
@@ -35,14 +33,6 @@ __all__ = ["LieGGCallback"]
 _CHECK_SAMPLES = 4
 #: Seconds the end of a run waits for pictures and report files at least, whatever the budget left.
 _LEAST_WAIT = 1.0
-
-
-def _adds_nothing(metric: LieGGMetric, option: str, value: Any) -> bool:
-    """Whether an option given beside a metric is unset, its default, or what the metric already has."""
-    parameter = inspect.signature(LieGGMetric.__init__).parameters.get(option)
-    default = inspect.Parameter.empty if parameter is None else parameter.default
-    return value is None or any(value is v or (type(value) is type(v) and value == v)
-                                for v in (default, getattr(metric, option, inspect.Parameter.empty)))
 
 
 class LieGGCallback(Callback):
@@ -64,10 +54,11 @@ class LieGGCallback(Callback):
     when that costs under ``overhead`` × 5 s (0.5 s by default). The docs' guide to the callback
     gives the whole rule.
 
-    **Never harm.** Derivatives come from ``torch.autograd.grad`` on a copy of the input; buffers,
-    random states (torch, ``random``, NumPy) and compiled graphs are left as they were; the model's
-    mode is the loop's. Configuration errors raise before the first training step; anything found
-    later becomes one warning and switches that part off.
+    **Never harm.** Derivatives come from ``torch.autograd.grad`` on a copy of the input; buffers (by
+    name), random states (global, and the generators modules hold) and compiled graphs are left as
+    they were; every rank runs the same extra passes (:func:`~liegg_lightning.in_analysis` is True in
+    them). Configuration errors raise before the first training step; anything found later becomes
+    one warning and switches that part off.
 
     Args:
         metric: What to measure: a :class:`~liegg_lightning.LieGGMetric`, or a bare
@@ -77,9 +68,9 @@ class LieGGCallback(Callback):
             for dict batches; a bare tensor batch is the input itself.
         layer: Name of a submodule (as in ``named_modules()``) whose output is analysed instead
             of the model's.
-        every_n_epochs: Analyse after every this many epochs of training during ``fit``, at the
-            first validation run at or past each; ``0`` disables the analysis during ``fit``.
-            ``None`` (default): every epoch, and the budget may analyse less often.
+        every_n_epochs: Analyse the validation runs of every this many-th epoch of ``fit``, counted
+            as ``ModelCheckpoint`` counts them (``2``: epochs 1, 3, 5, ...); ``0``: none. ``None``
+            (default): every epoch, and the budget (or a resumed checkpoint's plan) may thin them.
         overhead: The share of the training time the monitor may spend with ``max_samples="auto"``.
         max_samples: ``"auto"`` (fixed at the first analysis from ``overhead``), an int cap per
             analysis and process, or ``None`` for every validation sample.
@@ -122,7 +113,7 @@ class LieGGCallback(Callback):
                                  dataloader_idx=dataloader_idx, log_images=log_images, save_reports=save_reports,
                                  background_drawing=background_drawing, verbose=verbose)
         if isinstance(metric, LieGGMetric):  # LightningCLI passes every option at its default: they add nothing
-            metric_options = {k: v for k, v in metric_options.items() if not _adds_nothing(metric, k, v)}
+            metric_options = {k: v for k, v in metric_options.items() if not adds_nothing(metric, k, v)}
         self.metric = fresh_metric(metric, **metric_options)  # the user's metric is left as it was
         self.action = self.metric.action
         # what is read, when, and how much
@@ -154,6 +145,9 @@ class LieGGCallback(Callback):
         self._example_input: Optional[Tensor] = None
         self._forward: Optional[Callable[[Tensor], Any]] = None
         self._cuda_devices: List[int] = []
+        self._logged = False  # this validation run logged values (else any of our names was logged by another)
+        self._clashes: set = set()
+        self._evaluation: Optional[EvaluationBudget] = None
 
     @property
     @override
@@ -169,12 +163,8 @@ class LieGGCallback(Callback):
     # ------------------------------------------------------------------ set-up
     @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        others = [c for c in trainer.callbacks if isinstance(c, LieGGCallback) and c is not self]  # type: ignore[attr-defined]
-        if any(c.prefix == self.prefix for c in others):
-            raise ValueError(
-                f"Two LieGGCallbacks share the prefix {self.prefix!r}: their values would mix. "
-                "Give each its own `prefix` (e.g. 'liegg_images/')."
-            )
+        _names.check_prefixes(self.prefix, [c.prefix for c in trainer.callbacks  # type: ignore[attr-defined]
+                                     if isinstance(c, LieGGCallback) and c is not self])
         if self.layer is not None and self.metric.layer_actions is not None:
             raise ValueError("Expected either the callback's `layer` or the metric's `layers`, got both.")
         modules = dict(pl_module.named_modules())
@@ -240,6 +230,11 @@ class LieGGCallback(Callback):
         # batches the Trainer cannot count (a stream): the plan's samples in all, from the first batches
         self._cap = self.max_samples if isinstance(self.max_samples, int) else (
             plan.samples if plan is not None and batches == 0 else None)
+        # validate()/test() that no fit planned for: a budget of their own (the floor, and a share of their time)
+        stage = "test" if trainer.state.fn == "test" else "validate"
+        self._evaluation = EvaluationBudget(
+            self.overhead, batches, trainer.world_size == 1, stage, self.planner.spent_on_loop
+        ) if not fitting and self.max_samples == "auto" and plan is None else None
 
     @override
     def on_validation_batch_start(
@@ -258,15 +253,11 @@ class LieGGCallback(Callback):
         stride = 1 if self.planner.plan is None else self.planner.plan.batch_stride
         if index % stride or (cap is not None and self._seen >= cap):
             return
-        try:
-            inputs = extract_input(batch, self.input_key)
-            self.action.validate_input(inputs)
-        except InputError as err:
-            self._configuration_error(trainer, err, dataloader_idx)
+        inputs = self._inputs_of(trainer, batch, dataloader_idx)
+        count = 0 if inputs is None else self._samples_of(pl_module, index, inputs)
+        if inputs is None or count == 0:
             return
-        if inputs.shape[0] == 0:
-            return  # an empty batch adds nothing
-        inputs = spread(inputs, self._per_batch or inputs.shape[0])[: None if cap is None else cap - self._seen]
+        inputs = spread(inputs, count)[: None if cap is None else cap - self._seen]
         inputs = inputs.detach().to(pl_module.device).clone()  # the model never sees the loop's tensor
         try:
             with self.planner.charged(), preserved_state(pl_module, self._cuda_devices):
@@ -281,6 +272,25 @@ class LieGGCallback(Callback):
         self._seen += inputs.shape[0]
         if self.log_images and self._example_input is None:  # the orbit picture's input
             self._example_input = inputs[0].detach().to("cpu", torch.float32).clone()
+
+    def _inputs_of(self, trainer: pl.Trainer, batch: Any, dataloader_idx: int) -> Optional[Tensor]:
+        """The batch's input, checked; ``None`` for an empty batch (it adds nothing) or one that does not fit."""
+        try:
+            inputs = extract_input(batch, self.input_key)
+            self.action.validate_input(inputs)
+        except InputError as err:
+            self._configuration_error(trainer, err, dataloader_idx)
+            return None
+        return inputs if inputs.shape[0] else None
+
+    def _samples_of(self, pl_module: pl.LightningModule, index: int, inputs: Tensor) -> int:
+        """How many samples of this batch to analyse (spread over it)."""
+        if self._evaluation is not None and self._evaluation.floor is None:  # the floor needs a sample's rows
+            with self.planner.charged(), preserved_state(pl_module, self._cuda_devices):
+                rows = self.metric.rows_per_sample(self._forward or pl_module, inputs[:1].detach().clone())
+            rank_zero_info(self._evaluation.start(rows, self.action.num_generators))
+        return self._evaluation.samples_for(index, inputs.shape[0], self._seen) if self._evaluation is not None \
+            else self._per_batch or inputs.shape[0]
 
     def _configuration_error(self, trainer: pl.Trainer, err: InputError, dataloader_idx: int) -> None:
         """Before training: raise. During it: one loud warning, and that dataloader is switched off."""
@@ -300,7 +310,8 @@ class LieGGCallback(Callback):
         with self.planner.charged():
             inputs = extract_input(batch, self.input_key)
             self.action.validate_input(inputs)
-            if inputs.shape[0] == 0:
+            # the trial pass runs on every rank or on none (a collective in the model must see them all)
+            if trainer.strategy.reduce_boolean_decision(inputs.shape[0] == 0, all=False):
                 return
             probe = probe_of(inputs, pl_module.device)
             self.planner.keep_probe(probe, inputs.shape[0])
@@ -319,7 +330,7 @@ class LieGGCallback(Callback):
             self.planner.end_validation()
         if not self._analysing:
             if fitting:  # no analysis this time: a stale value must not count as a new one for EarlyStopping
-                for key in [k for k in trainer.callback_metrics if k.startswith(self.prefix)]:
+                for key in _names.owned_names(list(trainer.callback_metrics), self.prefix, self.metric.layer_names):
                     trainer.callback_metrics.pop(key, None)
             return
         self._analysing = False
@@ -332,9 +343,26 @@ class LieGGCallback(Callback):
             return
         if fitting:
             self.planner.analysed(trainer)
-        if trainer.is_global_zero and self.log_images and trainer.loggers:
-            must_draw = not fitting or self.record.emerged()  # validate/test, and the moment of emergence
-            queue_pictures(self, trainer, pl_module, reports, must_draw)
+        if self.log_images and trainer.loggers:  # every rank: the orbit's passes run on all of them or none
+            with self.planner.charged():
+                orbit = orbit_on_every_rank(trainer, pl_module, self._forward or pl_module, self.action,
+                                            self._example_input, shown_report(reports), self.metric.output_transform,
+                                            self._cuda_devices, pl_module.device)
+            if trainer.is_global_zero:  # validate/test, and the moment of emergence, whatever the budget
+                job = picture_job(list(trainer.loggers), logged_step(trainer), reports, self.action, self.record,
+                                  self._example_input, orbit, self.log_generators, self.prefix)
+                queue_pictures(self._worker, job, self.planner.drawing_account(), background=self.background_drawing,
+                               now=not fitting or self.record.emerged() or self.planner.may_draw())
+
+    @override
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # our names after a run we logged nothing in (our stale values removed) were logged by someone else
+        metrics, self._logged = {} if self._logged else trainer.callback_metrics, False
+        clashes = _names.new_clashes(metrics, self.prefix, self.metric.layer_names, self._clashes)
+        if clashes:
+            rank_zero_warn(_names.clash_message(clashes))
+
+    on_test_end = on_validation_end
 
     def _solve_and_log(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Optional[Dict[str, SymmetryReport]]:
         """Solve on every rank, log the values, keep the history; rank zero queues the report files."""
@@ -351,20 +379,14 @@ class LieGGCallback(Callback):
         defined = {scope + name: value for name, value in values.items() if math.isfinite(value)}
         if defined:  # undefined values are not logged; `batch_size=1` spares Lightning a search of the batch
             pl_module.log_dict(defined, on_step=False, on_epoch=True, sync_dist=False, batch_size=1)
+        self._logged = True
         if self.verbose:
             rank_zero_info(f"LieGG {self.describe().splitlines()[-1]}")
         if self.save_reports and trainer.loggers and trainer.is_global_zero:
-            for name, layer_report in reports.items():
-                job = functools.partial(save_report, list(trainer.loggers), layer_report,
-                                        f"liegg/{self._report_name(stage, trainer, name)}")
-                self._worker.write(job, self.planner.saving_account())
+            names = {layer: _names.report_file_name(self.prefix, stage, trainer.current_epoch, trainer.global_step,
+                                             len(self.history), layer) for layer in reports}
+            queue_report_files(self._worker, list(trainer.loggers), reports, names, self.planner.saving_account())
         return reports
-
-    def _report_name(self, stage: str, trainer: pl.Trainer, layer: str) -> str:
-        prefix = re.sub(r"[^A-Za-z0-9_.-]+", "-", self.prefix).strip("-") or "liegg"
-        where = f"_layer-{re.sub(r'[^A-Za-z0-9_.-]+', '-', layer)}" if layer != MODEL_OUTPUT else ""
-        return (f"{prefix}-report_{stage}_epoch{trainer.current_epoch:04d}_step{trainer.global_step:07d}_"
-                f"{len(self.history):04d}{where}.json")
 
     # ------------------------------------------------------------------ pictures and files
     def wait_for_pictures(self) -> None:
@@ -374,13 +396,8 @@ class LieGGCallback(Callback):
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         # before Lightning finalises the loggers; a stalled logger costs a warning, not the run's time
-        wait = max(self.planner.budget_left(), _LEAST_WAIT)
-        pending = self._worker.finish(wait, self.planner.drawing_account())
-        if pending:
-            rank_zero_warn(
-                f"LieGGCallback: {pending} picture or report job(s) still running after {wait:.1f} s; not waiting "
-                "for them (a slow logger or disk?). They go on in the background until the process exits."
-            )
+        self._worker.finish_or_warn(max(self.planner.budget_left(), _LEAST_WAIT), self.planner.drawing_account())
+        self._forward = None  # a `layer`'s forward is a local function, which does not pickle; `setup` remakes it
 
     @override
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
@@ -391,14 +408,9 @@ class LieGGCallback(Callback):
     def on_load_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: Dict[str, Any]
     ) -> None:
-        # checkpoints of version 0.1 keyed the state by prefix and action repr: find ours by prefix
-        states = checkpoint.get("callbacks", {})
-        if self.state_key in states:
-            return
-        marker = f"'prefix': {self.prefix!r}"
-        legacy = [k for k in states if isinstance(k, str) and k.startswith("LieGGCallback{") and marker in k]
-        if len(legacy) == 1:
-            self.load_state_dict(states[legacy[0]])
+        legacy = _names.legacy_state(checkpoint.get("callbacks", {}), self.state_key, self.prefix)
+        if legacy is not None:
+            self.load_state_dict(legacy)
 
     @override
     def state_dict(self) -> Dict[str, Any]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import inspect
 from typing import (
     Any,
     Callable,
@@ -689,7 +690,10 @@ class LieGGMetric(Metric):
     def _solve(self, name: str, state: GramState) -> SymmetryReport:
         samples, rows = int(state.num_samples), int(state.num_rows)
         if samples <= 0:
+            skipped = int(state.num_skipped)
             raise ValueError(
+                f"LieGGMetric: all {skipped} samples gave non-finite outputs or derivatives{_label(name)} (NaN or "
+                "infinite: has the model diverged?); nothing to solve." if skipped else
                 f"LieGGMetric has no samples to solve{_label(name)}: call `update` with at least one finite sample."
             )
         m = self.action.num_generators
@@ -735,6 +739,14 @@ class LieGGMetric(Metric):
         if isinstance(val, Mapping):  # per-layer reports: one line each
             return plot_spectra(list(val.values()), ax=ax)
         return plot_spectra(list(val), ax=ax)
+
+
+def adds_nothing(metric: LieGGMetric, option: str, value: Any) -> bool:
+    """Whether an option given beside a metric is unset, its default, or what the metric already has."""
+    parameter = inspect.signature(LieGGMetric.__init__).parameters.get(option)
+    default = inspect.Parameter.empty if parameter is None else parameter.default
+    return value is None or any(value is v or (type(value) is type(v) and value == v)
+                                for v in (default, getattr(metric, option, inspect.Parameter.empty)))
 
 
 def fresh_metric(metric: Union[LieGGMetric, GroupAction], **options: Any) -> LieGGMetric:

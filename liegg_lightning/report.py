@@ -31,6 +31,9 @@ _TENSOR_FIELDS = (
 _REQUIRED_FIELDS = (
     "singular_values", "variances", "normalized_variances", "generators", "symmetry_variance", "nullity"
 )
+#: Fields holding one number, or ``null`` where it is undefined (or, for the biases, absent).
+_FLOAT_FIELDS = ("symmetry_variance", "symmetry_bias", "subspace_bias", "closure_error", "symmetry_variance_stderr",
+                 "border_share")
 #: ``(m,)`` fields, one value per generator.
 _PER_GENERATOR_FIELDS = ("singular_values", "variances", "normalized_variances", "biases", "variance_stderr",
                          "relative_variances")
@@ -54,23 +57,47 @@ def _nan_for_none(value: Any) -> Any:
     return value
 
 
+def _is_number(value: Any) -> bool:
+    """A JSON number (the legacy ``NaN`` token included), never a bool, a string or a container."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _read_field(name: str, value: Any) -> Any:
     """One field of a report file as the report holds it (tensors, NaN for nulls inside them)."""
     if name in _TENSOR_FIELDS and value is not None:
         try:
+            if not isinstance(value, list):
+                raise TypeError(f"got {type(value).__name__}")
             return torch.tensor(_nan_for_none(value), dtype=torch.float64)
-        except (TypeError, ValueError) as err:
+        except (TypeError, ValueError, RecursionError) as err:
             raise ValueError(f"Expected `{name}` to be a (nested) list of numbers: {err}") from None
     if name in ("known_variances", "transform_errors", "transform_errors_stderr"):
+        if value is not None and not (isinstance(value, dict) and all(
+                v is None or _is_number(v) for v in value.values())):
+            raise ValueError(f"Expected `{name}` to be an object of name -> number, got {value!r:.80}.")
         return {str(k): float("nan") if v is None else float(v) for k, v in dict(value or {}).items()}
-    if name in ("num_samples", "num_rows", "num_skipped") and not is_int(value):
-        raise ValueError(f"Expected `{name}` to be an int, got {value!r}.")
-    return value
+    if name in ("num_samples", "num_rows", "num_skipped") and not (is_int(value) and value >= 0):
+        raise ValueError(f"Expected `{name}` to be an int >= 0, got {value!r:.80}.")
+    if name in _FLOAT_FIELDS and value is not None and not _is_number(value):
+        raise ValueError(f"Expected `{name}` to be a number or null, got {value!r:.80}.")
+    return float(value) if name in _FLOAT_FIELDS and value is not None else value
+
+
+def _check_spectrum(kwargs: Dict[str, Any]) -> int:
+    """``variances`` one list of ``m`` numbers and ``0 <= nullity <= m``; returns ``m``."""
+    variances = kwargs["variances"]
+    if variances.ndim != 1:
+        raise ValueError(f"Expected `variances` to be a list of numbers, got shape {tuple(variances.shape)}.")
+    m = int(variances.numel())
+    if not 0 <= kwargs["nullity"] <= m:
+        raise ValueError(f"Expected `nullity` between 0 and m = {m} (the length of `variances`), "
+                         f"got {kwargs['nullity']}.")
+    return m
 
 
 def _check_shapes(kwargs: Dict[str, Any], shape_data: Any) -> None:
     """Per-generator fields of length ``m`` and generators of ``generator_shape``; an empty spectrum reshaped."""
-    m = int(kwargs["variances"].numel())
+    m = _check_spectrum(kwargs)
     for name in _PER_GENERATOR_FIELDS:
         value = kwargs.get(name)
         if isinstance(value, Tensor) and tuple(value.shape) != (m,):
@@ -218,9 +245,11 @@ class SymmetryReport:
         """Inverse of :meth:`to_dict`; also reads files with the legacy ``NaN`` token and without newer fields.
 
         Raises:
-            ValueError: When ``data`` is not a mapping, lacks a required field, has a nullity that is
-                not an int, or tensors whose shapes disagree (with each other or with
-                ``generator_shape``).
+            ValueError: Naming the field, when ``data`` is not a mapping, lacks a required field,
+                has a field of the wrong type (a nullity that is not an int in ``[0, m]``, a
+                measure that is not a number or null, counts below 0, ``known_variances`` that is
+                not an object of numbers), or tensors whose shapes disagree (with each other or
+                with ``generator_shape``).
         """
         if not isinstance(data, Mapping):
             raise ValueError(
@@ -271,8 +300,8 @@ class SymmetryReport:
         with open(path) as fh:
             try:
                 data = json.load(fh)  # reads the legacy NaN token too
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path} is not a JSON SymmetryReport: {err}") from None
+            except (json.JSONDecodeError, RecursionError) as err:  # RecursionError: nesting too deep to read
+                raise ValueError(f"{path} is not a JSON SymmetryReport: {err!r:.200}") from None
         return cls.from_dict(data)
 
     def summary(self) -> Dict[str, float]:

@@ -114,7 +114,7 @@ def test_bf16_mixed_multi_output_logs_finite_values() -> None:
 def test_layer_analyses_a_submodule_output() -> None:
     L.seed_everything(0, verbose=False)
     model = TinyRegressor(outputs=3)
-    callback = LieGGCallback(ACTION, layer="net.0", log_images=False)
+    callback = LieGGCallback(ACTION, layer="net.0", log_images=False, max_samples=None)  # all, as analyze
     quiet_trainer(callbacks=[callback]).validate(model, _val_loader(), verbose=False)
     expected = analyze(model.net[0], _val_loader(), ACTION)
     assert callback.last_report.num_rows == 32 * 256

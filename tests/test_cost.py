@@ -19,7 +19,7 @@ from _lightning_models import TinyRegressor, o5_data, quiet_trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.data import DataLoader
 
-import liegg_lightning.callback as callback_module
+import liegg_lightning._pictures as jobs_module
 from liegg_lightning import LieGGCallback, VectorAction
 from liegg_lightning._cost import (
     FitShape,
@@ -278,7 +278,7 @@ def test_report_files_are_written_in_order_off_the_training_thread(
 ) -> None:
     written: List[str] = []
     threads: List[str] = []
-    original = callback_module.save_report
+    original = jobs_module.save_report
 
     def slow_save(loggers: Any, report: Any, filename: str) -> Any:
         time.sleep(0.05)  # a slow disk
@@ -286,7 +286,7 @@ def test_report_files_are_written_in_order_off_the_training_thread(
         written.append(filename)
         return original(loggers, report, filename)
 
-    monkeypatch.setattr(callback_module, "save_report", slow_save)
+    monkeypatch.setattr(jobs_module, "save_report", slow_save)  # the report-file job
     callback = LieGGCallback(ACTION, log_images=False, every_n_epochs=1, max_samples=None)
     trainer = quiet_trainer(max_epochs=3, callbacks=[callback], logger=TensorBoardLogger(str(tmp_path), name="run"))
     trainer.fit(TinyRegressor(), _loader(128, 32), _loader(128, 32))

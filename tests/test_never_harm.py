@@ -7,8 +7,10 @@ warning, or a clear error is raised before the first training step (configuratio
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+import random
 import subprocess
 import sys
 import threading
@@ -16,6 +18,7 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
 from _lightning_models import TinyRegressor, o5_data, quiet_trainer, recorded_inputs
@@ -34,6 +37,15 @@ TESTS = Path(__file__).parent
 
 def _loader(n: int = 128, batch_size: int = 32, seed: int = 1) -> DataLoader:
     return DataLoader(o5_data(n, seed=seed), batch_size=batch_size)
+
+
+def _run_ranks(script: str, out: Path, *args: str, timeout: float) -> List[Dict[str, Any]]:
+    """Run a 2-process script of tests/scripts/ under ``timeout`` (a hang fails); what each rank wrote."""
+    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, str(TESTS / "scripts" / script), str(out), *args],
+                          capture_output=True, text=True, timeout=timeout, env=env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
 
 
 def _reports(root: Path) -> List[Path]:
@@ -141,11 +153,7 @@ def test_weights_buffers_and_rng_are_bit_identical_with_and_without_the_callback
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["ddp", "ddp_spawn"])
 def test_two_processes_agree_on_one_plan(tmp_path: Path, strategy: str) -> None:
-    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, str(TESTS / "scripts" / "ddp_plan.py"), str(tmp_path), strategy],
-                          capture_output=True, text=True, timeout=900, env=env)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    ranks = _run_ranks("ddp_plan.py", tmp_path, strategy, timeout=900)
     # rank 1 is slower, yet both analyse the same number of samples with the same derivative mode
     assert ranks[0]["planned_samples"] == ranks[1]["planned_samples"] is not None
     assert ranks[0]["derivative"] == ranks[1]["derivative"]
@@ -463,3 +471,228 @@ def test_an_analysis_over_the_whole_fits_budget_waits_for_validate() -> None:
         quiet_trainer(max_epochs=2, callbacks=[callback]).fit(TinyRegressor(), _loader(), _loader(256, 32))
     assert callback.history == []
     assert callback.planner.schedule.every == 0
+
+
+# ----------------------------------------------------------------------------- 11. third wave (issue 31)
+
+
+class _LogsTrainLoss(TinyRegressor):
+    """Logs `train_loss` and steps its learning rate on it (ReduceLROnPlateau) at every epoch's end."""
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        loss = super().training_step(batch, batch_idx)
+        self.log("train_loss", loss)  # as logged by default in training_step: per step
+        return loss
+
+    def configure_optimizers(self) -> Any:
+        optimizer = torch.optim.Adam(self.parameters(), lr=1e-2)
+        plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": plateau, "monitor": "train_loss"}}
+
+
+def test_a_users_monitor_under_the_callbacks_prefix_is_not_the_callbacks(tmp_path: Path) -> None:
+    # prefix "val/" and a checkpoint on the user's own val/loss: no configuration error, no advice
+    class ValSlash(TinyRegressor):
+        def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+            x, y = batch
+            self.log("val/loss", nn.functional.mse_loss(self(x), y))
+
+    checkpoint = ModelCheckpoint(dirpath=tmp_path, monitor="val/loss")
+    liegg = LieGGCallback(ACTION, prefix="val/", every_n_epochs=2, log_images=False, save_reports=False)
+    trainer = quiet_trainer(max_epochs=2, callbacks=[liegg, checkpoint], enable_checkpointing=True)
+    trainer.fit(ValSlash(), _loader(), _loader())
+    assert checkpoint.best_model_path.endswith(".ckpt")
+    assert "val/symmetry_variance" in trainer.callback_metrics  # the callback's own names under "val/"
+    # and a monitor of the callback's own name under it is still checked
+    with pytest.raises(ValueError, match=r"ModelCheckpoint\(every_n_epochs=2\)"):
+        quiet_trainer(max_epochs=2, enable_checkpointing=True, callbacks=[
+            LieGGCallback(ACTION, prefix="val/", every_n_epochs=2),
+            ModelCheckpoint(dirpath=tmp_path, monitor="val/nullity")]).fit(ValSlash(), _loader(), _loader())
+
+
+def test_an_empty_prefix_removes_only_the_callbacks_stale_values() -> None:
+    # epochs without an analysis clean up the callback's values, never the user's train_loss
+    L.seed_everything(0, verbose=False)
+    liegg = LieGGCallback(ACTION, prefix="", every_n_epochs=2, log_images=False, save_reports=False)
+    trainer = quiet_trainer(max_epochs=4, callbacks=[liegg])
+    trainer.fit(_LogsTrainLoss(), _loader(), _loader())  # ReduceLROnPlateau reads train_loss every epoch
+    assert trainer.current_epoch == 4
+    assert [h["epoch"] for h in liegg.history] == [1, 3]
+    assert {"train_loss", "val_loss", "nullity", "num_samples"} <= set(trainer.callback_metrics)
+
+
+def _resume_with(tmp_path: Path, every_n_epochs: Any, monitor: bool) -> List[int]:
+    """Fit 2 epochs, thin the saved cadence to every 30th epoch (as a long first phase would), resume to 6."""
+    L.seed_everything(0, verbose=False)
+    saver = ModelCheckpoint(dirpath=tmp_path, save_last=True)
+    first = LieGGCallback(ACTION, log_images=False, save_reports=False)
+    quiet_trainer(max_epochs=2, callbacks=[first, saver], enable_checkpointing=True).fit(
+        TinyRegressor(), _loader(), _loader())
+    checkpoint = torch.load(tmp_path / "last.ckpt", weights_only=False)
+    state = checkpoint["callbacks"][first.state_key]
+    state.update(planned_samples=34, batch_stride=1, epoch_stride=30, schedule_end=89)  # epochs 29, 59, 89 only
+    torch.save(checkpoint, tmp_path / "thinned.ckpt")
+    resumed = LieGGCallback(ACTION, every_n_epochs=every_n_epochs, log_images=False, save_reports=False)
+    callbacks: List[Any] = [resumed]
+    if monitor:
+        callbacks.append(EarlyStopping(monitor="liegg/normalized_variance", patience=100))
+    quiet_trainer(max_epochs=6, callbacks=callbacks).fit(TinyRegressor(), _loader(), _loader(),
+                                                         ckpt_path=str(tmp_path / "thinned.ckpt"))
+    return [h["epoch"] for h in resumed.history if h["epoch"] >= 2]
+
+
+def test_an_explicit_every_n_epochs_wins_over_a_checkpoints_saved_cadence(tmp_path: Path) -> None:
+    assert _resume_with(tmp_path / "a", 1, monitor=False) == [2, 3, 4, 5]
+    assert _resume_with(tmp_path / "b", 1, monitor=True) == [2, 3, 4, 5]  # EarlyStopping sees every epoch
+    # a cadence left to the budget keeps the saved plan (none of epochs 2-5 is due)
+    assert _resume_with(tmp_path / "c", None, monitor=False) == []
+
+
+class _OwnGenerators(TinyRegressor):
+    """Draws noise in forward from its own torch, NumPy and Python generators (reproducible sampling)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.torch_rng = torch.Generator().manual_seed(1)
+        self.numpy_rng = np.random.default_rng(2)
+        self.python_rng = random.Random(3)
+        self.legacy_rng = np.random.RandomState(4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        noise = torch.randn(x.shape, generator=self.torch_rng) * 0.01
+        scale = 1.0 + 0.01 * float(self.numpy_rng.random()) + 0.01 * self.python_rng.random()
+        return super().forward(x + noise) * (scale + 0.01 * float(self.legacy_rng.rand()))
+
+
+class _RunningNormaliser(TinyRegressor):
+    """Keeps a running mean of its inputs, replacing the buffer (not in place), in train mode during validation."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(10))
+        self.register_buffer("count", torch.zeros(()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            self.count = self.count + x.shape[0]
+            self.mean = self.mean + (x.detach().sum(0) - x.shape[0] * self.mean) / self.count
+        return super().forward(x - self.mean)
+
+    def on_validation_model_eval(self) -> None:
+        self.train()
+
+
+def _fit_owned(model_type: type, with_callback: bool) -> Dict[str, Any]:
+    L.seed_everything(0, verbose=False)
+    model = model_type()
+    callbacks = [LieGGCallback(ACTION, every_n_epochs=1, save_reports=False, log_images=False)] if with_callback \
+        else []
+    trainer = quiet_trainer(max_epochs=2, callbacks=callbacks, deterministic=True)
+    trainer.fit(model, _loader(96, 32, seed=0), _loader(96, 32))
+    return {"state": {k: v.clone() for k, v in model.state_dict().items()},
+            "val_loss": float(trainer.callback_metrics["val_loss"]), "analyses": len(callbacks[0].history)
+            if callbacks else 2}
+
+
+@pytest.mark.parametrize("model_type", [_OwnGenerators, _RunningNormaliser])
+def test_generators_the_model_owns_and_replaced_buffers_are_kept(model_type: type) -> None:
+    plain, watched = _fit_owned(model_type, False), _fit_owned(model_type, True)
+    assert watched["analyses"] == 2
+    assert plain["val_loss"] == watched["val_loss"]
+    for name, value in plain["state"].items():
+        assert torch.equal(value, watched["state"][name]), name
+    if model_type is _RunningNormaliser:  # the sanity check's 64, 2 epochs x (96 + 96): none of the callback's
+        assert float(watched["state"]["count"]) == 64 + 2 * (96 + 96)
+
+
+def test_a_forward_hook_can_tell_the_callbacks_passes_apart() -> None:
+    from liegg_lightning import in_analysis
+
+    def collect(with_callback: bool) -> Dict[str, Any]:
+        L.seed_everything(0, verbose=False)
+        model, rows, inside = TinyRegressor(), [], []
+
+        def hook(module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
+            if in_analysis():
+                inside.append(output.shape[0])
+            elif not module.training:
+                rows.append(output.detach().clone())
+
+        model.net[0].register_forward_hook(hook)
+        callbacks = [LieGGCallback(ACTION, every_n_epochs=1, save_reports=False)] if with_callback else []
+        quiet_trainer(max_epochs=1, callbacks=callbacks, logger=False).fit(model, _loader(64, 32, seed=0),
+                                                                          _loader(128, 32))
+        return {"rows": torch.cat(rows), "inside": inside}
+
+    plain, watched = collect(False), collect(True)
+    assert not in_analysis()
+    assert watched["inside"]  # the sanity check's, the pricing's and the analysis' passes were seen ...
+    assert watched["rows"].shape == plain["rows"].shape  # ... and told apart: 2 sanity batches + 128
+    assert torch.equal(watched["rows"], plain["rows"])
+
+
+def test_validate_outside_a_fit_keeps_a_budget_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    L.seed_everything(0, verbose=False)
+    callback = LieGGCallback(ACTION, log_images=False, save_reports=False)
+    with caplog.at_level(logging.INFO):
+        quiet_trainer(callbacks=[callback]).validate(TinyRegressor(), _loader(2000, 32), verbose=False)
+    lines = [r.getMessage() for r in caplog.records if "without a fit's plan" in r.getMessage()]
+    assert len(lines) == 1
+    assert "at least 34 samples" in lines[0]
+    report = callback.last_report
+    assert report is not None
+    assert 34 <= report.num_samples < 2000
+    # what the user chose explicitly is honoured: every sample
+    everything = LieGGCallback(ACTION, log_images=False, save_reports=False, max_samples=None)
+    quiet_trainer(callbacks=[everything]).validate(TinyRegressor(), _loader(256, 32), verbose=False)
+    assert everything.last_report.num_samples == 256
+
+
+def test_a_diverged_model_is_reported_as_non_finite_outputs() -> None:
+    class Diverged(TinyRegressor):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return super().forward(x) * float("nan")
+
+    callback = LieGGCallback(ACTION, log_images=False, save_reports=False)
+    with pytest.warns(UserWarning, match=r"analysis was skipped.*non-finite outputs.*diverged"):
+        quiet_trainer(callbacks=[callback]).validate(Diverged(), _loader(), verbose=False)
+    assert callback.history == []
+
+
+def test_prefixes_that_write_the_same_report_files_are_refused() -> None:
+    trainer = quiet_trainer(max_epochs=1)
+    a, b = LieGGCallback(ACTION, prefix="liegg/"), LieGGCallback(ACTION, prefix="liegg")
+    trainer.callbacks = [a, b]  # type: ignore[attr-defined]
+    with pytest.raises(ValueError, match="report files of the same names"):
+        a.setup(trainer, TinyRegressor(), "fit")
+
+
+def test_a_module_logging_the_callbacks_name_is_warned_about() -> None:
+    class LogsNullity(TinyRegressor):
+        def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+            super().validation_step(batch, batch_idx)
+            self.log("liegg/nullity", 1000.0)
+
+    callback = LieGGCallback(ACTION, log_images=False, save_reports=False, every_n_epochs=1)
+    with pytest.warns(UserWarning, match=r"something else logs liegg/nullity"):
+        quiet_trainer(max_epochs=1, callbacks=[callback]).fit(LogsNullity(), _loader(), _loader())
+
+
+def test_the_callback_pickles_after_a_fit_with_a_layer() -> None:
+    import pickle
+
+    callback = LieGGCallback(ACTION, layer="net.0", log_images=False, save_reports=False)
+    quiet_trainer(max_epochs=1, callbacks=[callback]).fit(TinyRegressor(), _loader(), _loader())
+    copy = pickle.loads(pickle.dumps(callback))
+    assert copy.history == callback.history
+    assert copy.layer == "net.0"
+
+
+@pytest.mark.slow
+def test_a_collective_in_forward_never_hangs_two_processes_with_pictures_on(tmp_path: Path) -> None:
+    # the orbit picture's passes run on every rank (or none): a model in FSDP, ZeRO-3 or SyncBatchNorm
+    # would otherwise wait at its collective until the process group's timeout
+    ranks = _run_ranks("ddp_collective.py", tmp_path, timeout=300)
+    assert ranks[0] == ranks[1]  # the same passes on both: every collective was met
+    assert ranks[0]["epochs"] == [0, 1]
+    assert ranks[0]["collectives"]["callback"] > 0

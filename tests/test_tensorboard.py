@@ -199,7 +199,7 @@ def test_forward_mode_inside_validate_matches_reverse_mode_analyze() -> None:
     # 10 outputs and m = 4: "auto" picks forward mode, here under Lightning's inference_mode
     L.seed_everything(0, verbose=False)
     model = TinyCNN(outputs=10)
-    callback = LieGGCallback(ImageAction(), log_images=False)
+    callback = LieGGCallback(ImageAction(), log_images=False, max_samples=None)  # every sample, as analyze
     quiet_trainer(callbacks=[callback]).validate(model, _image_loader(), verbose=False)
     assert callback.metric._resolved_derivative == "forward"
     expected = analyze(model, _image_loader(), ImageAction(), derivative="reverse")

@@ -420,3 +420,41 @@ def test_report_load_validates(tmp_path) -> None:
     with pytest.raises(ValueError, match="not a JSON SymmetryReport"):
         SymmetryReport.load(path)
     load(good)  # and the good one loads
+
+
+@pytest.mark.parametrize(("field", "value", "match"), [
+    ("nullity", -3, r"`nullity` between 0 and m = 25"),
+    ("nullity", 1000000, r"`nullity` between 0 and m = 25"),
+    ("nullity", True, r"`nullity` to be an int"),
+    ("symmetry_variance", "NaN", r"`symmetry_variance` to be a number or null"),
+    ("symmetry_variance", [0.1], r"`symmetry_variance` to be a number or null"),
+    ("symmetry_bias", {"x": 1}, r"`symmetry_bias` to be a number or null"),
+    ("closure_error", "0", r"`closure_error` to be a number or null"),
+    ("known_variances", [1.0, 2.0], r"`known_variances` to be an object of name -> number"),
+    ("known_variances", {"rotation": "small"}, r"`known_variances` to be an object"),
+    ("num_samples", -1, r"`num_samples` to be an int >= 0"),
+    ("variances", 3.0, r"`variances` to be a \(nested\) list of numbers"),
+    ("variances", [[0.1] * 25], r"`variances` to be a list of numbers, got shape \(1, 25\)"),
+    ("singular_values", ["a"] * 25, r"`singular_values` to be a \(nested\) list of numbers"),
+])
+def test_report_load_names_every_malformed_field(tmp_path, field: str, value: object, match: str) -> None:
+    # the malformed files of issue 31: each raises ValueError naming its field, never TypeError or a bad report
+    good = analyze(O5Model().eval(), torch.randn(32, 10, generator=torch.Generator().manual_seed(0)), O5).to_dict()
+    assert len(good["variances"]) == 25
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({**good, field: value}))
+    with pytest.raises(ValueError, match=match):
+        SymmetryReport.load(path)
+
+
+def test_report_load_of_deep_nesting_is_a_value_error(tmp_path) -> None:
+    path = tmp_path / "deep.json"
+    path.write_text("[" * 100_000 + "]" * 100_000)  # deeper than Python's recursion limit
+    with pytest.raises(ValueError, match="not a JSON SymmetryReport"):
+        SymmetryReport.load(path)
+    good = analyze(O5Model().eval(), torch.randn(32, 10, generator=torch.Generator().manual_seed(0)), O5).to_dict()
+    nested: object = 0.0
+    for _ in range(5000):
+        nested = [nested]
+    with pytest.raises(ValueError, match="`variance_stderr`"):
+        SymmetryReport.from_dict({**good, "variance_stderr": nested})

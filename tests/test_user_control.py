@@ -432,3 +432,28 @@ def test_the_plan_line_stops_where_max_steps_ends_the_fit(caplog: pytest.LogCapt
         quiet_trainer(max_epochs=-1, max_steps=10, callbacks=[callback]).fit(TinyRegressor(), _loader(), _loader())
     assert [h["epoch"] for h in callback.history] == [0, 1]  # epoch 2 ends at step 10, before its validation
     assert "analysed: the validation runs of epochs 0, 1;" in _plan_lines(caplog)[0]
+
+
+# ----------------------------------------------------------------------------- validate()/test() without a plan
+
+
+def test_an_evaluation_without_a_plan_takes_the_floor_and_a_share_of_its_own_time() -> None:
+    from liegg_lightning._evaluation import EvaluationBudget
+
+    now, spent = [0.0], [7.0]  # the monitor's running total before this evaluation is not its cost
+    # 63 batches, a floor of 34: spread over 8 of them (every 7th), 5 samples each, until 34 are in
+    fixed = EvaluationBudget(0.1, 63, adaptive=False, stage="validate", spent=lambda: spent[0], clock=lambda: now[0])
+    assert "at least 34 samples" in fixed.start(3, 25)  # 4 rows for each of 25 generators at 3 rows a sample
+    assert [fixed.samples_for(i, 32, seen=5 * (i // 7)) for i in range(8)] == [5, 0, 0, 0, 0, 0, 0, 5]
+    spent[0] += 7.0  # however slow: the floor is taken, and nothing more without adaptivity
+    assert fixed.samples_for(49, 32, seen=35) == 0
+    # one process: beyond the floor, what 10 % of the loop's own time pays for
+    budget = EvaluationBudget(0.1, 63, adaptive=True, stage="test", spent=lambda: spent[0], clock=lambda: now[0])
+    budget.start(3, 25)
+    spent[0] += 0.1  # 5 samples in 0.1 s: 20 ms a sample
+    now[0] = 5.1  # the loop's own time: 5.1 - 0.1 = 5 s, so 0.5 s of budget, 0.4 s left: 20 samples
+    assert budget.samples_for(1, 32, seen=5) == 20
+    now[0] = 20.1  # 20 s of loop: 2 s of budget, 1.9 s left: more than the batch holds
+    assert budget.samples_for(2, 32, seen=5) == 32
+    spent[0] += 1.9  # 2 s spent, over the 1.81 s that 18.1 s of loop allow: nothing more
+    assert budget.samples_for(8, 32, seen=100) == 0

@@ -146,15 +146,20 @@ def layer_output_fn(model: nn.Module, name: str) -> Callable[[Tensor], Tensor]:
         >>> layer_output_fn(net, "1")(torch.randn(4, 3)).shape
         torch.Size([4, 8])
     """
-    modules = _resolve_modules(model, [name])
+    return _LayerOutput(model, name, _resolve_modules(model, [name]))
 
-    def forward(x: Tensor) -> Tensor:
-        _, captured = _run_capturing(model, modules, x)
-        if name not in captured:
-            raise InputError(f"The layer {name!r} was not called by the model's forward.")
-        return captured[name]
 
-    return forward
+class _LayerOutput:
+    """The function :func:`layer_output_fn` returns: a plain object, so it pickles (``ddp_spawn``, checkpoints)."""
+
+    def __init__(self, model: nn.Module, name: str, modules: Dict[str, nn.Module]) -> None:
+        self.model, self.name, self.modules = model, name, modules
+
+    def __call__(self, x: Tensor) -> Tensor:
+        _, captured = _run_capturing(self.model, self.modules, x)
+        if self.name not in captured:
+            raise InputError(f"The layer {self.name!r} was not called by the model's forward.")
+        return captured[self.name]
 
 
 def outputs_function(
