@@ -39,7 +39,7 @@ from liegg_lightning._cost import (
 from liegg_lightning._errors import InputError
 from liegg_lightning._names import is_logged_name
 from liegg_lightning._pricing import Quote, estimate_solve, measure_prices
-from liegg_lightning._state import preserved_state
+from liegg_lightning._state import preserved_state, training_headroom
 from liegg_lightning.functional.polarization import choose_derivative, describe_derivative
 from liegg_lightning.metric import LieGGMetric
 
@@ -213,6 +213,19 @@ class Planner:
         """Charge the enclosed work (on the training loop's thread) to this fit's monitor."""
         with self.ledger.charged():
             yield
+
+    def pass_cap(self, trainer: pl.Trainer) -> Optional[int]:
+        """On CUDA, the bytes one derivative pass may take: the run's own headroom, the least over ranks.
+
+        Every rank reaches the reduction (or none does: the device type is the same on all), so
+        all ranks chunk their passes alike. ``None`` on CPU, where ``memory_budget`` alone bounds them.
+        """
+        headroom = training_headroom(self._cuda)
+        if headroom is None:
+            return None
+        least = trainer.strategy.reduce(torch.tensor(float(headroom), device=trainer.strategy.root_device),
+                                        reduce_op="min")
+        return max(int(least), 1)
 
     def spent_on_loop(self) -> float:
         """Seconds the monitor has spent on the training loop's thread since the fit (or evaluation) began."""

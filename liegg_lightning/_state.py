@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import random
 import threading
-from typing import Any, Callable, Iterator, List, Sequence, Tuple
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -152,3 +152,19 @@ def _eager() -> Any:
 def cuda_devices_of(module: nn.Module) -> List[int]:
     """Indices of the CUDA devices ``module``'s parameters and buffers live on."""
     return sorted({t.device.index or 0 for t in [*module.parameters(), *module.buffers()] if t.device.type == "cuda"})
+
+
+def training_headroom(
+    devices: Sequence[int],
+    peak: Callable[[int], int] = torch.cuda.max_memory_allocated,
+    now: Callable[[int], int] = torch.cuda.memory_allocated,
+) -> Optional[int]:
+    """Bytes the run has shown each CUDA device can hold above what it holds now: the least over ``devices``.
+
+    The run's own peak (its training steps) less what is allocated between them is what one
+    derivative pass may take without pushing the device past a peak it has already survived. The
+    peak statistics are only read, never reset: they are the user's. ``None`` without a CUDA device.
+    """
+    if not devices:
+        return None
+    return max(min(peak(d) - now(d) for d in devices), 0)

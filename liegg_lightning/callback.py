@@ -222,6 +222,7 @@ class LieGGCallback(Callback):
         # a fresh accumulator every run: ddp_spawn shares state tensors created in the parent
         self.metric.reset()
         self.metric.place_on(pl_module.device)
+        self.metric.cap_pass_memory(self.planner.pass_cap(trainer))  # on CUDA, within the step's own peak too
         self._seen, self._batch_index, self._pass_failed, self._example_input = 0, 0, False, None
         batches = self.planner.analysed_batches(trainer.num_test_batches if trainer.state.fn == "test"
                                                 else trainer.num_val_batches)

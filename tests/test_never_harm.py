@@ -696,3 +696,28 @@ def test_a_collective_in_forward_never_hangs_two_processes_with_pictures_on(tmp_
     assert ranks[0] == ranks[1]  # the same passes on both: every collective was met
     assert ranks[0]["epochs"] == [0, 1]
     assert ranks[0]["collectives"]["callback"] > 0
+
+
+def test_a_cuda_pass_is_bounded_by_the_runs_own_peak_headroom() -> None:
+    from liegg_lightning._state import training_headroom
+
+    peaks, now = {0: 9_000, 1: 7_500}, {0: 4_000, 1: 6_000}
+    # the least headroom over the model's devices: device 1 has shown it can hold 1,500 bytes more
+    assert training_headroom([0, 1], peak=peaks.__getitem__, now=now.__getitem__) == 1_500
+    assert training_headroom([0], peak=peaks.__getitem__, now=now.__getitem__) == 5_000
+    assert training_headroom([], peak=peaks.__getitem__, now=now.__getitem__) is None  # CPU: the budget alone
+    # a peak statistic reset below what is allocated now gives no room, not a negative one
+    assert training_headroom([0], peak=lambda d: 10, now=lambda d: 20) == 0
+
+
+def test_on_cpu_the_callback_leaves_the_pass_budget_to_memory_budget() -> None:
+    model = TinyRegressor()
+    data = o5_data(64)
+    callback = LieGGCallback(VectorAction(5, 2), reference_algebra="so", log_images=False)
+    trainer = quiet_trainer(max_epochs=1, callbacks=[callback])
+    trainer.fit(model, DataLoader(data, batch_size=16), DataLoader(data, batch_size=16))
+    assert callback.last_report is not None
+    metric = callback.metric
+    # no cap on CPU: what the Gram matrices leave of the budget, as in a plain analyze()
+    assert metric.pass_budget == LieGGMetric(VectorAction(5, 2), reference_algebra="so").pass_budget
+    assert metric.pass_budget is not None and 0 < metric.pass_budget < metric.memory_budget
