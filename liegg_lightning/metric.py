@@ -730,7 +730,7 @@ class LieGGMetric(Metric):
         Returns:
             ``(figure, axes)`` as TorchMetrics' ``plot`` methods do.
         """
-        from liegg_lightning.rendering import plot_spectra, plot_spectrum
+        from liegg_lightning.pictures.rendering import plot_spectra, plot_spectrum
 
         if val is None:
             val = self.compute()

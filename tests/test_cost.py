@@ -19,9 +19,9 @@ from _lightning_models import TinyRegressor, o5_data, quiet_trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.data import DataLoader
 
-import liegg_lightning._pictures as jobs_module
+import liegg_lightning.callback._pictures as jobs_module
 from liegg_lightning import LieGGCallback, VectorAction
-from liegg_lightning._cost import (
+from liegg_lightning.callback._cost import (
     FitShape,
     Ledger,
     Plan,
@@ -36,8 +36,8 @@ from liegg_lightning._cost import (
     refuses_fit,
     short_fit_allowance,
 )
-from liegg_lightning._pricing import Quote, modes_to_time
-from liegg_lightning._worker import Worker
+from liegg_lightning.callback._pricing import Quote, modes_to_time
+from liegg_lightning.callback._worker import Worker
 
 ACTION = VectorAction(dim=5, components=2)  # m = 25 generators; TinyRegressor has 3 outputs
 PACKAGE = Path(__file__).resolve().parents[1] / "liegg_lightning"

@@ -27,8 +27,8 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch import nn
 from torch.utils.data import DataLoader
 
-import liegg_lightning._pictures as pictures_module
-import liegg_lightning._planning as planning_module
+import liegg_lightning.callback._pictures as pictures_module
+import liegg_lightning.callback._planning as planning_module
 from liegg_lightning import LieGGCallback, LieGGMetric, SymmetryReport, TangentAction, VectorAction, analyze
 
 ACTION = VectorAction(dim=5, components=2)

@@ -120,7 +120,7 @@ def test_check_action_catches_actions_whose_views_disagree() -> None:
 
 
 def test_render_pictures_draws_the_picture_of_depth_for_layer_reports() -> None:
-    from liegg_lightning.rendering import render_pictures
+    from liegg_lightning.pictures.rendering import render_pictures
 
     x = torch.randn(64, 10, generator=torch.Generator().manual_seed(3))
     reports = analyze(O5Model(), x, O5, layers={"": None, "g.0": None})

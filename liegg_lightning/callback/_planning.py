@@ -1,7 +1,7 @@
 """The callback's budget, wired to a Trainer: its clocks, which runs are analysed, and the plan.
 
-The arithmetic is in :mod:`liegg_lightning._cost`; the prices come from
-:mod:`liegg_lightning._pricing`. This module reads the Trainer, agrees the numbers across
+The arithmetic is in :mod:`liegg_lightning.callback._cost`; the prices come from
+:mod:`liegg_lightning.callback._pricing`. This module reads the Trainer, agrees the numbers across
 processes (every collective here is reached by every process) and says what it decided.
 """
 
@@ -21,7 +21,8 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
 from liegg_lightning._batches import extract_input
-from liegg_lightning._cost import (
+from liegg_lightning._errors import InputError
+from liegg_lightning.callback._cost import (
     ANALYSIS_SHARE,
     TIMING_SAMPLES,
     FitShape,
@@ -36,10 +37,9 @@ from liegg_lightning._cost import (
     refuses_fit,
     short_fit_allowance,
 )
-from liegg_lightning._errors import InputError
-from liegg_lightning._names import is_logged_name
-from liegg_lightning._pricing import Quote, estimate_solve, measure_prices
-from liegg_lightning._state import preserved_state
+from liegg_lightning.callback._names import is_logged_name
+from liegg_lightning.callback._pricing import Quote, estimate_solve, measure_prices
+from liegg_lightning.callback._state import preserved_state
 from liegg_lightning.functional.polarization import choose_derivative, describe_derivative
 from liegg_lightning.metric import LieGGMetric
 
