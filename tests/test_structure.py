@@ -128,3 +128,73 @@ def test_render_pictures_draws_the_picture_of_depth_for_layer_reports() -> None:
     assert images["layers"].dtype.name == "uint8"
     assert images["layers"].ndim == 3
     assert "layers" not in render_pictures(reports[""], O5, spectra=[reports[""].variances])
+
+
+def _module_level_imports(path) -> list:
+    """The modules a file imports outside functions (``if TYPE_CHECKING:`` blocks excluded)."""
+    import ast
+
+    names = []
+
+    def visit(body) -> None:
+        for node in body:
+            if isinstance(node, ast.Import):
+                names.extend(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names.append(node.module or "")
+                names.extend(f"{node.module}.{alias.name}" for alias in node.names)
+            elif isinstance(node, ast.If) and "TYPE_CHECKING" not in ast.unparse(node.test):
+                visit(node.body)
+                visit(node.orelse)
+            elif isinstance(node, ast.Try):
+                visit(node.body)
+
+    visit(ast.parse(path.read_text()).body)
+    return names
+
+
+def _every_import(path) -> list:
+    import ast
+
+    names = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.extend(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            names.append(node.module or "")
+    return names
+
+
+def test_only_the_callback_folder_imports_lightning() -> None:
+    from pathlib import Path
+
+    package = Path(liegg_lightning.__file__).parent
+    importers = sorted(str(p.relative_to(package)) for p in package.rglob("*.py")
+                       if any(n.split(".")[0] in ("lightning", "pytorch_lightning") for n in _every_import(p)))
+    assert importers, "the callback imports Lightning somewhere"
+    assert all(name.startswith("callback/") for name in importers), importers
+
+
+def test_the_maths_never_import_the_callback_or_pictures_at_module_level() -> None:
+    from pathlib import Path
+
+    package = Path(liegg_lightning.__file__).parent
+    maths = [p for p in package.rglob("*.py") if p.parent.name not in ("callback", "pictures")]
+    assert len(maths) > 10  # the top level and functional/
+    for path in maths:
+        upstairs = [n for n in _module_level_imports(path)
+                    if n.startswith(("liegg_lightning.callback", "liegg_lightning.pictures"))]
+        if path == package / "__init__.py":  # the public in_analysis lives with the state it reads
+            assert upstairs == ["liegg_lightning.callback._state", "liegg_lightning.callback._state.in_analysis"]
+        else:
+            assert upstairs == [], path
+    # pictures draw reports; they never reach into the callback
+    for path in (package / "pictures").glob("*.py"):
+        assert not any(n.startswith("liegg_lightning.callback") for n in _every_import(path)), path
+
+
+def test_importing_the_callback_state_does_not_import_lightning() -> None:
+    code = ("import sys, liegg_lightning.callback._state as s; "
+            "print('lightning' in sys.modules, callable(s.in_analysis))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "True"]

@@ -29,6 +29,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.rank_zero import WarningCache
 
 from liegg_lightning.actions import GroupAction
+from liegg_lightning.callback._lightning import tensorboard_file_writer
 from liegg_lightning.pictures import rendering
 from liegg_lightning.pictures.rendering import PictureOptions
 from liegg_lightning.report import SymmetryReport
@@ -142,8 +143,8 @@ def _png(image: Any) -> bytes:
 
 def _to_tensorboard(logger: TensorBoardLogger, images: Dict[str, Any], text: str, step: int, prefix: str) -> None:
     writer = logger.experiment
-    file_writer = getattr(writer, "_get_file_writer", None)
-    if callable(file_writer):
+    file_writer = tensorboard_file_writer(writer)
+    if file_writer is not None:
         # the picture is already uint8: `add_image` would round-trip it through float32 and compress it at
         # level 6, half the cost of a drawing; the summary it writes is built here the same way
         from tensorboard.compat.proto.summary_pb2 import Summary
