@@ -393,12 +393,11 @@ class _Switching(_Invariant):
 
 def test_the_moment_of_emergence_is_drawn_even_when_the_budget_has_no_room(monkeypatch: pytest.MonkeyPatch) -> None:
     import liegg_lightning.callback._pictures as pictures_module
-    import liegg_lightning.callback._planning as planning_module
 
     drawn: List[str] = []
     monkeypatch.setattr(pictures_module, "log_pictures", lambda *a, **k: drawn.append(k["caption"]))
-    monkeypatch.setattr(planning_module, "may_draw_now", lambda *args: False)  # never room in the budget
     callback = LieGGCallback(ACTION, every_n_epochs=1, save_reports=False, background_drawing=False)
+    callback.planner.draw_policy = lambda *args: False  # never room in the budget
     trainer = quiet_trainer(max_epochs=5, callbacks=[callback], logger=_StalledLogger(Path("/tmp")))
     trainer.logger.release.set()  # type: ignore[union-attr]
     trainer.fit(_Switching(), _loader(), _loader(256, 64))

@@ -117,6 +117,8 @@ class Planner:
         self._cuda: Tuple[int, ...] = ()  # CUDA devices whose random states every extra pass keeps
         #: The clock every fit's ledger reads (seconds); a test may fix it.
         self.clock: Callable[[], float] = time.perf_counter
+        #: Whether a picture may be drawn now, from (cost so far, expected drawing, budget); a test may fix it.
+        self.draw_policy: Callable[[float, float, float], bool] = may_draw_now
         self.ledger = Ledger()
         self.plan: Optional[Plan] = None
         self.schedule = Schedule(self.every)
@@ -261,8 +263,8 @@ class Planner:
 
     def may_draw(self) -> bool:
         """Whether a picture fits the budget now, leaving room for the run's last one."""
-        return may_draw_now(self.ledger.cost(), self.ledger.expected_drawing(DRAW_PRIOR),
-                            self.options.overhead * self.ledger.training_time())
+        return self.draw_policy(self.ledger.cost(), self.ledger.expected_drawing(DRAW_PRIOR),
+                                self.options.overhead * self.ledger.training_time())
 
     # ------------------------------------------------------------------ the plan
 
