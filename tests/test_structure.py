@@ -15,17 +15,9 @@ import torch  # noqa: E402
 from conftest import O5Model  # noqa: E402
 
 import liegg_lightning  # noqa: E402
-from liegg_lightning import ImageAction, LieGGMetric, TangentAction, VectorAction, analyze, functional  # noqa: E402
-from liegg_lightning.testing import check_action  # noqa: E402
+from liegg_lightning import ImageAction, LieGGMetric, VectorAction, analyze  # noqa: E402
 
 O5 = VectorAction(dim=5, components=2)
-
-
-def _smooth_images(batch: int = 2, channels: int = 3, size: int = 24) -> torch.Tensor:
-    """Gaussian blobs that fade to zero at the border, where finite transformations pad."""
-    yy, xx = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
-    blob = torch.exp(-((xx - 0.1) ** 2 + 2 * (yy + 0.05) ** 2) / 0.08)
-    return blob.expand(batch, channels, size, size).clone().double()
 
 
 def test_importing_the_package_does_not_import_lightning() -> None:
@@ -71,16 +63,6 @@ def test_plot_takes_a_report_or_a_list_of_reports() -> None:
     plt.close(fig)
 
 
-def test_one_call_function_equals_the_metric() -> None:
-    x = torch.randn(200, 10, generator=torch.Generator().manual_seed(1))
-    model = O5Model(extra_output=True)
-    one_call = functional.symmetry_report(model, x, O5, reference_algebra="so")
-    streamed = analyze(model, x, O5, reference_algebra="so", batch_size=64)
-    torch.testing.assert_close(one_call.variances, streamed.variances, rtol=1e-9, atol=1e-15)
-    assert one_call.nullity == streamed.nullity == 6
-    assert not [name for name in functional.__all__ if name.startswith("_")]
-
-
 def test_analyze_leaves_a_given_metric_untouched_and_refuses_mixed_options() -> None:
     x = torch.randn(64, 10, generator=torch.Generator().manual_seed(2))
     metric = LieGGMetric(O5, reference_algebra="so")
@@ -89,34 +71,6 @@ def test_analyze_leaves_a_given_metric_untouched_and_refuses_mixed_options() -> 
     assert float(metric.num_samples) == 0.0
     with pytest.raises(ValueError, match="only with a GroupAction"):
         analyze(O5Model(), x, metric, output_mode="sum")
-
-
-@pytest.mark.parametrize(
-    ("action", "inputs"),
-    [(VectorAction(dim=3, components=2), torch.randn(4, 6, dtype=torch.float64)),
-     (VectorAction(dim=4), torch.randn(3, 2, 4, dtype=torch.float64)),
-     (ImageAction(), _smooth_images()), (ImageAction(affine=True), _smooth_images()),
-     (ImageAction(), _smooth_images()[:, 0]),
-     (TangentAction(lambda x: VectorAction(dim=3).tangents(x), (3, 3)), torch.randn(5, 3, dtype=torch.float64))],
-)
-def test_check_action_passes_every_built_in_action(action: object, inputs: torch.Tensor) -> None:
-    check_action(action, inputs)  # type: ignore[arg-type]
-
-
-def test_check_action_catches_actions_whose_views_disagree() -> None:
-    x = torch.randn(4, 3, dtype=torch.float64)
-    # tangents of the wrong sign against the matrix exponential of transform
-    flipped = TangentAction(lambda t: -VectorAction(dim=3).tangents(t), (3, 3),
-                            transform_fn=VectorAction(dim=3).transform)
-    with pytest.raises(AssertionError, match="central difference"):
-        check_action(flipped, x)
-
-    class WrongRows(VectorAction):
-        def rows(self, x: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
-            return super().rows(x, grads).transpose(-1, -2).reshape(grads.shape[0], grads.shape[1], -1)
-
-    with pytest.raises(AssertionError, match="contracted"):
-        check_action(WrongRows(dim=3), x)
 
 
 def test_render_pictures_draws_the_picture_of_depth_for_layer_reports() -> None:
