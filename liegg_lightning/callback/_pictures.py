@@ -16,7 +16,6 @@ from torch import Tensor, nn
 
 from liegg_lightning.actions import GroupAction
 from liegg_lightning.callback._history import History, shown_report
-from liegg_lightning.callback._lightning import logged_step
 from liegg_lightning.callback._loggers import log_pictures, save_report
 from liegg_lightning.callback._state import preserved_state
 from liegg_lightning.callback._worker import Worker
@@ -24,7 +23,7 @@ from liegg_lightning.functional.layers import MODEL_OUTPUT
 from liegg_lightning.pictures.rendering import orbit_outputs
 from liegg_lightning.report import SymmetryReport
 
-__all__ = ["logged_step", "orbit_on_every_rank", "picture_job", "queue_pictures", "queue_report_files"]
+__all__ = ["orbit_on_every_rank", "picture_job", "queue_pictures", "queue_report_files"]
 
 
 def orbit_on_every_rank(

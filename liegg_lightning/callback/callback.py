@@ -19,13 +19,8 @@ from liegg_lightning.actions import GroupAction
 from liegg_lightning.callback import _names
 from liegg_lightning.callback._evaluation import EvaluationBudget
 from liegg_lightning.callback._history import History, shown_report
-from liegg_lightning.callback._pictures import (
-    logged_step,
-    orbit_on_every_rank,
-    picture_job,
-    queue_pictures,
-    queue_report_files,
-)
+from liegg_lightning.callback._lightning import logged_step
+from liegg_lightning.callback._pictures import orbit_on_every_rank, picture_job, queue_pictures, queue_report_files
 from liegg_lightning.callback._planning import Planner, PlanOptions, probe_of, spread
 from liegg_lightning.callback._state import cuda_devices_of, preserved_state
 from liegg_lightning.callback._worker import Worker
