@@ -16,7 +16,8 @@ Usage::
     python docs/time_pictures.py [--repeats 10] [--rendering path/to/other/rendering.py]
 
 ``--rendering`` times another version of ``liegg_lightning/pictures/rendering.py`` (e.g. an older one
-taken with ``git show REV:liegg_lightning/pictures/rendering.py > /tmp/old.py``) on the same reports.
+taken with ``git show REV:liegg_lightning/rendering.py > /tmp/old.py``, its path before ``pictures/``)
+on the same reports.
 """
 
 from __future__ import annotations
