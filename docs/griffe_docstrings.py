@@ -20,7 +20,7 @@ _ROLE = re.compile(r":(?:py:)?(class|meth|func|attr|mod|exc|data|obj):`(~?)([^`]
 _EXAMPLE = re.compile(r"^(\s*)Example:\s*$", re.MULTILINE)
 # What the site documents, and where: cross-references to these resolve; others stay code.
 LINKED = {
-    "liegg_lightning.LieGGCallback": "liegg_lightning.callback.LieGGCallback",
+    "liegg_lightning.LieGGCallback": "liegg_lightning.callback.callback.LieGGCallback",
     "liegg_lightning.LieGGMetric": "liegg_lightning.metric.LieGGMetric",
     "liegg_lightning.SymmetryReport": "liegg_lightning.report.SymmetryReport",
     "liegg_lightning.analyze": "liegg_lightning.analyze.analyze",

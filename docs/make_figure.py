@@ -32,8 +32,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor, nn
 
 from liegg_lightning import VectorAction, analyze
-from liegg_lightning._loggers import log_pictures
-from liegg_lightning.rendering import PictureOptions, orbit_outputs
+from liegg_lightning.callback._loggers import log_pictures
+from liegg_lightning.pictures.rendering import PictureOptions, orbit_outputs
 
 
 def o5_target(x: Tensor) -> Tensor:

@@ -2,7 +2,7 @@
 
 torch prepares forward mode once per process: at the first ``make_dual`` it imports and scripts
 its JVP decompositions. The callback's plan weighs this cost before it times forward mode
-(``_FORWARD_FIRST_USE`` in ``liegg_lightning/callback.py``). Each run starts a new interpreter that
+(``_FORWARD_FIRST_USE`` in ``liegg_lightning/callback/callback.py``). Each run starts a new interpreter that
 imports Lightning and the package (as a training script has), then times the first and the second
 ``torch.func.jvp`` of a small MLP. One torch thread.
 

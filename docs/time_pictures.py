@@ -15,8 +15,9 @@ Usage::
 
     python docs/time_pictures.py [--repeats 10] [--rendering path/to/other/rendering.py]
 
-``--rendering`` times another version of ``liegg_lightning/rendering.py`` (e.g. an older one
-taken with ``git show REV:liegg_lightning/rendering.py > /tmp/old.py``) on the same reports.
+``--rendering`` times another version of ``liegg_lightning/pictures/rendering.py`` (e.g. an older one
+taken with ``git show REV:liegg_lightning/rendering.py > /tmp/old.py``, its path before ``pictures/``)
+on the same reports.
 """
 
 from __future__ import annotations
@@ -37,8 +38,8 @@ import torch
 from torch import nn
 
 from liegg_lightning import ImageAction, SymmetryReport, VectorAction, analyze
-from liegg_lightning import rendering as current
-from liegg_lightning.canvas import DPI, Canvas
+from liegg_lightning.pictures import rendering as current
+from liegg_lightning.pictures.canvas import DPI, Canvas
 
 
 def _load(path: str) -> ModuleType:
@@ -148,7 +149,7 @@ def _sending_times(images: Dict[str, Any], repeats: int) -> Tuple[float, float]:
     """Median seconds to send ``images`` to TensorBoard the callback's way and with ``add_image``, alternately."""
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    from liegg_lightning._loggers import _to_tensorboard, _to_tensorboard_with_add_image
+    from liegg_lightning.callback._loggers import _to_tensorboard, _to_tensorboard_with_add_image
 
     with tempfile.TemporaryDirectory() as root:
         logger = TensorBoardLogger(root, name="timing")

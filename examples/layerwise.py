@@ -244,8 +244,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     # the picture shows each feature map's interior (what "has this layer learned it" asks about)
     trained = {**after["equivariance_reports"], **after["interior_reports"]}
     if args.out:
-        from liegg_lightning.rendering import figure_to_png
-        from liegg_lightning.rendering_layers import layers_figure
+        from liegg_lightning.pictures.layers import layers_figure
+        from liegg_lightning.pictures.rendering import figure_to_png
 
         os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
         with open(args.out, "wb") as fh:

@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from liegg_lightning import algebras, transforms
-from liegg_lightning._state import in_analysis
 from liegg_lightning.actions import (
     GroupAction,
     ImageAction,
@@ -20,12 +19,13 @@ from liegg_lightning.actions import (
     VolumeAction,
 )
 from liegg_lightning.analyze import analyze
+from liegg_lightning.callback._state import in_analysis
 from liegg_lightning.metric import LieGGMetric
 from liegg_lightning.report import SymmetryReport
 from liegg_lightning.vector_fields import VectorFieldAction
 
 if TYPE_CHECKING:  # pragma: no cover
-    from liegg_lightning.callback import LieGGCallback
+    from liegg_lightning.callback.callback import LieGGCallback
 
 __version__ = "0.2.0"
 
@@ -49,7 +49,7 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     if name == "LieGGCallback":
-        from liegg_lightning.callback import LieGGCallback
+        from liegg_lightning.callback.callback import LieGGCallback
 
         return LieGGCallback
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""The memory model of an analysis: pure arithmetic, no torch (the time model is :mod:`liegg_lightning._cost`).
+"""The memory model of an analysis: pure arithmetic, no torch (the time model is :mod:`liegg_lightning.callback._cost`).
 
 Two parts share one ``memory_budget``:
 

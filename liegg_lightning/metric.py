@@ -9,7 +9,6 @@ layer's) kept as TorchMetrics states, grown by the same ``accumulate`` and solve
 from __future__ import annotations
 
 import copy
-import functools
 import inspect
 from typing import (
     Any,
@@ -31,10 +30,10 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities import rank_zero_warn
-from torchmetrics.utilities.distributed import gather_all_tensors
 
 from liegg_lightning import _memory
 from liegg_lightning._checks import check_int
+from liegg_lightning._framework import FrameworkMetric, cached_results, mark_updated, state_names
 from liegg_lightning.actions import GroupAction, ImageAction
 from liegg_lightning.functional.layers import (
     MODEL_OUTPUT,
@@ -146,7 +145,7 @@ def _label(name: str) -> str:
     return "" if name == MODEL_OUTPUT else f" for layer {name!r}"
 
 
-class LieGGMetric(Metric):
+class LieGGMetric(FrameworkMetric):
     """Accumulates the network polarization matrix's Gram matrix; ``compute()`` gives a :class:`SymmetryReport`.
 
     States, all summed across processes (``dist_reduce_fx="sum"``), so memory is ``O(m^2)`` whatever
@@ -348,7 +347,7 @@ class LieGGMetric(Metric):
         TorchMetrics sets every state to a copy of its default (here one number) and frees the old
         one first, so no second copy of an ``m x m`` state is ever alive.
         """
-        shapes = {name: getattr(self, name).shape for name in self._defaults}
+        shapes = {name: getattr(self, name).shape for name in state_names(self)}
         super().reset()
         for name, shape in shapes.items():
             state = getattr(self, name)
@@ -570,9 +569,7 @@ class LieGGMetric(Metric):
                 output is ``""``), as :func:`~liegg_lightning.functional.layers.batch_rows` gives
                 them, for ``border_share``; without them in every batch, it is NaN.
         """
-        # what TorchMetrics' wrapper does for `update`: forget a cached result, count the update
-        self._computed = None
-        self._update_count += 1
+        mark_updated(self)  # what TorchMetrics' wrapper does for `update`
         named = self._named_rows(rows)
         self._check_inputs(named, inputs)
         self._accumulate(named, inputs, border_rows or {})
@@ -639,11 +636,10 @@ class LieGGMetric(Metric):
                 setattr(self, name, rescale(getattr(self, name), current, target))
             setattr(self, exponent_name, target.clone())
 
-    def _sync_dist(self, dist_sync_fn: Callable = gather_all_tensors, process_group: Optional[Any] = None) -> None:
-        """Bring every process's states to one scale, then let TorchMetrics sum them."""
-        gathered = dist_sync_fn(self._exponents(), group=process_group or self.process_group)
+    def _before_sync(self, dist_sync_fn: Callable, process_group: Optional[Any]) -> None:
+        """Bring every process's states to one scale before TorchMetrics sums them."""
+        gathered = dist_sync_fn(self._exponents(), group=process_group)
         self._align(torch.stack(list(gathered)))
-        super()._sync_dist(dist_sync_fn, process_group=process_group)
 
     def merge_state(self, incoming_state: Union[Dict[str, Any], Metric]) -> None:
         """Add another metric's states (or a state dict) to these, both brought to one scale first."""
@@ -665,17 +661,9 @@ class LieGGMetric(Metric):
             incoming[exponent_name] = ours
         super().merge_state(incoming)
 
-    # --- i32arch: a 1-generator algebra keeps 1-d per-generator fields (issue 32) ---
-    def _wrap_compute(self, compute: Callable) -> Callable:
-        """TorchMetrics' wrapper, then the shapes its squeeze of one-element tensors took away."""
-        wrapped = super()._wrap_compute(compute)
-
-        @functools.wraps(compute)
-        def shaped(*args: Any, **kwargs: Any) -> Any:
-            return with_generator_shape(wrapped(*args, **kwargs), tuple(self.action.generator_shape))
-
-        return shaped
-    # --- end i32arch ---
+    def _shaped_result(self, result: Any) -> Any:
+        """A 1-generator algebra keeps 1-d per-generator fields (TorchMetrics squeezed them)."""
+        return with_generator_shape(result, tuple(self.action.generator_shape))
 
     def compute(self) -> Union[SymmetryReport, Dict[str, SymmetryReport]]:  # type: ignore[override]
         """Solve each analysed output's Gram matrix; raises ``ValueError`` when no sample was accumulated.
@@ -730,7 +718,7 @@ class LieGGMetric(Metric):
         Returns:
             ``(figure, axes)`` as TorchMetrics' ``plot`` methods do.
         """
-        from liegg_lightning.rendering import plot_spectra, plot_spectrum
+        from liegg_lightning.pictures.rendering import plot_spectra, plot_spectrum
 
         if val is None:
             val = self.compute()
@@ -773,12 +761,10 @@ def _empty_clone(metric: LieGGMetric) -> LieGGMetric:
     The states are left out of the deep copy (each stands for a placeholder) and made afresh, empty,
     with the original's shapes, dtypes and devices.
     """
-    states = {name: getattr(metric, name) for name in metric._defaults}
+    states = {name: getattr(metric, name) for name in state_names(metric)}
     placeholder = torch.empty(0)
     memo: Dict[int, Any] = {id(state): placeholder for state in states.values()}
-    memo[id(metric._computed)] = None
-    memo[id(metric._forward_cache)] = None
-    memo[id(metric._cache)] = None
+    memo.update({id(cached): None for cached in cached_results(metric)})
     fresh = cast(LieGGMetric, copy.deepcopy(metric, memo))
     for name, state in states.items():
         setattr(fresh, name, torch.empty_like(state, memory_format=torch.contiguous_format))

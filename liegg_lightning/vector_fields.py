@@ -378,7 +378,7 @@ class VectorFieldAction(GroupAction):
     @override
     def pictures(self, report: Any, num_generators: int = 4, caption: Optional[str] = None) -> Dict[str, Any]:
         """``field_terms`` (the largest terms of the leading fields) and, in 2-D, ``field`` (their arrows)."""
-        from liegg_lightning.rendering_fields import field_pictures
+        from liegg_lightning.pictures.fields import field_pictures
 
         return field_pictures(self, report, num_generators, caption)
 

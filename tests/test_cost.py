@@ -19,9 +19,9 @@ from _lightning_models import TinyRegressor, o5_data, quiet_trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.data import DataLoader
 
-import liegg_lightning._pictures as jobs_module
+import liegg_lightning.callback._pictures as jobs_module
 from liegg_lightning import LieGGCallback, VectorAction
-from liegg_lightning._cost import (
+from liegg_lightning.callback._cost import (
     FitShape,
     Ledger,
     Plan,
@@ -36,8 +36,8 @@ from liegg_lightning._cost import (
     refuses_fit,
     short_fit_allowance,
 )
-from liegg_lightning._pricing import Quote, modes_to_time
-from liegg_lightning._worker import Worker
+from liegg_lightning.callback._pricing import Quote, modes_to_time
+from liegg_lightning.callback._worker import Worker
 
 ACTION = VectorAction(dim=5, components=2)  # m = 25 generators; TinyRegressor has 3 outputs
 PACKAGE = Path(__file__).resolve().parents[1] / "liegg_lightning"
@@ -236,7 +236,7 @@ def test_the_quote_crosses_processes_by_name_and_agrees_on_the_slowest() -> None
 
 
 def test_the_cost_model_imports_neither_torch_nor_lightning() -> None:
-    tree = ast.parse((PACKAGE / "_cost.py").read_text())
+    tree = ast.parse((PACKAGE / "callback" / "_cost.py").read_text())
     imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
                 for alias in node.names}
     imported |= {node.module.split(".")[0] for node in ast.walk(tree)
@@ -347,5 +347,5 @@ def test_a_second_fit_with_the_same_callback_budgets_from_its_own_clocks() -> No
 
 
 def test_the_callback_module_is_hooks_and_wiring() -> None:
-    lines = (PACKAGE / "callback.py").read_text().splitlines()
+    lines = (PACKAGE / "callback" / "callback.py").read_text().splitlines()
     assert len(lines) <= 450, len(lines)

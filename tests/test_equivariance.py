@@ -26,7 +26,7 @@ from liegg_lightning._errors import InputError
 from liegg_lightning.functional import polarization_rows
 from liegg_lightning.functional.layers import layer_rows
 from liegg_lightning.functional.polarization import choose_derivative
-from liegg_lightning.rendering_layers import layers_figure, layers_table
+from liegg_lightning.pictures.layers import layers_figure, layers_table
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

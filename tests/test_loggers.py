@@ -19,8 +19,8 @@ from lightning.pytorch.utilities.rank_zero import WarningCache
 from PIL import Image
 
 from liegg_lightning import ImageAction, SymmetryReport, analyze
-from liegg_lightning import _loggers as L
-from liegg_lightning.rendering import orbit_outputs
+from liegg_lightning.callback import _loggers as L
+from liegg_lightning.pictures.rendering import orbit_outputs
 
 TAGS = {"liegg/generators", "liegg/spectrum", "liegg/spectrum_history", "liegg/orbit"}
 FILENAME = "liegg/report_fit_epoch0002_step000040.json"
@@ -213,7 +213,7 @@ def test_two_loggers_sharing_a_directory_get_one_file(tmp_path: Path, analysed: 
 
 
 def test_failures_become_warnings(tmp_path: Path, analysed: Dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
-    import liegg_lightning.rendering as R
+    import liegg_lightning.pictures.rendering as R
 
     logger = TensorBoardLogger(tmp_path, name="tb")
 

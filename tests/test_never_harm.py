@@ -27,8 +27,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch import nn
 from torch.utils.data import DataLoader
 
-import liegg_lightning._pictures as pictures_module
-import liegg_lightning._planning as planning_module
+import liegg_lightning.callback._pictures as pictures_module
 from liegg_lightning import LieGGCallback, LieGGMetric, SymmetryReport, TangentAction, VectorAction, analyze
 
 ACTION = VectorAction(dim=5, components=2)
@@ -340,8 +339,8 @@ def test_the_picture_queue_holds_one_drawing_and_the_last_analysis_is_drawn(
             release.set()
 
     monkeypatch.setattr(pictures_module, "log_pictures", stalled_first_drawing)
-    monkeypatch.setattr(planning_module, "may_draw_now", lambda *args: True)  # every analysis asks to be drawn
     callback = LieGGCallback(ACTION, every_n_epochs=1, max_samples=64)
+    callback.planner.draw_policy = lambda *args: True  # every analysis asks to be drawn
     trainer = quiet_trainer(max_epochs=15, callbacks=[callback, Release()], logger=TensorBoardLogger(tmp_path),
                             limit_train_batches=1, limit_val_batches=2, num_sanity_val_steps=0)
     trainer.fit(TinyRegressor(), _loader(), _loader())
@@ -364,7 +363,6 @@ def test_an_exception_is_not_delayed_by_pictures(tmp_path: Path, monkeypatch: py
         release.wait(30.0)  # a drawing that takes as long as the test lets it
 
     monkeypatch.setattr(pictures_module, "log_pictures", stalled_drawing)
-    monkeypatch.setattr(planning_module, "may_draw_now", lambda *args: True)  # draw every analysis
 
     class Crashing(TinyRegressor):
         def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
@@ -374,6 +372,7 @@ def test_an_exception_is_not_delayed_by_pictures(tmp_path: Path, monkeypatch: py
             return super().training_step(batch, batch_idx)
 
     callback = LieGGCallback(ACTION, overhead=10.0, max_samples=32, background_drawing=True)
+    callback.planner.draw_policy = lambda *args: True  # draw every analysis
     trainer = quiet_trainer(max_epochs=3, callbacks=[callback], logger=TensorBoardLogger(tmp_path),
                             num_sanity_val_steps=0, limit_train_batches=1)
     with pytest.raises(RuntimeError, match="own bug"):
@@ -699,7 +698,7 @@ def test_a_collective_in_forward_never_hangs_two_processes_with_pictures_on(tmp_
 
 
 def test_a_cuda_pass_is_bounded_by_the_runs_own_peak_headroom() -> None:
-    from liegg_lightning._state import training_headroom
+    from liegg_lightning.callback._state import training_headroom
 
     peaks, now = {0: 9_000, 1: 7_500}, {0: 4_000, 1: 6_000}
     # the least headroom over the model's devices: device 1 has shown it can hold 1,500 bytes more
@@ -720,4 +719,5 @@ def test_on_cpu_the_callback_leaves_the_pass_budget_to_memory_budget() -> None:
     metric = callback.metric
     # no cap on CPU: what the Gram matrices leave of the budget, as in a plain analyze()
     assert metric.pass_budget == LieGGMetric(VectorAction(5, 2), reference_algebra="so").pass_budget
-    assert metric.pass_budget is not None and 0 < metric.pass_budget < metric.memory_budget
+    assert metric.pass_budget is not None
+    assert 0 < metric.pass_budget < metric.memory_budget

@@ -1,4 +1,4 @@
-"""Tests for ``liegg_lightning.rendering``: every picture renders, is not blank, and shows what it says."""
+"""Tests for ``liegg_lightning.pictures.rendering``: every picture renders, is not blank, and shows what it says."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ import scipy.linalg  # noqa: E402
 import torch  # noqa: E402
 
 from liegg_lightning import ImageAction, TangentAction, VectorAction  # noqa: E402
-from liegg_lightning import rendering as R  # noqa: E402
 from liegg_lightning.functional.symmetry import symmetry_compute as build_report  # noqa: E402
+from liegg_lightning.pictures import rendering as R  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -529,7 +529,7 @@ def test_figure_to_png_closes_pyplot_figures():
 
 
 def test_matplotlib_draws_each_card_picture_as_the_array_does():
-    from liegg_lightning.rendering_layers import _layers_picture
+    from liegg_lightning.pictures.layers import _layers_picture
 
     model, x, report = _image_report()
     action = ImageAction()
@@ -593,7 +593,7 @@ def test_a_full_set_of_pictures_makes_no_matplotlib_figure():
         "original = F.Figure.__init__\n"
         "F.Figure.__init__ = lambda self, *a, **k: (made.append(1), original(self, *a, **k))[1]\n"
         "from liegg_lightning import ImageAction, analyze\n"
-        "from liegg_lightning import rendering as R\n"
+        "from liegg_lightning.pictures import rendering as R\n"
         "torch.manual_seed(0)\n"
         "model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3))\n"
         "x = torch.randn(16, 1, 8, 8)\n"
@@ -618,7 +618,8 @@ def _package_imports(module) -> list:
 
 
 def test_picture_modules_import_matplotlib_lazily_and_each_other_one_way():
-    from liegg_lightning import canvas, rendering_layers
+    from liegg_lightning.pictures import canvas
+    from liegg_lightning.pictures import layers as rendering_layers
 
     for module in (canvas, rendering_layers, R):
         tree = ast.parse(Path(module.__file__).read_text())
@@ -630,9 +631,9 @@ def test_picture_modules_import_matplotlib_lazily_and_each_other_one_way():
             if isinstance(node, ast.ImportFrom):
                 assert not (node.module or "").startswith(("matplotlib", "PIL")), module
     # the canvas is the ground floor, the layers stand on it, rendering on both: no circle
-    assert not any(name.startswith(("liegg_lightning.rendering", "liegg_lightning.rendering_layers"))
+    assert not any(name.startswith(("liegg_lightning.pictures.rendering", "liegg_lightning.pictures.layers"))
                    for name in _package_imports(canvas))
-    assert "liegg_lightning.rendering" not in _package_imports(rendering_layers)
+    assert "liegg_lightning.pictures.rendering" not in _package_imports(rendering_layers)
 
 
 def test_a_caption_changes_only_the_title_of_each_picture():
@@ -662,7 +663,7 @@ def test_generators_take_as_many_cards_as_their_numbers_need_and_none_is_larger_
 
 
 def test_the_layers_picture_is_a_card_and_names_each_maps_border_share():
-    from liegg_lightning.rendering_layers import _layers_picture
+    from liegg_lightning.pictures.layers import _layers_picture
 
     _, _, report = _image_report()
     ringed = build_report(torch.eye(4, dtype=torch.float64), 10, 10, 0, ImageAction())

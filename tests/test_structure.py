@@ -15,17 +15,9 @@ import torch  # noqa: E402
 from conftest import O5Model  # noqa: E402
 
 import liegg_lightning  # noqa: E402
-from liegg_lightning import ImageAction, LieGGMetric, TangentAction, VectorAction, analyze, functional  # noqa: E402
-from liegg_lightning.testing import check_action  # noqa: E402
+from liegg_lightning import ImageAction, LieGGMetric, VectorAction, analyze  # noqa: E402
 
 O5 = VectorAction(dim=5, components=2)
-
-
-def _smooth_images(batch: int = 2, channels: int = 3, size: int = 24) -> torch.Tensor:
-    """Gaussian blobs that fade to zero at the border, where finite transformations pad."""
-    yy, xx = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
-    blob = torch.exp(-((xx - 0.1) ** 2 + 2 * (yy + 0.05) ** 2) / 0.08)
-    return blob.expand(batch, channels, size, size).clone().double()
 
 
 def test_importing_the_package_does_not_import_lightning() -> None:
@@ -71,16 +63,6 @@ def test_plot_takes_a_report_or_a_list_of_reports() -> None:
     plt.close(fig)
 
 
-def test_one_call_function_equals_the_metric() -> None:
-    x = torch.randn(200, 10, generator=torch.Generator().manual_seed(1))
-    model = O5Model(extra_output=True)
-    one_call = functional.symmetry_report(model, x, O5, reference_algebra="so")
-    streamed = analyze(model, x, O5, reference_algebra="so", batch_size=64)
-    torch.testing.assert_close(one_call.variances, streamed.variances, rtol=1e-9, atol=1e-15)
-    assert one_call.nullity == streamed.nullity == 6
-    assert not [name for name in functional.__all__ if name.startswith("_")]
-
-
 def test_analyze_leaves_a_given_metric_untouched_and_refuses_mixed_options() -> None:
     x = torch.randn(64, 10, generator=torch.Generator().manual_seed(2))
     metric = LieGGMetric(O5, reference_algebra="so")
@@ -91,36 +73,8 @@ def test_analyze_leaves_a_given_metric_untouched_and_refuses_mixed_options() -> 
         analyze(O5Model(), x, metric, output_mode="sum")
 
 
-@pytest.mark.parametrize(
-    ("action", "inputs"),
-    [(VectorAction(dim=3, components=2), torch.randn(4, 6, dtype=torch.float64)),
-     (VectorAction(dim=4), torch.randn(3, 2, 4, dtype=torch.float64)),
-     (ImageAction(), _smooth_images()), (ImageAction(affine=True), _smooth_images()),
-     (ImageAction(), _smooth_images()[:, 0]),
-     (TangentAction(lambda x: VectorAction(dim=3).tangents(x), (3, 3)), torch.randn(5, 3, dtype=torch.float64))],
-)
-def test_check_action_passes_every_built_in_action(action: object, inputs: torch.Tensor) -> None:
-    check_action(action, inputs)  # type: ignore[arg-type]
-
-
-def test_check_action_catches_actions_whose_views_disagree() -> None:
-    x = torch.randn(4, 3, dtype=torch.float64)
-    # tangents of the wrong sign against the matrix exponential of transform
-    flipped = TangentAction(lambda t: -VectorAction(dim=3).tangents(t), (3, 3),
-                            transform_fn=VectorAction(dim=3).transform)
-    with pytest.raises(AssertionError, match="central difference"):
-        check_action(flipped, x)
-
-    class WrongRows(VectorAction):
-        def rows(self, x: torch.Tensor, grads: torch.Tensor) -> torch.Tensor:
-            return super().rows(x, grads).transpose(-1, -2).reshape(grads.shape[0], grads.shape[1], -1)
-
-    with pytest.raises(AssertionError, match="contracted"):
-        check_action(WrongRows(dim=3), x)
-
-
 def test_render_pictures_draws_the_picture_of_depth_for_layer_reports() -> None:
-    from liegg_lightning.rendering import render_pictures
+    from liegg_lightning.pictures.rendering import render_pictures
 
     x = torch.randn(64, 10, generator=torch.Generator().manual_seed(3))
     reports = analyze(O5Model(), x, O5, layers={"": None, "g.0": None})
@@ -128,3 +82,73 @@ def test_render_pictures_draws_the_picture_of_depth_for_layer_reports() -> None:
     assert images["layers"].dtype.name == "uint8"
     assert images["layers"].ndim == 3
     assert "layers" not in render_pictures(reports[""], O5, spectra=[reports[""].variances])
+
+
+def _module_level_imports(path) -> list:
+    """The modules a file imports outside functions (``if TYPE_CHECKING:`` blocks excluded)."""
+    import ast
+
+    names = []
+
+    def visit(body) -> None:
+        for node in body:
+            if isinstance(node, ast.Import):
+                names.extend(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names.append(node.module or "")
+                names.extend(f"{node.module}.{alias.name}" for alias in node.names)
+            elif isinstance(node, ast.If) and "TYPE_CHECKING" not in ast.unparse(node.test):
+                visit(node.body)
+                visit(node.orelse)
+            elif isinstance(node, ast.Try):
+                visit(node.body)
+
+    visit(ast.parse(path.read_text()).body)
+    return names
+
+
+def _every_import(path) -> list:
+    import ast
+
+    names = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.extend(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            names.append(node.module or "")
+    return names
+
+
+def test_only_the_callback_folder_imports_lightning() -> None:
+    from pathlib import Path
+
+    package = Path(liegg_lightning.__file__).parent
+    importers = sorted(str(p.relative_to(package)) for p in package.rglob("*.py")
+                       if any(n.split(".")[0] in ("lightning", "pytorch_lightning") for n in _every_import(p)))
+    assert importers, "the callback imports Lightning somewhere"
+    assert all(name.startswith("callback/") for name in importers), importers
+
+
+def test_the_maths_never_import_the_callback_or_pictures_at_module_level() -> None:
+    from pathlib import Path
+
+    package = Path(liegg_lightning.__file__).parent
+    maths = [p for p in package.rglob("*.py") if p.parent.name not in ("callback", "pictures")]
+    assert len(maths) > 10  # the top level and functional/
+    for path in maths:
+        upstairs = [n for n in _module_level_imports(path)
+                    if n.startswith(("liegg_lightning.callback", "liegg_lightning.pictures"))]
+        if path == package / "__init__.py":  # the public in_analysis lives with the state it reads
+            assert upstairs == ["liegg_lightning.callback._state", "liegg_lightning.callback._state.in_analysis"]
+        else:
+            assert upstairs == [], path
+    # pictures draw reports; they never reach into the callback
+    for path in (package / "pictures").glob("*.py"):
+        assert not any(n.startswith("liegg_lightning.callback") for n in _every_import(path)), path
+
+
+def test_importing_the_callback_state_does_not_import_lightning() -> None:
+    code = ("import sys, liegg_lightning.callback._state as s; "
+            "print('lightning' in sys.modules, callable(s.in_analysis))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "True"]

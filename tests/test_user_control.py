@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from liegg_lightning import LieGGCallback, LieGGMetric, VectorAction
-from liegg_lightning._history import History
+from liegg_lightning.callback._history import History
 from liegg_lightning.functional.drift import generator_drift
 
 ACTION = VectorAction(dim=5, components=2)
@@ -392,13 +392,12 @@ class _Switching(_Invariant):
 
 
 def test_the_moment_of_emergence_is_drawn_even_when_the_budget_has_no_room(monkeypatch: pytest.MonkeyPatch) -> None:
-    import liegg_lightning._pictures as pictures_module
-    import liegg_lightning._planning as planning_module
+    import liegg_lightning.callback._pictures as pictures_module
 
     drawn: List[str] = []
     monkeypatch.setattr(pictures_module, "log_pictures", lambda *a, **k: drawn.append(k["caption"]))
-    monkeypatch.setattr(planning_module, "may_draw_now", lambda *args: False)  # never room in the budget
     callback = LieGGCallback(ACTION, every_n_epochs=1, save_reports=False, background_drawing=False)
+    callback.planner.draw_policy = lambda *args: False  # never room in the budget
     trainer = quiet_trainer(max_epochs=5, callbacks=[callback], logger=_StalledLogger(Path("/tmp")))
     trainer.logger.release.set()  # type: ignore[union-attr]
     trainer.fit(_Switching(), _loader(), _loader(256, 64))
@@ -438,7 +437,7 @@ def test_the_plan_line_stops_where_max_steps_ends_the_fit(caplog: pytest.LogCapt
 
 
 def test_an_evaluation_without_a_plan_takes_the_floor_and_a_share_of_its_own_time() -> None:
-    from liegg_lightning._evaluation import EvaluationBudget
+    from liegg_lightning.callback._evaluation import EvaluationBudget
 
     now, spent = [0.0], [7.0]  # the monitor's running total before this evaluation is not its cost
     # 63 batches, a floor of 34: spread over 8 of them (every 7th), 5 samples each, until 34 are in

@@ -14,7 +14,7 @@ import sympy
 import torch
 
 from liegg_lightning import GroupAction, LieGGMetric, VectorFieldAction, analyze
-from liegg_lightning.rendering import render_pictures
+from liegg_lightning.pictures.rendering import render_pictures
 from liegg_lightning.testing import check_action
 
 pytestmark = pytest.mark.usefixtures("single_thread")

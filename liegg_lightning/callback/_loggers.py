@@ -1,6 +1,6 @@
 """Sending a :class:`SymmetryReport`'s pictures, text and JSON file to the trainer's loggers (rank zero only).
 
-The pictures come from :mod:`liegg_lightning.rendering`; this module only sends them, each logger
+The pictures come from :mod:`liegg_lightning.pictures.rendering`; this module only sends them, each logger
 into its own run:
 
 =================  =================================  ========================  ==========================
@@ -28,9 +28,10 @@ from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger, W
 from lightning.pytorch.utilities import rank_zero_warn
 from lightning.pytorch.utilities.rank_zero import WarningCache
 
-from liegg_lightning import rendering
 from liegg_lightning.actions import GroupAction
-from liegg_lightning.rendering import PictureOptions
+from liegg_lightning.callback._lightning import tensorboard_file_writer
+from liegg_lightning.pictures import rendering
+from liegg_lightning.pictures.rendering import PictureOptions
 from liegg_lightning.report import SymmetryReport
 
 __all__ = ["log_pictures", "save_report"]
@@ -85,7 +86,7 @@ def log_pictures(
     """Draw the report and send pictures and text, at ``step``, to every logger that can hold them.
 
     Pure drawing and sending: the model is never called here (pass ``orbit`` from
-    :func:`~liegg_lightning.rendering.orbit_outputs`, computed where the model may run), so this
+    :func:`~liegg_lightning.pictures.rendering.orbit_outputs`, computed where the model may run), so this
     may run in a background thread. Never raises for a drawing or a logger that fails: that
     becomes a warning.
 
@@ -94,11 +95,11 @@ def log_pictures(
         step: The global step to log at.
         report: The report to draw.
         action: Its group action (for the orbit picture).
-        options: What to draw besides the report (:class:`~liegg_lightning.rendering.PictureOptions`:
+        options: What to draw besides the report (:class:`~liegg_lightning.pictures.rendering.PictureOptions`:
             the spectra and labels of the history, the orbit's input and outputs, how many
             generators, per-layer reports, the caption written in every title).
         prefix: Prefix of every tag.
-        **keywords: Fields of :class:`~liegg_lightning.rendering.PictureOptions`, instead of or over
+        **keywords: Fields of :class:`~liegg_lightning.pictures.rendering.PictureOptions`, instead of or over
             ``options`` (e.g. ``spectra=..., caption="fit · epoch 4"``).
 
     Returns:
@@ -142,8 +143,8 @@ def _png(image: Any) -> bytes:
 
 def _to_tensorboard(logger: TensorBoardLogger, images: Dict[str, Any], text: str, step: int, prefix: str) -> None:
     writer = logger.experiment
-    file_writer = getattr(writer, "_get_file_writer", None)
-    if callable(file_writer):
+    file_writer = tensorboard_file_writer(writer)
+    if file_writer is not None:
         # the picture is already uint8: `add_image` would round-trip it through float32 and compress it at
         # level 6, half the cost of a drawing; the summary it writes is built here the same way
         from tensorboard.compat.proto.summary_pb2 import Summary

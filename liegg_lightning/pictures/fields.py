@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from liegg_lightning.rendering import figure_to_array
+from liegg_lightning.pictures.rendering import figure_to_array
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
@@ -130,7 +130,7 @@ def field_figure(
 def field_pictures(
     action: VectorFieldAction, report: SymmetryReport, num_generators: int = 4, caption: Optional[str] = None
 ) -> Dict[str, np.ndarray]:
-    """The pictures :func:`~liegg_lightning.rendering.render_pictures` adds for a vector-field library.
+    """The pictures :func:`~liegg_lightning.pictures.rendering.render_pictures` adds for a vector-field library.
 
     Tags: ``field_terms`` (the largest terms of the ``num_generators`` most invariant fields) and,
     for ``dim >= 2``, ``field`` (their arrows on the plane of the first two coordinates).

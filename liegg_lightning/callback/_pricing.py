@@ -14,9 +14,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from liegg_lightning._cost import TIMING_SAMPLES, Prices, price_line
 from liegg_lightning._errors import InputError
-from liegg_lightning._state import preserved_state
+from liegg_lightning.callback._cost import TIMING_SAMPLES, Prices, price_line
+from liegg_lightning.callback._state import preserved_state
 from liegg_lightning.functional.polarization import choose_derivative
 from liegg_lightning.metric import LieGGMetric, fresh_metric
 

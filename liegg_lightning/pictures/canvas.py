@@ -5,10 +5,10 @@ in the coordinates of the final picture, pixels from the top left. :meth:`Canvas
 it as an ``(H, W, 3)`` uint8 array (Pillow for lines and text, numpy for heat maps: what the
 callback logs, a few milliseconds a picture); :meth:`Canvas.draw_into` draws the same marks into a
 matplotlib :class:`~matplotlib.axes.Axes` (what the notebook functions such as
-:func:`~liegg_lightning.rendering.plot_spectrum` return, to be saved as a vector figure), and
+:func:`~liegg_lightning.pictures.rendering.plot_spectrum` return, to be saved as a vector figure), and
 :meth:`Canvas.to_figure` into a figure of its own. Each
-picture is therefore laid out once, in :mod:`liegg_lightning.rendering` and
-:mod:`liegg_lightning.rendering_layers`, whatever it is drawn with.
+picture is therefore laid out once, in :mod:`liegg_lightning.pictures.rendering` and
+:mod:`liegg_lightning.pictures.layers`, whatever it is drawn with.
 
 The helpers below (fonts, colour maps, titles, tick choices) are shared by every picture.
 Pillow and matplotlib are imported inside the functions, so importing ``liegg_lightning`` imports

@@ -1,7 +1,7 @@
 """The callback's budget, wired to a Trainer: its clocks, which runs are analysed, and the plan.
 
-The arithmetic is in :mod:`liegg_lightning._cost`; the prices come from
-:mod:`liegg_lightning._pricing`. This module reads the Trainer, agrees the numbers across
+The arithmetic is in :mod:`liegg_lightning.callback._cost`; the prices come from
+:mod:`liegg_lightning.callback._pricing`. This module reads the Trainer, agrees the numbers across
 processes (every collective here is reached by every process) and says what it decided.
 """
 
@@ -21,7 +21,8 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
 from liegg_lightning._batches import extract_input
-from liegg_lightning._cost import (
+from liegg_lightning._errors import InputError
+from liegg_lightning.callback._cost import (
     ANALYSIS_SHARE,
     TIMING_SAMPLES,
     FitShape,
@@ -36,10 +37,9 @@ from liegg_lightning._cost import (
     refuses_fit,
     short_fit_allowance,
 )
-from liegg_lightning._errors import InputError
-from liegg_lightning._names import is_logged_name
-from liegg_lightning._pricing import Quote, estimate_solve, measure_prices
-from liegg_lightning._state import preserved_state, training_headroom
+from liegg_lightning.callback._names import is_logged_name
+from liegg_lightning.callback._pricing import Quote, estimate_solve, measure_prices
+from liegg_lightning.callback._state import preserved_state, training_headroom
 from liegg_lightning.functional.polarization import choose_derivative, describe_derivative
 from liegg_lightning.metric import LieGGMetric
 
@@ -117,6 +117,8 @@ class Planner:
         self._cuda: Tuple[int, ...] = ()  # CUDA devices whose random states every extra pass keeps
         #: The clock every fit's ledger reads (seconds); a test may fix it.
         self.clock: Callable[[], float] = time.perf_counter
+        #: Whether a picture may be drawn now, from (cost so far, expected drawing, budget); a test may fix it.
+        self.draw_policy: Callable[[float, float, float], bool] = may_draw_now
         self.ledger = Ledger()
         self.plan: Optional[Plan] = None
         self.schedule = Schedule(self.every)
@@ -274,8 +276,8 @@ class Planner:
 
     def may_draw(self) -> bool:
         """Whether a picture fits the budget now, leaving room for the run's last one."""
-        return may_draw_now(self.ledger.cost(), self.ledger.expected_drawing(DRAW_PRIOR),
-                            self.options.overhead * self.ledger.training_time())
+        return self.draw_policy(self.ledger.cost(), self.ledger.expected_drawing(DRAW_PRIOR),
+                                self.options.overhead * self.ledger.training_time())
 
     # ------------------------------------------------------------------ the plan
 

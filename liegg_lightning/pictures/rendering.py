@@ -1,18 +1,18 @@
 """Pictures of a :class:`~liegg_lightning.report.SymmetryReport`: spectra, generators, orbits.
 
-Every picture is laid out once, on a :class:`~liegg_lightning.canvas.Canvas` (marks in pixels),
+Every picture is laid out once, on a :class:`~liegg_lightning.pictures.canvas.Canvas` (marks in pixels),
 and drawn from that one layout in two ways:
 
 - **Card pictures** (:func:`generators_image`, :func:`spectrum_image`,
   :func:`spectrum_history_image`, :func:`orbit_image`, and the picture of depth
-  :func:`~liegg_lightning.rendering_layers.layers_image`; all at once with :func:`render_pictures`):
+  :func:`~liegg_lightning.pictures.layers.layers_image`; all at once with :func:`render_pictures`):
   ``(H, W, 3)`` uint8 arrays :data:`CARD_WIDTH` pixels wide and at most about :data:`CARD_HEIGHT`
   high, the box TensorBoard's Time Series tab gives an image, so they read there without shrinking.
   Each title can carry a caption saying where the report comes from (``"fit · epoch 4"``). They are
   drawn directly as arrays (numpy colour look-ups and Pillow for lines and text): matplotlib drawing
   the same marks takes 10 to 47 times as long (``docs/time_pictures.py``).
 - **matplotlib** (:func:`plot_spectrum`, and
-  :func:`~liegg_lightning.rendering_layers.layers_figure`): the same pictures drawn into matplotlib
+  :func:`~liegg_lightning.pictures.layers.layers_figure`): the same pictures drawn into matplotlib
   axes, following TorchMetrics' ``plot``, for notebooks and papers. :func:`plot_spectra` draws
   several spectra on one log axis.
 
@@ -45,7 +45,7 @@ import torch
 from torch import Tensor
 
 from liegg_lightning.actions import GroupAction
-from liegg_lightning.canvas import (
+from liegg_lightning.pictures.canvas import (
     BELOW_HEADER,
     BLUE,
     CARD_HEIGHT,
@@ -75,7 +75,7 @@ from liegg_lightning.canvas import (
     short,
     upscale,
 )
-from liegg_lightning.rendering_layers import layers_canvas
+from liegg_lightning.pictures.layers import layers_canvas
 from liegg_lightning.report import SymmetryReport
 
 if TYPE_CHECKING:  # pragma: no cover - only for annotations
@@ -1027,9 +1027,9 @@ def picture_canvases(
 ) -> Dict[str, Canvas]:
     """All of a report's pictures laid out, not yet drawn: ``tag -> Canvas`` (tags as :func:`render_pictures`).
 
-    Each :class:`~liegg_lightning.canvas.Canvas` draws as the logged array
-    (:meth:`~liegg_lightning.canvas.Canvas.to_array`) or with matplotlib
-    (:meth:`~liegg_lightning.canvas.Canvas.to_figure`, e.g. ``picture_canvases(...)["orbit"].to_figure()``
+    Each :class:`~liegg_lightning.pictures.canvas.Canvas` draws as the logged array
+    (:meth:`~liegg_lightning.pictures.canvas.Canvas.to_array`) or with matplotlib
+    (:meth:`~liegg_lightning.pictures.canvas.Canvas.to_figure`, e.g. ``picture_canvases(...)["orbit"].to_figure()``
     in a notebook). Arguments as :func:`render_pictures`.
 
     Raises:

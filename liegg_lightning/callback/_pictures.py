@@ -14,21 +14,16 @@ import torch
 from lightning.pytorch.loggers import Logger
 from torch import Tensor, nn
 
-from liegg_lightning._history import History, shown_report
-from liegg_lightning._loggers import log_pictures, save_report
-from liegg_lightning._state import preserved_state
-from liegg_lightning._worker import Worker
 from liegg_lightning.actions import GroupAction
+from liegg_lightning.callback._history import History, shown_report
+from liegg_lightning.callback._loggers import log_pictures, save_report
+from liegg_lightning.callback._state import preserved_state
+from liegg_lightning.callback._worker import Worker
 from liegg_lightning.functional.layers import MODEL_OUTPUT
-from liegg_lightning.rendering import orbit_outputs
+from liegg_lightning.pictures.rendering import orbit_outputs
 from liegg_lightning.report import SymmetryReport
 
-__all__ = ["logged_step", "orbit_on_every_rank", "picture_job", "queue_pictures", "queue_report_files"]
-
-
-def logged_step(trainer: pl.Trainer) -> int:
-    """The step Lightning logs an epoch's values at, so that pictures and scalars line up."""
-    return int(getattr(trainer.fit_loop.epoch_loop, "_batches_that_stepped", trainer.global_step))
+__all__ = ["orbit_on_every_rank", "picture_job", "queue_pictures", "queue_report_files"]
 
 
 def orbit_on_every_rank(

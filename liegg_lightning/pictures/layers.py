@@ -1,7 +1,7 @@
 """A picture of depth: how invariant (or equivariant) each analysed layer is, from per-layer reports.
 
 :func:`layers_table` decides what is shown; the picture is laid out once on a
-:class:`~liegg_lightning.canvas.Canvas` and drawn from it by :func:`layers_image` as a card picture
+:class:`~liegg_lightning.pictures.canvas.Canvas` and drawn from it by :func:`layers_image` as a card picture
 (the ``layers`` picture the callback logs) and by :func:`layers_figure` with matplotlib, for
 notebooks and papers.
 """
@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from liegg_lightning import canvas as card
+from liegg_lightning.pictures import canvas as card
 from liegg_lightning.report import SymmetryReport
 
 if TYPE_CHECKING:  # pragma: no cover - only for annotations
@@ -219,8 +219,8 @@ def layers_figure(
     can be saved or shown in a notebook without pyplot keeping it): the heat map of variance ÷
     layer mean per layer (rows, in depth order) and generator (columns), beside each layer's
     ``symmetry_bias`` (the distance of its most invariant generator to the reference algebra; none
-    without a reference algebra). :data:`~liegg_lightning.canvas.CARD_WIDTH` pixels wide at
-    :data:`~liegg_lightning.canvas.DPI`; lines and text stay vectors in a saved PDF or SVG.
+    without a reference algebra). :data:`~liegg_lightning.pictures.canvas.CARD_WIDTH` pixels wide at
+    :data:`~liegg_lightning.pictures.canvas.DPI`; lines and text stay vectors in a saved PDF or SVG.
 
     Args:
         reports: ``layer name -> report``, in depth order (as ``analyze(..., layers=...)`` returns).

@@ -13,7 +13,7 @@ import math
 import time
 from typing import Callable, Optional
 
-from liegg_lightning._cost import MIN_BATCHES, FitShape
+from liegg_lightning.callback._cost import MIN_BATCHES, FitShape
 
 __all__ = ["EvaluationBudget"]
 

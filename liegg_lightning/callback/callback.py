@@ -12,17 +12,18 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
-from liegg_lightning import _names
 from liegg_lightning._batches import extract_input
 from liegg_lightning._checks import check_callback_arguments
 from liegg_lightning._errors import InputError
-from liegg_lightning._evaluation import EvaluationBudget
-from liegg_lightning._history import History, shown_report
-from liegg_lightning._pictures import logged_step, orbit_on_every_rank, picture_job, queue_pictures, queue_report_files
-from liegg_lightning._planning import Planner, PlanOptions, probe_of, spread
-from liegg_lightning._state import cuda_devices_of, preserved_state
-from liegg_lightning._worker import Worker
 from liegg_lightning.actions import GroupAction
+from liegg_lightning.callback import _names
+from liegg_lightning.callback._evaluation import EvaluationBudget
+from liegg_lightning.callback._history import History, shown_report
+from liegg_lightning.callback._lightning import logged_step
+from liegg_lightning.callback._pictures import orbit_on_every_rank, picture_job, queue_pictures, queue_report_files
+from liegg_lightning.callback._planning import Planner, PlanOptions, probe_of, spread
+from liegg_lightning.callback._state import cuda_devices_of, preserved_state
+from liegg_lightning.callback._worker import Worker
 from liegg_lightning.functional.layers import MODEL_OUTPUT, layer_output_fn
 from liegg_lightning.metric import LieGGMetric, adds_nothing, fresh_metric
 from liegg_lightning.report import SymmetryReport
