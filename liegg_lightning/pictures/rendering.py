@@ -1075,8 +1075,8 @@ def render_pictures(
     Raises:
         TypeError: A keyword that is not a field of :class:`PictureOptions`.
     """
-    images = {tag: canvas.to_array() for tag, canvas in picture_canvases(report, action, options, **keywords).items()}
     opts = PictureOptions.of(options, **keywords)
+    images = {tag: canvas.to_array() for tag, canvas in picture_canvases(report, action, opts).items()}
     images.update(action.pictures(report, opts.num_generators, opts.caption))  # e.g. a vector field's arrows
     return images
 
